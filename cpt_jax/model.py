@@ -1,0 +1,161 @@
+"""The decoder-only Transformer (Flax NNX), in the Pythia (GPT-NeoX) and Llama families.
+
+Owns the forward pass: token ids in, float32 logits out. Rows may hold several packed
+documents: `segment_ids` keep attention inside a document and `positions` (restarting at
+every document) drive rotary embeddings. Shapes use suffixes: B batch, T time, D model dim,
+N query heads, K key/value heads, H head dim, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from cpt_jax.model_config import ModelConfig
+
+_INIT_STDDEV = 0.02
+
+
+def _linear(config: ModelConfig, in_dim: int, out_dim: int, *, rngs: nnx.Rngs,
+            stddev: float = _INIT_STDDEV) -> nnx.Linear:
+  return nnx.Linear(in_dim, out_dim, use_bias=config.use_bias,
+                    dtype=jnp.dtype(config.compute_dtype), param_dtype=jnp.float32,
+                    kernel_init=nnx.initializers.normal(stddev), rngs=rngs)
+
+
+def _norm(config: ModelConfig, *, rngs: nnx.Rngs) -> nnx.Module:
+  dtype = jnp.dtype(config.compute_dtype)
+  if config.family == "pythia":
+    return nnx.LayerNorm(config.model_dim, epsilon=config.norm_eps, dtype=dtype,
+                         param_dtype=jnp.float32, rngs=rngs)
+  return nnx.RMSNorm(config.model_dim, epsilon=config.norm_eps, dtype=dtype,
+                     param_dtype=jnp.float32, rngs=rngs)
+
+
+def apply_rotary(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, rotary_dims: int,
+                 base: float) -> jax.Array:
+  """GPT-NeoX rotary embedding (rotate-half layout) on the first `rotary_dims` of each head."""
+  if rotary_dims == 0:
+    return x_BxTxNxH
+  inv_freq = 1.0 / base ** (jnp.arange(0, rotary_dims, 2, dtype=jnp.float32) / rotary_dims)
+  angles_BxTxR = positions_BxT[..., None].astype(jnp.float32) * inv_freq
+  angles_BxTx1xR = jnp.concatenate([angles_BxTxR, angles_BxTxR], axis=-1)[:, :, None, :]
+  rotated = x_BxTxNxH[..., :rotary_dims].astype(jnp.float32)
+  first, second = jnp.split(rotated, 2, axis=-1)
+  rotated = rotated * jnp.cos(angles_BxTx1xR) + jnp.concatenate([-second, first], -1) * jnp.sin(
+      angles_BxTx1xR)
+  return jnp.concatenate([rotated.astype(x_BxTxNxH.dtype), x_BxTxNxH[..., rotary_dims:]], -1)
+
+
+def attention_mask(segment_ids_BxT: jax.Array) -> jax.Array:
+  """Causal mask within documents, shape (B, 1, T, T): query t sees keys s <= t of its segment."""
+  length = segment_ids_BxT.shape[1]
+  causal_TxT = jnp.tril(jnp.ones((length, length), dtype=jnp.bool_))
+  same_doc_BxTxT = segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :]
+  return (causal_TxT & same_doc_BxTxT)[:, None, :, :]
+
+
+class Attention(nnx.Module):
+  """Multi-head attention with grouped-query K/V, fused QKV projection and rotary positions."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    heads = config.num_heads + 2 * config.num_kv_heads
+    self.qkv = _linear(config, config.model_dim, heads * config.head_dim, rngs=rngs)
+    # GPT-2's scaled init for projections that write into the residual stream.
+    self.out = _linear(config, config.num_heads * config.head_dim, config.model_dim, rngs=rngs,
+                       stddev=_INIT_STDDEV / (2 * config.num_layers) ** 0.5)
+
+  def __call__(self, x_BxTxD, positions_BxT, mask_Bx1xTxT):
+    c = self.config
+    batch, length, _ = x_BxTxD.shape
+    qkv = self.qkv(x_BxTxD).reshape(batch, length, c.num_heads + 2 * c.num_kv_heads, c.head_dim)
+    q_BxTxNxH = qkv[:, :, :c.num_heads]
+    k_BxTxKxH = qkv[:, :, c.num_heads:c.num_heads + c.num_kv_heads]
+    v_BxTxKxH = qkv[:, :, c.num_heads + c.num_kv_heads:]
+    q_BxTxNxH = apply_rotary(q_BxTxNxH, positions_BxT, c.rotary_dims, c.rotary_base)
+    k_BxTxKxH = apply_rotary(k_BxTxKxH, positions_BxT, c.rotary_dims, c.rotary_base)
+    # XLA on CPU/TPU; cuDNN flash attention is picked on GPU when shapes and dtypes allow.
+    y_BxTxNxH = jax.nn.dot_product_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask=mask_Bx1xTxT)
+    return self.out(y_BxTxNxH.reshape(batch, length, c.num_heads * c.head_dim))
+
+
+class Mlp(nnx.Module):
+  """GELU MLP (pythia) or SwiGLU MLP (llama)."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    self.family = config.family
+    out_stddev = _INIT_STDDEV / (2 * config.num_layers) ** 0.5
+    self.up = _linear(config, config.model_dim, config.mlp_dim, rngs=rngs)
+    if config.family == "llama":
+      self.gate = _linear(config, config.model_dim, config.mlp_dim, rngs=rngs)
+    self.down = _linear(config, config.mlp_dim, config.model_dim, rngs=rngs, stddev=out_stddev)
+
+  def __call__(self, x_BxTxD):
+    if self.family == "llama":
+      return self.down(jax.nn.silu(self.gate(x_BxTxD)) * self.up(x_BxTxD))
+    return self.down(jax.nn.gelu(self.up(x_BxTxD), approximate=False))
+
+
+class Block(nnx.Module):
+  """Pythia: x + attn(norm1 x) + mlp(norm2 x). Llama: h = x + attn(norm1 x); h + mlp(norm2 h)."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    self.parallel_residual = config.family == "pythia"
+    self.attention_norm = _norm(config, rngs=rngs)
+    self.attention = Attention(config, rngs=rngs)
+    self.mlp_norm = _norm(config, rngs=rngs)
+    self.mlp = Mlp(config, rngs=rngs)
+
+  def __call__(self, x_BxTxD, positions_BxT, mask_Bx1xTxT):
+    attended = self.attention(self.attention_norm(x_BxTxD), positions_BxT, mask_Bx1xTxT)
+    if self.parallel_residual:
+      return x_BxTxD + attended + self.mlp(self.mlp_norm(x_BxTxD))
+    h_BxTxD = x_BxTxD + attended
+    return h_BxTxD + self.mlp(self.mlp_norm(h_BxTxD))
+
+
+class Transformer(nnx.Module):
+  """Token ids (B, T) -> next-token logits (B, T, V) in float32."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    dtype = jnp.dtype(config.compute_dtype)
+    self.embed = nnx.Embed(config.vocab_size, config.model_dim, dtype=dtype,
+                           param_dtype=jnp.float32,
+                           embedding_init=nnx.initializers.normal(_INIT_STDDEV), rngs=rngs)
+    self.blocks = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
+    self.final_norm = _norm(config, rngs=rngs)
+    if not config.tie_embeddings:
+      self.unembed = nnx.Linear(config.model_dim, config.vocab_size, use_bias=False, dtype=dtype,
+                                param_dtype=jnp.float32,
+                                kernel_init=nnx.initializers.normal(_INIT_STDDEV), rngs=rngs)
+
+  def __call__(self, tokens_BxT, positions_BxT=None, segment_ids_BxT=None):
+    if positions_BxT is None:
+      positions_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)
+    if segment_ids_BxT is None:
+      segment_ids_BxT = jnp.ones_like(tokens_BxT)
+    mask_Bx1xTxT = attention_mask(segment_ids_BxT)
+    x_BxTxD = self.embed(tokens_BxT)
+    for block in self.blocks:
+      if self.config.remat:
+        x_BxTxD = nnx.remat(lambda blk, x: blk(x, positions_BxT, mask_Bx1xTxT))(block, x_BxTxD)
+      else:
+        x_BxTxD = block(x_BxTxD, positions_BxT, mask_Bx1xTxT)
+    x_BxTxD = self.final_norm(x_BxTxD)
+    if self.config.tie_embeddings:
+      logits_BxTxV = self.embed.attend(x_BxTxD)
+    else:
+      logits_BxTxV = self.unembed(x_BxTxD)
+    return logits_BxTxV.astype(jnp.float32)
+
+
+def parameter_counts(config: ModelConfig) -> tuple[int, int]:
+  """(total, non-embedding) parameter counts, computed from abstract shapes (no allocation)."""
+  abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
+  params = nnx.state(abstract, nnx.Param)
+  total = sum(leaf.size for leaf in jax.tree.leaves(params))
+  embedding = config.vocab_size * config.model_dim * (1 if config.tie_embeddings else 2)
+  return total, total - embedding

@@ -1,0 +1,131 @@
+"""Model hyper-parameters: the `ModelConfig` record, named presets, and FLOPs per token.
+
+Owns the shape of a model, not its code (`model.py`) nor its parameters. Presets reproduce
+published architectures exactly: the Pythia ones match the parameter counts of the GPT-NeoX
+checkpoints with the padded vocabulary of 50304.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import ml_collections
+
+Family = Literal["pythia", "llama"]
+FAMILIES = ("pythia", "llama")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """A decoder-only Transformer. `family` picks the block design:
+
+  - "pythia" (GPT-NeoX): LayerNorm with bias, parallel attention + MLP residual, GELU MLP,
+    biases everywhere, rotary on `rotary_pct` of each head's dims, untied embeddings.
+  - "llama": RMSNorm, sequential residual, SwiGLU MLP, no biases, rotary on all dims,
+    grouped-query attention (`num_kv_heads` < `num_heads`), optionally tied embeddings.
+  """
+
+  family: Family = "pythia"
+  vocab_size: int = 4096
+  num_layers: int = 4
+  model_dim: int = 128
+  num_heads: int = 4
+  num_kv_heads: int = 4
+  mlp_dim: int = 512
+  max_seq_len: int = 256
+  rotary_pct: float = 0.25
+  rotary_base: float = 10000.0
+  tie_embeddings: bool = False
+  norm_eps: float = 1e-5
+  compute_dtype: str = "float32"
+  remat: bool = False
+
+  @property
+  def head_dim(self) -> int:
+    return self.model_dim // self.num_heads
+
+  @property
+  def rotary_dims(self) -> int:
+    """Rotated dims per head; even, since rotary pairs dims."""
+    return int(self.head_dim * self.rotary_pct) // 2 * 2
+
+  @property
+  def use_bias(self) -> bool:
+    return self.family == "pythia"
+
+  def validate(self) -> "ModelConfig":
+    def fail(field, expected):
+      raise ValueError(f"model.{field}={getattr(self, field)!r}: expected {expected}")
+
+    if self.family not in FAMILIES:
+      fail("family", f"one of {FAMILIES}")
+    for field in ("vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads",
+                  "mlp_dim", "max_seq_len"):
+      value = getattr(self, field)
+      if not isinstance(value, int) or value <= 0:
+        fail(field, "a positive integer")
+    if self.model_dim % self.num_heads:
+      fail("num_heads", f"a divisor of model_dim={self.model_dim}")
+    if self.num_heads % self.num_kv_heads:
+      fail("num_kv_heads", f"a divisor of num_heads={self.num_heads}")
+    if not 0.0 <= self.rotary_pct <= 1.0:
+      fail("rotary_pct", "a fraction in [0, 1]")
+    if self.compute_dtype not in COMPUTE_DTYPES:
+      fail("compute_dtype", f"one of {COMPUTE_DTYPES}")
+    if self.tie_embeddings and self.family == "pythia":
+      fail("tie_embeddings", "False for the pythia family (GPT-NeoX unties them)")
+    return self
+
+
+def _pythia(vocab_size=50304, max_seq_len=2048, **shape) -> ModelConfig:
+  return ModelConfig(family="pythia", vocab_size=vocab_size, max_seq_len=max_seq_len,
+                     mlp_dim=4 * shape["model_dim"], num_kv_heads=shape["num_heads"],
+                     rotary_pct=0.25, **shape)
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # ~1.8M parameters with a 4k vocabulary: trains in minutes on a laptop CPU.
+    "tiny": _pythia(vocab_size=4096, max_seq_len=256, num_layers=4, model_dim=128, num_heads=4),
+    "pythia-70m": _pythia(num_layers=6, model_dim=512, num_heads=8),
+    "pythia-160m": _pythia(num_layers=12, model_dim=768, num_heads=12),
+    "pythia-410m": _pythia(num_layers=24, model_dim=1024, num_heads=16),
+    "pythia-1b": _pythia(num_layers=16, model_dim=2048, num_heads=8),
+    # A small Llama: GQA with 2 query heads per KV head, SwiGLU width ~8/3 d, tied embeddings.
+    "llama-small": ModelConfig(family="llama", vocab_size=32000, num_layers=8, model_dim=512,
+                               num_heads=8, num_kv_heads=4, mlp_dim=1408, max_seq_len=2048,
+                               rotary_pct=1.0, tie_embeddings=True, norm_eps=1e-6),
+}
+
+
+def preset(name: str) -> ModelConfig:
+  if name not in PRESETS:
+    raise ValueError(f"model preset {name!r} is unknown; expected one of {sorted(PRESETS)}")
+  return PRESETS[name]
+
+
+def preset_config_dict(name: str, **overrides) -> ml_collections.ConfigDict:
+  """A preset as the `config.model` block of an experiment config (every field declared)."""
+  fields = dataclasses.asdict(dataclasses.replace(preset(name), **overrides))
+  return ml_collections.ConfigDict(fields)
+
+
+def from_config_dict(model: ml_collections.ConfigDict) -> ModelConfig:
+  """The validated `ModelConfig` of an experiment's `config.model` block."""
+  known = {f.name for f in dataclasses.fields(ModelConfig)}
+  unknown = sorted(set(model.keys()) - known)
+  if unknown:
+    raise ValueError(f"config.model has unknown fields {unknown}; expected fields {sorted(known)}")
+  return ModelConfig(**model.to_dict()).validate()
+
+
+def flops_per_token(config: ModelConfig, seq_len: int, non_embedding_params: int) -> int:
+  """Training FLOPs per token (forward + backward), PaLM's convention used for MFU.
+
+  6 per weight of every matmul (the non-embedding weights plus the output projection, which
+  is a matmul even when tied; the input lookup is not), plus 12 * layers * dim * seq_len
+  for the attention scores and values (counted over the full square, as PaLM does).
+  """
+  matmul_weights = non_embedding_params + config.model_dim * config.vocab_size
+  return 6 * matmul_weights + 12 * config.num_layers * config.model_dim * seq_len

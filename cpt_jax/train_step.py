@@ -1,0 +1,107 @@
+"""The pure training step `(state, batch) -> (state, metrics)` and the state it updates.
+
+One function serves every parallel mode: under `jax.pmap` it is given the mapped axis name
+and reduces across devices itself; under `jax.jit` over a mesh (FSDP) it gets no axis name
+and XLA inserts the collectives. Side effects (devices, logging, I/O) live elsewhere.
+
+A batch is a dict of (B, T) arrays: `inputs`, `targets`, `positions`, `segment_ids` (ints)
+and `loss_mask` (1 where `targets` is a real next token of the same document).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from cpt_jax.model import Transformer
+from cpt_jax.model_config import ModelConfig
+
+MODEL_INPUTS = ("inputs", "targets", "positions", "segment_ids", "loss_mask")
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: updates applied so far; the schedule's input.
+  params: nnx.State  # float32 model parameters.
+  opt_state: optax.OptState  # Optimizer moments (and clipping/decay state).
+
+
+def init_state(config: ModelConfig, optimizer: optax.GradientTransformation,
+               seed: int) -> tuple[nnx.GraphDef, TrainState]:
+  """A fresh model's graph definition and its initial training state."""
+  model = Transformer(config, rngs=nnx.Rngs(seed))
+  graphdef, params = nnx.split(model, nnx.Param)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                     opt_state=optimizer.init(params))
+  return graphdef, state
+
+
+def loss_sums(graphdef: nnx.GraphDef, params: nnx.State, batch: dict) -> tuple[jax.Array, jax.Array]:
+  """(sum of masked next-token cross-entropies, number of masked-in tokens)."""
+  model = nnx.merge(graphdef, params)
+  logits_BxTxV = model(batch["inputs"], batch["positions"], batch["segment_ids"])
+  losses_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, batch["targets"])
+  weights_BxT = batch["loss_mask"].astype(jnp.float32)
+  return jnp.sum(losses_BxT * weights_BxT), jnp.sum(weights_BxT)
+
+
+def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
+                    schedule: optax.Schedule, *, microbatches: int = 1,
+                    axis_name: str | None = None) -> Callable[[TrainState, dict], Any]:
+  """Builds the pure step. The loss is the mean over every masked-in token of the global
+  batch: each device (and each microbatch) contributes its token sum divided by the global
+  token count, and those pieces are summed, so padding never skews the average."""
+
+  def reduce(x):
+    return jax.lax.psum(x, axis_name) if axis_name else x
+
+  def grads_of(params, batch, token_count):
+    def scaled_loss(p):
+      loss_sum, _ = loss_sums(graphdef, p, batch)
+      return loss_sum / token_count
+    return jax.value_and_grad(scaled_loss)(params)
+
+  def train_step(state: TrainState, batch: dict):
+    batch = {name: batch[name] for name in MODEL_INPUTS}
+    token_count = jnp.maximum(reduce(jnp.sum(batch["loss_mask"].astype(jnp.float32))), 1.0)
+    if microbatches == 1:
+      loss, grads = grads_of(state.params, batch, token_count)
+    else:
+      micro = jax.tree.map(
+          lambda x: x.reshape(microbatches, x.shape[0] // microbatches, *x.shape[1:]), batch)
+
+      def accumulate(carry, microbatch):
+        loss, grads = grads_of(state.params, microbatch, token_count)
+        return jax.tree.map(jnp.add, carry, (loss, grads)), None
+
+      zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
+      (loss, grads), _ = jax.lax.scan(accumulate, zeros, micro)
+    loss, grads = reduce(loss), reduce(grads)
+
+    learning_rate = jnp.asarray(schedule(state.step), jnp.float32)
+    direction, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    updates = jax.tree.map(lambda d: -learning_rate * d, direction)
+    new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                           opt_state=opt_state)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+               "learning_rate": learning_rate, "tokens": token_count}
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(graphdef: nnx.GraphDef, *, axis_name: str | None = None):
+  """Pure evaluation: (params, batch) -> (loss sum, token count), reduced over `axis_name`."""
+
+  def eval_step(params, batch):
+    loss_sum, count = loss_sums(graphdef, params, batch)
+    if axis_name:
+      loss_sum, count = jax.lax.psum((loss_sum, count), axis_name)
+    return loss_sum, count
+
+  return eval_step

@@ -1,0 +1,133 @@
+"""Tests for cpt_jax/model.py and cpt_jax/model_config.py."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from cpt_jax import model as model_lib
+from cpt_jax import model_config
+
+SMALL_PYTHIA = dataclasses.replace(model_config.preset("tiny"), vocab_size=97, num_layers=2,
+                                   model_dim=32, num_heads=4, num_kv_heads=4, mlp_dim=64)
+SMALL_LLAMA = dataclasses.replace(model_config.preset("llama-small"), vocab_size=97,
+                                  num_layers=2, model_dim=32, num_heads=4, num_kv_heads=2,
+                                  mlp_dim=48, max_seq_len=64)
+
+
+def _model(config):
+  return model_lib.Transformer(config, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("config", [SMALL_PYTHIA, SMALL_LLAMA], ids=["pythia", "llama"])
+def test_changing_a_later_token_never_changes_earlier_logits(config):
+  model = _model(config)
+  tokens = jax.random.randint(jax.random.key(1), (1, 12), 0, config.vocab_size)
+  logits = model(tokens)
+  for t in range(11):
+    changed = tokens.at[0, t + 1].set((tokens[0, t + 1] + 1) % config.vocab_size)
+    changed_logits = model(changed)
+    np.testing.assert_allclose(changed_logits[0, :t + 1], logits[0, :t + 1], atol=1e-6)
+    assert not np.allclose(changed_logits[0, t + 1:], logits[0, t + 1:])
+
+
+@pytest.mark.parametrize("config", [SMALL_PYTHIA, SMALL_LLAMA], ids=["pythia", "llama"])
+def test_two_packed_documents_give_the_logits_of_each_alone(config):
+  model = _model(config)
+  first = jax.random.randint(jax.random.key(2), (1, 7), 0, config.vocab_size)
+  second = jax.random.randint(jax.random.key(3), (1, 5), 0, config.vocab_size)
+  packed = jnp.concatenate([first, second], axis=1)
+  positions = jnp.concatenate([jnp.arange(7), jnp.arange(5)])[None]
+  segments = jnp.array([[1] * 7 + [2] * 5])
+  packed_logits = model(packed, positions, segments)
+  np.testing.assert_allclose(packed_logits[:, :7], model(first), atol=1e-5)
+  np.testing.assert_allclose(packed_logits[:, 7:], model(second), atol=1e-5)
+  # Without the segment mask the second document would see the first.
+  unmasked = model(packed, positions, jnp.ones_like(segments))
+  assert not np.allclose(unmasked[:, 7:], model(second), atol=1e-3)
+
+
+def test_rotary_depends_only_on_relative_position():
+  q = jax.random.normal(jax.random.key(4), (1, 1, 1, 16))
+  k = jax.random.normal(jax.random.key(5), (1, 1, 1, 16))
+
+  def score(q_pos, k_pos):
+    rq = model_lib.apply_rotary(q, jnp.array([[q_pos]]), 16, 10000.0)
+    rk = model_lib.apply_rotary(k, jnp.array([[k_pos]]), 16, 10000.0)
+    return float(jnp.sum(rq * rk))
+
+  assert score(5, 2) == pytest.approx(score(13, 10), rel=1e-5)
+  assert score(5, 2) != pytest.approx(score(5, 4), rel=1e-3)
+
+
+def test_partial_rotary_leaves_the_remaining_dims_untouched():
+  x = jax.random.normal(jax.random.key(6), (1, 3, 2, 16))
+  rotated = model_lib.apply_rotary(x, jnp.array([[0, 4, 9]]), 4, 10000.0)
+  np.testing.assert_array_equal(rotated[..., 4:], x[..., 4:])
+  assert not np.allclose(rotated[0, 1:, :, :4], x[0, 1:, :, :4])
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits():
+  config = dataclasses.replace(SMALL_PYTHIA, compute_dtype="bfloat16")
+  model = _model(config)
+  params = nnx.state(model, nnx.Param)
+  assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype("float32")}
+  logits = model(jnp.zeros((1, 4), jnp.int32))
+  assert logits.dtype == jnp.float32
+  np.testing.assert_allclose(logits, _model(SMALL_PYTHIA)(jnp.zeros((1, 4), jnp.int32)),
+                             atol=0.05)
+
+
+def test_remat_gives_the_same_logits():
+  tokens = jnp.arange(10)[None] % 97
+  plain = _model(SMALL_LLAMA)(tokens)
+  remat = _model(dataclasses.replace(SMALL_LLAMA, remat=True))(tokens)
+  np.testing.assert_allclose(remat, plain, atol=1e-6)
+
+
+@pytest.mark.parametrize("name, total, non_embedding", [
+    ("pythia-70m", 70_426_624, 18_915_328),
+    ("pythia-160m", 162_322_944, 85_056_000),
+    ("pythia-410m", 405_334_016, 302_311_424),
+    ("pythia-1b", 1_011_781_632, 805_736_448),
+])
+def test_pythia_presets_have_the_published_parameter_counts(name, total, non_embedding):
+  assert model_lib.parameter_counts(model_config.preset(name)) == (total, non_embedding)
+
+
+def test_tiny_preset_fits_a_cpu():
+  total, _ = model_lib.parameter_counts(model_config.preset("tiny"))
+  assert 1_000_000 <= total <= 3_000_000
+
+
+def test_tied_embeddings_have_no_output_matrix():
+  tied, _ = model_lib.parameter_counts(SMALL_LLAMA)
+  untied, _ = model_lib.parameter_counts(dataclasses.replace(SMALL_LLAMA, tie_embeddings=False))
+  assert untied - tied == 97 * 32
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("num_heads", 5, "model.num_heads=5: expected a divisor of model_dim=32"),
+    ("num_kv_heads", 3, "model.num_kv_heads=3"),
+    ("family", "gpt", "model.family='gpt'"),
+    ("compute_dtype", "float16", "model.compute_dtype"),
+    ("vocab_size", 0, "model.vocab_size=0: expected a positive integer"),
+])
+def test_invalid_model_fields_are_named(field, value, message):
+  with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
+    dataclasses.replace(SMALL_PYTHIA, **{field: value}).validate()
+
+
+def test_unknown_preset_lists_the_known_ones():
+  with pytest.raises(ValueError, match="pythia-410m"):
+    model_config.preset("pythia-7b")
+
+
+def test_flops_per_token_follows_the_palm_formula():
+  config = model_config.preset("pythia-410m")
+  _, non_embedding = model_lib.parameter_counts(config)
+  expected = 6 * (302_311_424 + 1024 * 50304) + 12 * 24 * 1024 * 2048
+  assert model_config.flops_per_token(config, 2048, non_embedding) == expected

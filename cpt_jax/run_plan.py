@@ -104,10 +104,11 @@ def validate_stages(stages, source_names) -> None:
     trained |= set(new)
 
 
-def plan(config: ml_collections.ConfigDict) -> list[StagePlan]:
-  """The validated stage plan of an experiment config."""
+def plan(config: ml_collections.ConfigDict, start_step: int = 0) -> list[StagePlan]:
+  """The validated stage plan; the first stage begins at global step `start_step` (non-zero
+  when a run continues another run's step counter)."""
   validate_stages(config.stages, set(config.data.sources.keys()))
-  plans, start = [], 0
+  plans, start = [], start_step
   for index, stage_config in enumerate(config.stages):
     replay = _nonzero(dict(stage_config.replay.items()))
     plans.append(StagePlan(
@@ -119,9 +120,15 @@ def plan(config: ml_collections.ConfigDict) -> list[StagePlan]:
   return plans
 
 
-def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-  """The whole run's LR over the global step."""
-  return schedule_config.run_schedule(config.get("schedule"), config.stages)
+def learning_rate_schedule(config: ml_collections.ConfigDict,
+                           step_offset: int = 0) -> optax.Schedule:
+  """The whole run's LR over the global step. Per-stage schedules are stage-local, so with
+  a `step_offset` they are shifted to the run's first stage; a run-wide schedule sees the
+  global step itself (continuing, e.g., the constant phase of an infinite schedule)."""
+  schedule = schedule_config.run_schedule(config.get("schedule"), config.stages)
+  if step_offset and config.get("schedule") is None:
+    return lambda step: schedule(step - step_offset)
+  return schedule
 
 
 def stage_at(plans: list[StagePlan], step: int) -> StagePlan:

@@ -1,0 +1,49 @@
+"""The experiment config's skeleton: every field cpt_jax reads, declared with its default.
+
+Experiment files under `configs/` start from `base_config()` and fill in the model, data
+sources and stages. A field that is not declared here does not exist: overriding it fails
+with close matches (`config_overrides.py`).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from cpt_jax import input_pipeline
+from cpt_jax import model_config
+from cpt_jax import optimizer
+
+PARALLEL_MODES = ("pmap", "fsdp")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # Parameter initialization seed.
+  config.model = model_config.preset_config_dict("tiny")  # Model shape; see model_config.py.
+  config.optimizer = optimizer.default_config()  # AdamW without its learning rate.
+  config.data = input_pipeline.default_config()  # Sources, tokenizer, sequence length, batch.
+  config.stages = []  # run_plan.stage(...) entries, trained in order.
+  config.schedule = None  # A run-wide schedule_config block; None = each stage's own schedule.
+  config.parallel = "pmap"  # "pmap" (data parallel) or "fsdp" (params sharded over devices).
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.every = 100  # Evaluate every this many steps (and at every stage's end).
+  config.eval.max_batches = 8  # Validation batches per source; the same batches every time.
+  config.eval.sources = ()  # Sources evaluated; () = every source in config.data.sources.
+
+  config.log = ml_collections.ConfigDict()
+  config.log.every = 10  # Write a train record every this many steps.
+  config.log.progress_bar = True  # Show a tqdm progress bar (process 0 only).
+
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.every = 200  # Save every this many steps (and at each stage's end).
+  config.checkpoint.keep = 3  # Keep the latest this many checkpoints...
+  config.checkpoint.keep_every = 0  # ...plus every multiple of this step forever (0 = none).
+  config.checkpoint.async_save = True  # Write in the background; the loop waits only for D2H.
+
+  # Start this run from another run's checkpoint (e.g. a pretrained model).
+  config.init = ml_collections.ConfigDict()
+  config.init.from_checkpoint = ""  # "RUN_DIR" (its latest step) or "RUN_DIR:STEP"; "" = fresh.
+  config.init.optimizer_state = "reset"  # "reset" (fresh Adam moments) or "keep" them.
+  config.init.step = "reset"  # "reset" the step counter to 0 or "continue" from the checkpoint's.
+  return config

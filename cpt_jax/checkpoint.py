@@ -1,0 +1,141 @@
+"""Orbax checkpoints of a run: params, optimizer state, metadata and the data iterator.
+
+Owns the on-disk layout (`RUN_DIR/checkpoints/<step>/{params,opt_state,metadata,data}`),
+async saving, retention, and finding a restorable step. Items are separate so a new stage
+(or another run) can restore params alone. Arrays are saved once, whatever the device count:
+the train state is replicated, not stacked per device. Orbax commits a step atomically (it
+writes to a temporary directory and renames), so a partial save is never listed; a committed
+step that fails to read falls back to the previous one with a warning naming both.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Iterable
+
+import grain
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from cpt_jax import train_step as train_step_lib
+
+ITEMS = ("params", "opt_state", "metadata", "data")
+
+
+class CheckpointError(RuntimeError):
+  """A save failed (disk full, unwritable directory): the previous checkpoint is intact."""
+
+
+def directory(workdir: str) -> str:
+  return os.path.join(workdir, "checkpoints")
+
+
+def parse_reference(reference: str) -> tuple[str, int | None]:
+  """'RUN_DIR' or 'RUN_DIR:STEP' -> (RUN_DIR, STEP or None for the latest)."""
+  run_dir, separator, step = reference.rpartition(":")
+  if separator and step.isdigit() and "://" not in step:
+    return run_dir, int(step)
+  return reference, None
+
+
+class Checkpointer:
+
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict | None = None,
+               read_only: bool = False):
+    config = config or ml_collections.ConfigDict(
+        {"keep": 3, "keep_every": 0, "async_save": False})
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=config.keep, keep_period=config.keep_every or None,
+        enable_async_checkpointing=config.async_save, read_only=read_only, create=not read_only)
+    self._path = directory(workdir)
+    try:
+      self._manager = ocp.CheckpointManager(self._path, item_names=ITEMS, options=options)
+    except OSError as error:
+      raise CheckpointError(f"cannot create checkpoint directory {self._path}: {error}") from None
+
+  def steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def save(self, step: int, state: train_step_lib.TrainState, metadata: dict,
+           data_iterator: grain.DatasetIterator | None) -> None:
+    """Starts a save; with async saving it returns once arrays are copied to the host."""
+    items = {"params": ocp.args.StandardSave(state.params),
+             "opt_state": ocp.args.StandardSave(state.opt_state),
+             "metadata": ocp.args.JsonSave(metadata)}
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    try:
+      self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+    except Exception as error:
+      raise CheckpointError(f"saving step {step} to {self._path} failed: {error}; the "
+                            f"previous checkpoint (step {self._previous(step)}) is intact") from None
+
+  def _previous(self, step: int):
+    earlier = [s for s in self.steps() if s < step]
+    return earlier[-1] if earlier else None
+
+  def wait(self) -> None:
+    """Blocks until background writes finish; raises CheckpointError if one failed."""
+    try:
+      self._manager.wait_until_finished()
+    except Exception as error:
+      raise CheckpointError(f"a background checkpoint write to {self._path} failed: {error}; "
+                            "earlier checkpoints are intact") from None
+
+  def read_metadata(self, step: int) -> dict:
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))
+    return dict(restored["metadata"])
+
+  def restore(self, step: int, abstract_state: train_step_lib.TrainState, *,
+              with_optimizer: bool = True,
+              data_iterator: grain.DatasetIterator | None = None) -> tuple[dict, dict]:
+    """Restores the chosen items of `step`: ({params, opt_state}, metadata); the data
+    iterator, if given, is positioned in place."""
+    items = {"params": ocp.args.StandardRestore(abstract_state.params),
+             "metadata": ocp.args.JsonRestore()}
+    if with_optimizer:
+      items["opt_state"] = ocp.args.StandardRestore(abstract_state.opt_state)
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    arrays = {key: restored[key] for key in ("params", "opt_state") if key in items}
+    return arrays, dict(restored["metadata"])
+
+  def restore_data(self, step: int, data_iterator: grain.DatasetIterator) -> None:
+    """Positions `data_iterator` where it was when `step` was saved."""
+    self._manager.restore(step, args=ocp.args.Composite(
+        data=grain.checkpoint.CheckpointRestore(data_iterator)))
+
+  def latest_restorable(self, candidates: Iterable[int] | None = None,
+                        check: Any = None) -> int | None:
+    """The newest step whose metadata (and `check(step)`, if given) reads back; a failing
+    newer one is reported and skipped."""
+    failed = None
+    for step in sorted(candidates if candidates is not None else self.steps(), reverse=True):
+      try:
+        self.read_metadata(step)
+        if check is not None:
+          check(step)
+      except Exception as error:  # Corrupt or truncated files raise many exception types.
+        logging.warning("checkpoint step %d in %s is unreadable (%s)", step, self._path,
+                        type(error).__name__)
+        failed = failed if failed is not None else step
+        continue
+      if failed is not None:
+        message = (f"warning: checkpoint step {failed} in {self._path} is corrupt or truncated;"
+                   f" falling back to step {step}")
+        logging.warning(message)
+        print(message)
+      return step
+    return None
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def abstract_like(state: train_step_lib.TrainState, sharding) -> train_step_lib.TrainState:
+  """Shape/dtype/sharding stand-ins for restoring into `state`'s structure."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state)

@@ -1,0 +1,53 @@
+"""`cpt-jax info`: what a config will train, before anything is launched.
+
+Owns the human-readable description: parameter counts, FLOPs per token and the stage plan.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from cpt_jax import model as model_lib
+from cpt_jax import model_config
+from cpt_jax import run_plan
+
+
+def _schedule_summary(schedule: ml_collections.ConfigDict | None) -> str:
+  if schedule is None:
+    return "run-wide schedule"
+  fields = ", ".join(f"{key}={value}" for key, value in schedule.items() if key != "name")
+  return f"{schedule.name}({fields})"
+
+
+def describe(config: ml_collections.ConfigDict) -> str:
+  model = model_config.from_config_dict(config.model)
+  total, non_embedding = model_lib.parameter_counts(model)
+  seq_len = config.data.seq_len
+  flops = model_config.flops_per_token(model, seq_len, non_embedding)
+  per_step = run_plan.tokens_per_step(config)
+  plans = run_plan.plan(config)
+  lines = [
+      f"parameters: {total} (non-embedding {non_embedding})",
+      f"model: {model.family}, {model.num_layers} layers, dim {model.model_dim}, "
+      f"{model.num_heads} heads ({model.num_kv_heads} kv), mlp {model.mlp_dim}, "
+      f"vocab {model.vocab_size}, {model.compute_dtype}",
+      f"flops per token: {flops:.4g} (training, seq_len {seq_len}); "
+      f"per step: {flops * per_step:.4g}",
+      f"batch: {config.data.global_batch_size} x {seq_len} = {per_step} tokens per step; "
+      f"parallel: {config.parallel}",
+      f"plan: {len(plans)} stages, {plans[-1].end_step} steps, "
+      f"{plans[-1].end_step * per_step:,} tokens",
+  ]
+  if config.get("schedule") is not None:
+    lines.append(f"  schedule (run-wide): {_schedule_summary(config.schedule)}")
+  for stage_plan, stage_config in zip(plans, config.stages):
+    mixture = ", ".join(f"{source} {weight:.0%}" + (" (replay)" if source in
+                                                    stage_plan.replayed_sources else "")
+                        for source, weight in sorted(stage_plan.mixture.items()))
+    lines.append(
+        f"  stage {stage_plan.index} {stage_plan.name!r}: steps {stage_plan.start_step}-"
+        f"{stage_plan.end_step}, {stage_plan.steps * per_step:,} tokens; {mixture}; "
+        f"optimizer state {stage_plan.optimizer_state}")
+    if stage_config.get("schedule") is not None:
+      lines.append(f"    schedule: {_schedule_summary(stage_config.schedule)}")
+  return "\n".join(lines)

@@ -1,0 +1,75 @@
+"""The end-of-run report: per-domain validation loss after each stage, forgetting, adaptation.
+
+Owns reading the run's records back and turning them into `RUN_DIR/summary.json`,
+`RUN_DIR/curves.png` and the table printed at the end. For each stage after the first:
+forgetting = how much the loss of every source *not* in the stage's new data rose during
+the stage (replayed sources included); adaptation = how much the loss of the stage's new
+sources fell. Positive numbers mean more forgetting and more adaptation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from cpt_jax import metrics_writer
+from cpt_jax import plots
+
+
+def _loss_at(eval_records: list[dict], step: int) -> dict[str, float] | None:
+  for record in eval_records:
+    if record["step"] == step:
+      return {key.split("/")[1]: value for key, value in record.items()
+              if key.startswith("eval/")}
+  return None
+
+
+def summarize(eval_records: list[dict], plans) -> dict:
+  start = _loss_at(eval_records, plans[0].start_step)
+  stages = []
+  for stage_plan in plans:
+    stages.append({"name": stage_plan.name, "end_step": stage_plan.end_step,
+                   "mixture": stage_plan.mixture,
+                   "validation_loss": _loss_at(eval_records, stage_plan.end_step)})
+  forgetting, adaptation = {}, {}
+  for previous, (stage_plan, stage) in zip([None] + stages[:-1], zip(plans, stages)):
+    before = previous["validation_loss"] if previous else start
+    after = stage["validation_loss"]
+    if not before or not after or previous is None:
+      continue
+    new_sources = set(stage_plan.mixture) - set(stage_plan.replayed_sources)
+    forgetting[stage_plan.name] = {source: after[source] - before[source]
+                                   for source in sorted(after) if source not in new_sources}
+    adaptation[stage_plan.name] = {source: before[source] - after[source]
+                                   for source in sorted(after) if source in new_sources}
+  return {"start_validation_loss": start, "stages": stages, "forgetting": forgetting,
+          "adaptation": adaptation}
+
+
+def table(summary: dict) -> str:
+  sources = sorted({source for stage in summary["stages"]
+                    for source in (stage["validation_loss"] or {})})
+  width = max([len("after stage")] + [len(stage["name"]) + 2 for stage in summary["stages"]])
+  lines = ["validation loss".ljust(width) + "".join(f"{s:>12}" for s in sources)]
+  rows = [("start", summary["start_validation_loss"])] + [
+      (f"after {stage['name']}", stage["validation_loss"]) for stage in summary["stages"]]
+  for label, losses in rows:
+    if losses:
+      lines.append(label.ljust(width) + "".join(f"{losses[s]:>12.4f}" for s in sources))
+  for kind in ("forgetting", "adaptation"):
+    for stage_name, changes in summary[kind].items():
+      for source, change in changes.items():
+        verb = "rose" if kind == "forgetting" else "fell"
+        lines.append(f"{kind} during {stage_name!r}: {source} loss {verb} by {change:+.4f}")
+  return "\n".join(lines)
+
+
+def write(workdir: str, plans, tokens_per_step: int) -> dict:
+  train_records, eval_records = metrics_writer.read_records(workdir)
+  summary = summarize(eval_records, plans)
+  with open(os.path.join(workdir, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=1)
+  plots.plot_curves(eval_records, train_records, plans, tokens_per_step,
+                    os.path.join(workdir, "curves.png"))
+  print(table(summary))
+  return summary

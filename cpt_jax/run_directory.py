@@ -1,0 +1,116 @@
+"""A run directory's identity: its resolved config and its tokenizer.
+
+Owns `RUN_DIR/config.json` (written at the first start, compared at every resume) and
+`RUN_DIR/tokenizer.json` (or `.model`): trained or copied once, then reused by every resume
+and every later stage. A resume whose config differs in a field that matters, or whose
+tokenizer differs, is refused with the differences listed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import ml_collections
+
+from cpt_jax import corpora
+from cpt_jax import tokenizer as tokenizer_lib
+
+CONFIG_FILE = "config.json"
+
+
+class ConfigMismatchError(ValueError):
+  pass
+
+
+def _flatten(value, prefix: str = "") -> dict[str, object]:
+  if isinstance(value, dict):
+    items = {}
+    for key, child in value.items():
+      items.update(_flatten(child, f"{prefix}.{key}" if prefix else str(key)))
+    return items
+  if isinstance(value, (list, tuple)):
+    items = {}
+    for index, child in enumerate(value):
+      items.update(_flatten(child, f"{prefix}[{index}]"))
+    return items
+  return {prefix: value}
+
+
+def config_as_json(config: ml_collections.ConfigDict) -> dict:
+  return json.loads(config.to_json_best_effort())
+
+
+def fields_that_matter(config_json: dict, stages_done: int) -> dict[str, object]:
+  """Model shape, tokenizer, data layout, optimizer, schedules, and the stages up to and
+  including the current one: changing these mid-run silently changes the experiment."""
+  selected = {key: config_json.get(key) for key in ("model", "optimizer", "schedule", "seed")}
+  data = config_json.get("data", {})
+  selected["data"] = {key: data.get(key) for key in ("tokenizer", "seq_len", "global_batch_size",
+                                                     "shuffle_seed")}
+  selected["stages"] = config_json.get("stages", [])[:stages_done + 1]
+  return _flatten(selected)
+
+
+def check_and_store_config(workdir: str, config: ml_collections.ConfigDict, current_stage: int,
+                           allow_change: bool) -> None:
+  """Writes config.json at a first start; on a resume, refuses changed fields that matter
+  (listing them) unless `allow_change`, and then records the new config."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  new = config_as_json(config)
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    before, after = fields_that_matter(old, current_stage), fields_that_matter(new, current_stage)
+    changed = sorted(key for key in set(before) | set(after) if before.get(key) != after.get(key))
+    if changed and not allow_change:
+      diff = "; ".join(f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in changed)
+      raise ConfigMismatchError(
+          f"{path} differs in fields that matter: {diff}. Use another --workdir, or pass "
+          "--allow_config_change if the change is intended (e.g. a longer last stage)")
+  os.makedirs(workdir, exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump(new, f, indent=1, sort_keys=True)
+  os.replace(path + ".tmp", path)
+
+
+def _first_stage_source(config: ml_collections.ConfigDict) -> str:
+  return config.data.tokenizer.train_source or sorted(config.stages[0].mixture.keys())[0]
+
+
+def tokenizer_for_run(config: ml_collections.ConfigDict, workdir: str,
+                      inherit_from: str = "") -> tokenizer_lib.Tokenizer:
+  """The run's tokenizer: its saved copy if there is one; else the tokenizer of the run it
+  starts from (`inherit_from`); else trained ("bpe") or loaded from data.tokenizer.path.
+  The result is saved into `workdir` for every later resume and stage."""
+  settings = config.data.tokenizer
+  saved = os.path.join(workdir, tokenizer_lib.saved_file_name(settings.kind))
+  inherited = os.path.join(inherit_from, tokenizer_lib.saved_file_name(settings.kind))
+  if settings.kind == "bytes":
+    return tokenizer_lib.bytes_tokenizer()
+  if os.path.exists(saved):
+    return tokenizer_lib.load(settings.kind if settings.kind != "bpe" else "hf_json", saved,
+                              settings.eos_token)
+  if inherit_from and os.path.exists(inherited):
+    result = tokenizer_lib.load("hf_json" if settings.kind == "bpe" else settings.kind,
+                                inherited, settings.eos_token)
+  elif settings.kind == "bpe":
+    cache_copy = os.path.join(config.data.token_cache_dir, "tokenizer.json")
+    if config.data.token_cache_dir and os.path.exists(cache_copy):
+      result = tokenizer_lib.load("hf_json", cache_copy, settings.eos_token)
+    else:
+      source = _first_stage_source(config)
+      texts = corpora.documents(source, config.data.sources[source], "train")
+      result = tokenizer_lib.train_bpe(texts, settings.vocab_size, settings.train_megabytes)
+  else:
+    result = tokenizer_lib.load(settings.kind, settings.path, settings.eos_token)
+  os.makedirs(workdir, exist_ok=True)
+  result.save(saved + ".tmp")
+  os.replace(saved + ".tmp", saved)
+  return result
+
+
+def copy_file_if_missing(source: str, destination: str) -> None:
+  if os.path.exists(source) and not os.path.exists(destination):
+    shutil.copyfile(source, destination)

@@ -1,0 +1,272 @@
+"""The training loop: stages in order, evaluation, checkpoints, records, preemption.
+
+Owns the side effects around the pure step: building the run's state (fresh, resumed from
+this run directory, or started from another run's checkpoint), feeding batches, fetching
+metrics one step late and only at log intervals (so the host never waits for the device),
+and the stage transitions (new data mixture; optimizer moments reset or kept).
+
+Exactness: a checkpoint at step s holds the state after s updates and the data iterator
+positioned at batch s. A stage's end is checkpointed before the next stage's transition, and
+the transition runs whenever a stage starts, fresh or resumed, so a resumed run repeats the
+uninterrupted run's computation exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+
+from cpt_jax import checkpoint as checkpoint_lib
+from cpt_jax import data_parallel
+from cpt_jax import evaluation
+from cpt_jax import experiment_config
+from cpt_jax import input_pipeline
+from cpt_jax import metrics_writer
+from cpt_jax import model_config
+from cpt_jax import optimizer as optimizer_lib
+from cpt_jax import packing
+from cpt_jax import report
+from cpt_jax import run_directory
+from cpt_jax import run_plan
+from cpt_jax import train_step as train_step_lib
+
+
+class TrainingDiverged(RuntimeError):
+  pass
+
+
+class _PreemptionSignal:
+  """SIGTERM (how TPU VMs announce preemption) sets a flag the loop checks every step."""
+
+  def __init__(self):
+    self.received = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    self.received = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+@dataclasses.dataclass
+class _Progress:
+  """Counters saved in every checkpoint's metadata."""
+  tokens: dict[str, float]  # Target tokens consumed per source, all processes together.
+  rows: dict[str, int]  # Rows served per source to this process (for replay "continue").
+
+  def add(self, rows_batch: dict, names: list[str], process_count: int) -> None:
+    tokens = input_pipeline.tokens_by_source(rows_batch, len(names))
+    rows = np.bincount(rows_batch["source_id"], minlength=len(names))
+    for index, name in enumerate(names):
+      self.tokens[name] += float(tokens[index]) * process_count
+      self.rows[name] += int(rows[index])
+
+
+def _metadata(step, stage_plan, progress, tokenizer, step_offset, config) -> dict:
+  return {"step": step, "stage": stage_plan.index, "stage_name": stage_plan.name,
+          "tokens": progress.tokens, "rows": progress.rows, "step_offset": step_offset,
+          "tokenizer_fingerprint": tokenizer.fingerprint, "seed": config.seed,
+          "process_count": jax.process_count(), "config": run_directory.config_as_json(config)}
+
+
+def _check_tokenizer(metadata: dict, tokenizer, where: str) -> None:
+  if metadata.get("tokenizer_fingerprint") != tokenizer.fingerprint:
+    raise ValueError(f"{where} was trained with another tokenizer than this run's "
+                     f"({metadata.get('tokenizer_fingerprint', '?')[:12]} vs "
+                     f"{tokenizer.fingerprint[:12]}); continual pre-training must keep the "
+                     "tokenizer")
+
+
+def _restore(checkpointer, step, abstract, with_optimizer, where):
+  try:
+    return checkpointer.restore(step, abstract, with_optimizer=with_optimizer)
+  except (ValueError, KeyError, TypeError) as error:
+    raise ValueError(f"{where} does not fit this config's model or optimizer "
+                     f"({type(error).__name__}: {str(error).splitlines()[0][:200]})") from None
+
+
+class _Run:
+  """One run's mutable state: the train state, the step, counters, and where output goes."""
+
+  def __init__(self, config, workdir, allow_config_change):
+    experiment_config.validate(config)
+    self.config, self.workdir = config, workdir
+    self.shard = input_pipeline.ProcessShard(jax.process_index(), jax.process_count())
+    self.lead = self.shard.index == 0
+    os.makedirs(workdir, exist_ok=True)
+    self.checkpointer = checkpoint_lib.Checkpointer(workdir, config.checkpoint)
+    self.resume_step = self.checkpointer.latest_restorable()
+    resume = (self.checkpointer.read_metadata(self.resume_step)
+              if self.resume_step is not None else None)
+    init_dir, init_step, init = self._init_source(resume is None)
+
+    if resume is not None:
+      self.step_offset = resume["step_offset"]
+    elif init is not None and config.init.step == "continue":
+      self.step_offset = init["step"]
+    else:
+      self.step_offset = 0
+    self.plans = run_plan.plan(config, start_step=self.step_offset)
+    self.step = resume["step"] if resume else self.step_offset
+    if self.lead:
+      run_directory.check_and_store_config(
+          workdir, config, run_plan.stage_at(self.plans, self.step).index, allow_config_change)
+
+    self.tokenizer = run_directory.tokenizer_for_run(config, workdir, inherit_from=init_dir)
+    model = model_config.from_config_dict(config.model)
+    if self.tokenizer.vocab_size > model.vocab_size:
+      raise ValueError(f"model.vocab_size={model.vocab_size}: smaller than the tokenizer's "
+                       f"vocabulary of {self.tokenizer.vocab_size}")
+    self.optimizer = optimizer_lib.make(config.optimizer)
+    schedule = run_plan.learning_rate_schedule(config, step_offset=self.step_offset)
+    graphdef, state = train_step_lib.init_state(model, self.optimizer, config.seed)
+    self.executor = data_parallel.DataParallel(graphdef, self.optimizer, schedule,
+                                               microbatches=config.optimizer.microbatches)
+    abstract = checkpoint_lib.abstract_like(state, self.executor.state_sharding)
+    self.names = input_pipeline.source_names(config.data)
+    self.progress = _Progress({name: 0.0 for name in self.names},
+                              {name: 0 for name in self.names})
+    self.fresh = resume is None and init is None
+    if resume is not None:
+      where = f"{workdir} step {self.resume_step}"
+      _check_tokenizer(resume, self.tokenizer, where)
+      arrays, _ = _restore(self.checkpointer, self.resume_step, abstract, True, where)
+      state = train_step_lib.TrainState(jnp.asarray(self.step, jnp.int32), arrays["params"],
+                                        arrays["opt_state"])
+      self.progress = _Progress(dict(resume["tokens"]), dict(resume["rows"]))
+    elif init is not None:
+      where = f"init.from_checkpoint={config.init.from_checkpoint!r}"
+      _check_tokenizer(init, self.tokenizer, where)
+      keep = config.init.optimizer_state == "keep"
+      source = checkpoint_lib.Checkpointer(init_dir, read_only=True)
+      arrays, _ = _restore(source, init_step, abstract, keep, where)
+      state = train_step_lib.TrainState(
+          jnp.asarray(self.step, jnp.int32), arrays["params"],
+          arrays["opt_state"] if keep else self.optimizer.init(arrays["params"]))
+    self.state = self.executor.place(state)
+
+    self.eval_batches = {
+        name: input_pipeline.validation_batches(name, config.data, self.tokenizer,
+                                                config.eval.max_batches, self.shard)
+        for name in experiment_config.evaluation_sources(config)}
+    self.writer = metrics_writer.MetricsWriter(workdir, enabled=self.lead)
+
+  def _init_source(self, starting_fresh):
+    """(run dir, step, metadata) of `init.from_checkpoint` when it applies."""
+    reference = self.config.init.from_checkpoint
+    if not starting_fresh or not reference:
+      return "", None, None
+    init_dir, init_step = checkpoint_lib.parse_reference(reference)
+    source = checkpoint_lib.Checkpointer(init_dir, read_only=True)
+    if init_step is None:
+      init_step = source.latest_restorable()
+    if init_step is None or init_step not in source.steps():
+      raise ValueError(f"init.from_checkpoint={reference!r}: no such checkpoint (steps there: "
+                       f"{source.steps()})")
+    return init_dir, init_step, source.read_metadata(init_step)
+
+  def evaluate(self, stage_plan) -> None:
+    losses = evaluation.evaluate(self.executor.eval_step, self.state.params, self.eval_batches)
+    self.writer.write({"step": self.step, "stage": stage_plan.name,
+                       **{f"eval/{name}/loss": loss for name, loss in losses.items()}})
+
+  def save(self, stage_plan, data_iterator) -> None:
+    metadata = _metadata(self.step, stage_plan, self.progress, self.tokenizer, self.step_offset,
+                         self.config)
+    self.checkpointer.save(self.step, self.state, metadata, data_iterator)
+
+  def _log(self, pending, stage_plan, bar) -> None:
+    """Writes a train record from metrics fetched now, one step after they were computed."""
+    step, metrics, tokens = pending
+    metrics = {key: float(value) for key, value in jax.device_get(metrics).items()}
+    if not np.isfinite(metrics["loss"]):
+      raise TrainingDiverged(
+          f"loss is {metrics['loss']} at step {step} (stage {stage_plan.name!r}); stopping. "
+          f"Checkpoints up to step {self.checkpointer.steps()[-1:] or 'none'} are intact")
+    now = time.perf_counter()
+    previous_tokens, previous_clock = self._last_log
+    tokens_per_second = (sum(tokens.values()) - previous_tokens) / max(now - previous_clock, 1e-9)
+    self._last_log = (sum(tokens.values()), now)
+    record = {"step": step, "stage": stage_plan.name, "loss": metrics["loss"],
+              "learning_rate": metrics["learning_rate"], "grad_norm": metrics["grad_norm"],
+              "tokens_per_second": tokens_per_second,
+              **{f"tokens/{name}": count for name, count in tokens.items()}}
+    self.writer.write(record)
+    bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['learning_rate']:.2e}",
+                    tok_s=f"{tokens_per_second:,.0f}", refresh=False)
+
+  def run_stage(self, stage_plan, bar, preemption) -> None:
+    config = self.config
+    data_iterator = iter(input_pipeline.stage_dataset(config.data, stage_plan, self.tokenizer,
+                                                      self.shard, self.progress.rows))
+    if self.step == stage_plan.start_step:
+      if stage_plan.optimizer_state == "reset" and stage_plan.index > 0:
+        self.state = self.state.replace(
+            opt_state=self.executor.place(self.optimizer.init(self.state.params)))
+    else:  # Resuming inside this stage: the data continues where the checkpoint left it.
+      self.checkpointer.restore_data(self.resume_step, data_iterator)
+    self._last_log = (sum(self.progress.tokens.values()), time.perf_counter())
+    pending = None
+    while self.step < stage_plan.end_step:
+      if preemption.received:
+        self.save(stage_plan, data_iterator)
+        return
+      rows = next(data_iterator)
+      self.progress.add(rows, self.names, self.shard.count)
+      self.state, metrics = self.executor.train_step(self.state, packing.to_model_batch(rows))
+      self.step += 1
+      if pending is not None:
+        self._log(pending, stage_plan, bar)
+        pending = None
+      stage_end = self.step == stage_plan.end_step
+      evaluate = self.step % config.eval.every == 0 or stage_end
+      save = self.step % config.checkpoint.every == 0 or stage_end
+      if self.step % config.log.every == 0 or evaluate or save:
+        pending = (self.step, metrics, dict(self.progress.tokens))
+      if evaluate or save:
+        self._log(pending, stage_plan, bar)  # Checks the loss: never checkpoint divergence.
+        pending = None
+      if evaluate:
+        self.evaluate(stage_plan)
+      if save:
+        self.save(stage_plan, data_iterator)
+      bar.update(1)
+
+  def close(self) -> None:
+    self.checkpointer.wait()
+    self.writer.close()
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *,
+          allow_config_change: bool = False) -> dict:
+  """Runs (or resumes) the experiment in `workdir`; returns the run's summary."""
+  run = _Run(config, workdir, allow_config_change)
+  preemption = _PreemptionSignal()
+  bar = tqdm.tqdm(total=run.plans[-1].end_step, initial=run.step, dynamic_ncols=True,
+                  desc="train", disable=not (run.lead and config.log.progress_bar))
+  try:
+    if run.fresh:
+      run.evaluate(run.plans[0])  # The starting point of every curve.
+    for stage_plan in run.plans:
+      if run.step < stage_plan.end_step and not preemption.received:
+        run.run_stage(stage_plan, bar, preemption)
+  finally:
+    bar.close()
+    preemption.restore()
+    run.close()
+  if preemption.received:
+    print(f"preempted (SIGTERM): saved step {run.step}; rerun the same command to resume")
+    return {}
+  run.checkpointer.close()
+  if not run.lead:
+    return {}
+  return report.write(workdir, run.plans, run_plan.tokens_per_step(config))

@@ -5,6 +5,7 @@ Owns drawing only; the numbers come from `run_plan` and the run's `metrics.jsonl
 
 from __future__ import annotations
 
+import jax
 import matplotlib
 
 matplotlib.use("Agg")  # Files only: no display on TPU VMs, CI or Colab's backend.
@@ -23,7 +24,7 @@ def _mark_stages(axis, plans, scale=1.0) -> None:
 
 def schedule_values(schedule, total_steps: int) -> tuple[np.ndarray, np.ndarray]:
   steps = np.arange(total_steps + 1)
-  return steps, np.asarray([float(schedule(int(step))) for step in steps])
+  return steps, np.asarray(jax.jit(jax.vmap(schedule))(steps))
 
 
 def plot_schedule(schedule, plans, out_path: str, title: str = "") -> None:
@@ -55,7 +56,7 @@ def plot_curves(eval_records: list[dict], train_records: list[dict], plans, toke
   axis.set_xlabel("training tokens")
   axis.set_ylabel("validation loss")
   _mark_stages(axis, plans, scale=tokens_per_step)
-  axis.legend(loc="upper left", fontsize=8)
+  axis.legend(loc="lower left", fontsize=8)
   if train_records:
     lr_axis = axis.twinx()
     lr_axis.plot([r["step"] * tokens_per_step for r in train_records],

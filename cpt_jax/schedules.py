@@ -141,7 +141,8 @@ def infinite(peak_value: float, constant_value: float, end_value: float, warmup_
   _check_positive("timescale", timescale)
   _check_decay(cooldown_shape, "peak_value", peak_value, "constant_value", constant_value,
                COOLDOWN_SHAPES)
-  _check_decay(anneal_shape, "constant_value", constant_value, "end_value", end_value)
+  if constant_steps is not None:  # Without an end to the constant phase, there is no anneal.
+    _check_decay(anneal_shape, "constant_value", constant_value, "end_value", end_value)
   if cooldown_shape == "cosine":
     cooldown = decay(peak_value, constant_value, cooldown_steps, "cosine")
   else:

@@ -88,7 +88,9 @@ def _python_stdlib() -> list[tuple[str, str]]:
       if name.endswith(".py"):
         path = os.path.join(directory, name)
         with open(path, encoding="utf-8", errors="replace") as f:
-          documents.append((os.path.relpath(path, root), f.read()))
+          text = f.read()
+        if text.strip():  # Many __init__.py files are empty.
+          documents.append((os.path.relpath(path, root), text))
   return documents
 
 
@@ -178,6 +180,8 @@ class _TfdsTexts(Sequence[str]):
     return len(self._source)
 
   def __getitem__(self, index):
+    if not 0 <= index < len(self):  # Some sources (and TFDS's mock) never raise IndexError.
+      raise IndexError(index)
     text = self._source[index][self._text_field]
     return text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text)
 

@@ -78,7 +78,8 @@ def _from_hf(kind: str, serialized: bytes, eos_token: str, where: str) -> Tokeni
   def encode_batch(texts):
     return [encoding.ids for encoding in hf.encode_batch(texts, add_special_tokens=False)]
 
-  return Tokenizer(kind, hf.get_vocab_size(), eos_id, _fingerprint(kind, serialized),
+  # "hf" for both kinds: a trained BPE reloaded from its tokenizer.json is the same vocabulary.
+  return Tokenizer(kind, hf.get_vocab_size(), eos_id, _fingerprint("hf", serialized),
                    encode_batch, lambda ids: hf.decode(ids), serialized)
 
 

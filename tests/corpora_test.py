@@ -1,0 +1,107 @@
+"""Tests for cpt_jax/corpora.py."""
+
+import json
+import os
+
+import pytest
+
+from cpt_jax import corpora
+
+
+def test_embedded_corpora_split_deterministically_and_disjointly():
+  for corpus in ("shakespeare", "python_stdlib"):
+    config = corpora.source_config("embedded", corpus=corpus)
+    train_ids, train = corpora._documents(corpus, config, "train")
+    validation_ids, validation = corpora._documents(corpus, config, "validation")
+    assert len(train) > 10 * len(validation) > 0
+    assert not set(train_ids) & set(validation_ids)
+    assert all(text.strip() for text in train + validation)
+    assert corpora.documents(corpus, config, "validation") == validation
+
+
+def test_shakespeare_documents_are_scenes():
+  config = corpora.source_config("embedded", corpus="shakespeare")
+  documents = corpora.documents("prose", config, "train")
+  assert all(document.startswith("### SCENE") or document.startswith("### ") for document in
+             documents)
+  assert sum(map(len, documents)) > 4_000_000
+
+
+def test_split_record_lists_the_held_out_documents():
+  record = corpora.split_record("prose", corpora.source_config("embedded", corpus="shakespeare"))
+  assert record["validation_ids"] and all("/" in doc_id for doc_id in record["validation_ids"])
+
+
+def test_hash_split_is_independent_of_order():
+  assert corpora.is_validation("hamlet/3", 0.5) == corpora.is_validation("hamlet/3", 0.5)
+  held_out = sum(corpora.is_validation(f"doc{i}", 0.1) for i in range(5000))
+  assert 400 < held_out < 600
+
+
+def test_text_files_txt_and_jsonl(tmp_path):
+  for index in range(40):
+    (tmp_path / f"doc{index}.txt").write_text(f"text number {index}")
+  with open(tmp_path / "records.jsonl", "w") as f:
+    for index in range(40):
+      f.write(json.dumps({"body": f"record {index}"}) + "\n")
+  txt = corpora.source_config("text_files", glob=str(tmp_path / "*.txt"), validation_fraction=0.2)
+  train, validation = (corpora.documents("t", txt, split) for split in corpora.SPLITS)
+  assert len(train) + len(validation) == 40 and validation
+  jsonl = corpora.source_config("text_files", glob=str(tmp_path / "*.jsonl"), text_field="body",
+                                validation_glob=str(tmp_path / "doc1*.txt"))
+  assert "record 7" in corpora.documents("j", jsonl, "train")
+  assert corpora.documents("j", jsonl, "validation")[0].startswith("text number 1")
+
+
+def test_missing_files_are_named(tmp_path):
+  config = corpora.source_config("text_files", glob=str(tmp_path / "nothing*.txt"))
+  with pytest.raises(ValueError, match=r"data.sources.web.glob=.*nothing\*.txt.*no files match"):
+    corpora.documents("web", config, "train")
+
+
+def test_empty_files_are_named(tmp_path):
+  (tmp_path / "empty.txt").write_text("   ")
+  config = corpora.source_config("text_files", glob=str(tmp_path / "*.txt"))
+  with pytest.raises(ValueError, match="hold no text"):
+    corpora.documents("web", config, "train")
+
+
+def test_bad_jsonl_line_is_named(tmp_path):
+  (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"other": 1}\n')
+  config = corpora.source_config("text_files", glob=str(tmp_path / "*.jsonl"))
+  with pytest.raises(ValueError, match=r"bad.jsonl:2: expected a JSON object"):
+    corpora.documents("web", config, "train")
+
+
+def test_unknown_kind_and_corpus_are_named():
+  with pytest.raises(ValueError, match="data.sources.x.kind='csv'"):
+    corpora.documents("x", corpora.source_config("csv"), "train")
+  with pytest.raises(ValueError, match="data.sources.x.corpus='wikipedia'"):
+    corpora.documents("x", corpora.source_config("embedded", corpus="wikipedia"), "train")
+
+
+def test_manpages_without_their_packages_say_what_to_install(monkeypatch):
+  monkeypatch.setitem(corpora._MANPAGE_PACKAGES, "manpages_de", ("cpt-jax-no-such-package",))
+  corpora._manpages.cache_clear()
+  monkeypatch.setattr(corpora, "_CACHE_DIR", "/nonexistent-cache")
+  with pytest.raises(ValueError, match="apt-get install cpt-jax-no-such-package"):
+    corpora.documents("de", corpora.source_config("embedded", corpus="manpages_de"), "train")
+
+
+def test_tfds_source_reads_mocked_data_offline():
+  import tensorflow_datasets as tfds
+  config = corpora.source_config("tfds", tfds_name="lm1b", text_field="text")
+  with tfds.testing.mock_data(num_examples=5):
+    texts = corpora.documents("lm1b", config, "train")
+    assert len(texts) == 5 and all(isinstance(text, str) for text in texts)
+
+
+def test_tfds_text_accepts_real_bytes_and_mocked_str():
+  texts = corpora._TfdsTexts([{"text": "Grüße".encode()}, {"text": "mocked"}], "text")
+  assert list(texts) == ["Grüße", "mocked"]
+
+
+def test_tfds_missing_dataset_is_named(tmp_path):
+  config = corpora.source_config("tfds", tfds_name="wiki40b/en", data_dir=str(tmp_path))
+  with pytest.raises(ValueError, match="data.sources.wiki: cannot open tfds 'wiki40b/en'"):
+    corpora.documents("wiki", config, "train")

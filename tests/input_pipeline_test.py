@@ -1,0 +1,156 @@
+"""Tests for cpt_jax/input_pipeline.py and cpt_jax/token_cache.py."""
+
+import json
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+
+from cpt_jax import corpora
+from cpt_jax import input_pipeline
+from cpt_jax import packing
+from cpt_jax import run_plan
+from cpt_jax import token_cache
+from cpt_jax import tokenizer as tokenizer_lib
+
+TOKENIZER = tokenizer_lib.bytes_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def data_config(tmp_path_factory):
+  root = tmp_path_factory.mktemp("corpora")
+  rng = np.random.default_rng(0)
+  for name, alphabet in (("old", "abcdefgh "), ("new", "01234567 ")):
+    os.makedirs(root / name)
+    for index in range(60):
+      length = int(rng.integers(20, 400))
+      (root / name / f"{index}.txt").write_text("".join(rng.choice(list(alphabet), length)))
+  config = input_pipeline.default_config()
+  config.seq_len = 16
+  config.global_batch_size = 20
+  config.sources = ml_collections.ConfigDict({
+      name: corpora.source_config("text_files", glob=str(root / name / "*.txt"))
+      for name in ("old", "new")})
+  return config
+
+
+def _stage(mixture, replayed=(), replay_position="start"):
+  return run_plan.StagePlan(1, "s", 10, 0, mixture, "reset", replay_position, tuple(replayed))
+
+
+def _take(iterator, count):
+  return [next(iterator) for _ in range(count)]
+
+
+def test_replay_weight_is_the_share_of_training_tokens(data_config):
+  iterator = iter(input_pipeline.stage_dataset(data_config, _stage({"new": 0.95, "old": 0.05},
+                                                                   ["old"]), TOKENIZER))
+  tokens = sum(input_pipeline.tokens_by_source(batch, 2) for batch in _take(iterator, 50))
+  share = tokens[input_pipeline.source_names(data_config).index("old")] / tokens.sum()
+  assert abs(share - 0.05) < 0.005
+
+
+def test_stage_batches_have_the_model_layout(data_config):
+  batch = next(iter(input_pipeline.stage_dataset(data_config, _stage({"new": 1.0}), TOKENIZER)))
+  assert batch["tokens"].shape == (20, 17) and batch["source_id"].shape == (20,)
+  model_batch = packing.to_model_batch(batch)
+  assert model_batch["inputs"].shape == (20, 16) and model_batch["loss_mask"].sum() > 0
+
+
+def test_pipeline_is_deterministic_and_resumes_identically(data_config):
+  dataset = input_pipeline.stage_dataset(data_config, _stage({"new": 0.75, "old": 0.25}, ["old"]),
+                                         TOKENIZER)
+  first, second = iter(dataset), iter(dataset)
+  for a, b in zip(_take(first, 5), _take(second, 5)):
+    np.testing.assert_array_equal(a["tokens"], b["tokens"])
+  state = json.loads(json.dumps(first.get_state()))  # Survives a JSON round trip.
+  expected = _take(first, 30)  # Past several epochs of the short sources.
+  restored = iter(dataset)
+  restored.set_state(state)
+  for a, b in zip(expected, _take(restored, 30)):
+    np.testing.assert_array_equal(a["tokens"], b["tokens"])
+    np.testing.assert_array_equal(a["source_id"], b["source_id"])
+
+
+def test_replay_starts_from_the_beginning_of_the_earlier_stream(data_config):
+  stage_one = iter(input_pipeline.stage_dataset(data_config, _stage({"old": 1.0}), TOKENIZER))
+  old_rows = np.concatenate([batch["tokens"] for batch in _take(stage_one, 3)])
+  stage_two = iter(input_pipeline.stage_dataset(data_config, _stage({"new": 0.5, "old": 0.5},
+                                                                    ["old"]), TOKENIZER))
+  old_id = input_pipeline.source_names(data_config).index("old")
+  batch = next(stage_two)
+  replayed = batch["tokens"][batch["source_id"] == old_id]
+  np.testing.assert_array_equal(replayed, old_rows[:len(replayed)])
+
+
+def test_replay_can_continue_where_the_earlier_stage_stopped(data_config):
+  stage_one = iter(input_pipeline.stage_dataset(data_config, _stage({"old": 1.0}), TOKENIZER))
+  old_rows = np.concatenate([batch["tokens"] for batch in _take(stage_one, 4)])
+  continued = iter(input_pipeline.stage_dataset(
+      data_config, _stage({"new": 0.5, "old": 0.5}, ["old"], "continue"), TOKENIZER,
+      rows_served={"old": 40}))
+  old_id = input_pipeline.source_names(data_config).index("old")
+  batch = next(continued)
+  replayed = batch["tokens"][batch["source_id"] == old_id]
+  np.testing.assert_array_equal(replayed, old_rows[40:40 + len(replayed)])
+
+
+def test_processes_read_disjoint_slices(data_config):
+  def first_rows(shard):
+    iterator = iter(input_pipeline.stage_dataset(data_config, _stage({"new": 1.0}), TOKENIZER,
+                                                 shard))
+    return {row.tobytes() for row in next(iterator)["tokens"]}
+
+  halves = [first_rows(input_pipeline.ProcessShard(i, 2)) for i in range(2)]
+  assert not halves[0] & halves[1]
+
+
+def test_validation_batches_are_fixed_padded_and_finite(data_config):
+  batches = input_pipeline.validation_batches("old", data_config, TOKENIZER, max_batches=100)
+  again = input_pipeline.validation_batches("old", data_config, TOKENIZER, max_batches=100)
+  assert len(batches) == len(again) < 100
+  for a, b in zip(batches, again):
+    np.testing.assert_array_equal(a["inputs"], b["inputs"])
+  assert all(batch["inputs"].shape == (20, 16) for batch in batches)
+  assert batches[-1]["loss_mask"][-1].sum() == 0  # Padding rows never count.
+  held_out = corpora.documents("old", data_config.sources.old, "validation")
+  targets = sum(batch["loss_mask"].sum() for batch in batches)
+  # Every validation byte and EOS is a target except each document's first token.
+  assert targets == sum(len(text.encode()) for text in held_out)
+
+
+def test_unknown_source_is_named(data_config):
+  with pytest.raises(ValueError, match="data source 'web' is unknown"):
+    input_pipeline.tokenized_documents("web", data_config, "train", TOKENIZER)
+
+
+def test_batch_not_divisible_by_processes_is_refused(data_config):
+  with pytest.raises(ValueError, match="global_batch_size=20: expected a multiple of the 3"):
+    input_pipeline.per_process_batch_size(data_config, input_pipeline.ProcessShard(0, 3))
+
+
+def test_token_cache_round_trip_is_used_by_the_pipeline(data_config, tmp_path):
+  documents = input_pipeline.tokenized_documents("old", data_config, "train", TOKENIZER)
+  cached_config = ml_collections.ConfigDict(data_config.to_dict())
+  cached_config.token_cache_dir = str(tmp_path)
+  meta = token_cache.write(str(tmp_path), "old", "train", iter(documents), TOKENIZER.fingerprint)
+  assert meta["documents"] == len(documents)
+  cached = input_pipeline.tokenized_documents("old", cached_config, "train", TOKENIZER)
+  for index in (0, 7, len(documents) - 1):
+    np.testing.assert_array_equal(cached[index], documents[index])
+
+
+def test_token_cache_of_another_tokenizer_is_refused(data_config, tmp_path):
+  token_cache.write(str(tmp_path), "old", "train", [np.arange(5)], "someone-else")
+  with pytest.raises(ValueError, match="tokenized with another tokenizer"):
+    token_cache.read(str(tmp_path), "old", "train", TOKENIZER.fingerprint)
+
+
+def test_corrupt_token_cache_shard_is_named(tmp_path):
+  token_cache.write(str(tmp_path), "old", "train", [np.arange(500)] * 20, "fp")
+  records_path, _ = token_cache.paths(str(tmp_path), "old", "train")
+  with open(records_path, "r+b") as f:
+    f.truncate(os.path.getsize(records_path) // 2)
+  with pytest.raises(ValueError, match=r"train.array_record: corrupt or truncated"):
+    token_cache.read(str(tmp_path), "old", "train", "fp")

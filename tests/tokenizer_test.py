@@ -1,0 +1,62 @@
+"""Tests for cpt_jax/tokenizer.py."""
+
+import os
+
+import pytest
+
+from cpt_jax import tokenizer as tokenizer_lib
+
+TEXTS = ["To be, or not to be, that is the question.", "def f(x):\n    return x + 1\n"] * 50
+
+
+def test_bytes_tokenizer_round_trips_utf8():
+  tokenizer = tokenizer_lib.bytes_tokenizer()
+  ids = tokenizer.encode("Grüße, 世界")
+  assert ids.max() < 256 and tokenizer.eos_id == 256 and tokenizer.vocab_size == 257
+  assert tokenizer.decode(list(ids)) == "Grüße, 世界"
+
+
+def test_trained_bpe_is_deterministic_saved_and_reloaded(tmp_path):
+  first = tokenizer_lib.train_bpe(TEXTS, vocab_size=300, megabytes=1)
+  second = tokenizer_lib.train_bpe(TEXTS, vocab_size=300, megabytes=1)
+  assert first.fingerprint == second.fingerprint
+  assert first.vocab_size <= 300
+  assert first.decode(list(first.encode(TEXTS[0]))) == TEXTS[0]
+  assert len(first.encode(TEXTS[0])) < len(TEXTS[0].encode())
+  path = os.path.join(tmp_path, "tokenizer.json")
+  first.save(path)
+  loaded = tokenizer_lib.load("hf_json", path)
+  assert loaded.fingerprint == first.fingerprint  # A resume must recognise its tokenizer.
+  assert list(loaded.encode(TEXTS[1])) == list(first.encode(TEXTS[1]))
+  assert loaded.eos_id == first.eos_id
+
+
+def test_a_different_vocabulary_has_a_different_fingerprint():
+  small = tokenizer_lib.train_bpe(TEXTS, vocab_size=280, megabytes=1)
+  large = tokenizer_lib.train_bpe(TEXTS, vocab_size=320, megabytes=1)
+  assert small.fingerprint != large.fingerprint
+
+
+def test_missing_tokenizer_file_is_named(tmp_path):
+  with pytest.raises(ValueError, match="data.tokenizer.path=.*nothing.json.*not found"):
+    tokenizer_lib.load("hf_json", os.path.join(tmp_path, "nothing.json"))
+
+
+def test_corrupt_tokenizer_file_is_named(tmp_path):
+  path = os.path.join(tmp_path, "tokenizer.json")
+  with open(path, "w") as f:
+    f.write("{not json")
+  with pytest.raises(ValueError, match="not a valid HF tokenizer.json"):
+    tokenizer_lib.load("hf_json", path)
+
+
+def test_tokenizer_without_the_eos_token_is_refused(tmp_path):
+  path = os.path.join(tmp_path, "tokenizer.json")
+  tokenizer_lib.train_bpe(TEXTS, vocab_size=280, megabytes=1).save(path)
+  with pytest.raises(ValueError, match="eos_token"):
+    tokenizer_lib.load("hf_json", path, eos_token="</s>")
+
+
+def test_unknown_tokenizer_kind_lists_the_kinds():
+  with pytest.raises(ValueError, match="data.tokenizer.kind='wordpiece'"):
+    tokenizer_lib.load("wordpiece", "")

@@ -53,8 +53,9 @@ class DataParallel:
 
   def __init__(self, graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
                schedule: optax.Schedule, *, microbatches: int = 1):
-    self._train_step = compile_train_step(graphdef, optimizer, schedule,
-                                          microbatches=microbatches)
+    # Takes batches already split per device (`split_for_devices`).
+    self.pmapped_train_step = compile_train_step(graphdef, optimizer, schedule,
+                                                 microbatches=microbatches)
     self._eval_step = compile_eval_step(graphdef)
     mesh = jax.sharding.Mesh(np.asarray(jax.local_devices()), (AXIS_NAME,))
     self.state_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -64,7 +65,7 @@ class DataParallel:
     return jax.device_put(tree, self.state_sharding)
 
   def train_step(self, state: train_step_lib.TrainState, model_batch: dict):
-    return self._train_step(state, split_for_devices(model_batch))
+    return self.pmapped_train_step(state, split_for_devices(model_batch))
 
   def eval_step(self, params, model_batch: dict):
     return self._eval_step(params, split_for_devices(model_batch))

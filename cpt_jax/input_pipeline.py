@@ -37,7 +37,16 @@ def default_config() -> ml_collections.ConfigDict:
   config.sources = ml_collections.ConfigDict()  # {name: corpora.source_config(...)}.
   config.token_cache_dir = ""  # Pre-tokenized shards from `cpt-jax prepare`; "" = tokenize live.
   config.shuffle_seed = 0  # Document order within each source's training split.
+  # Threads that read and tokenize documents ahead of packing, per source. Few suffice: on a
+  # small CPU host, idle read-ahead threads compete with the compiled step for cores.
+  config.read_threads = 1
+  config.read_ahead = 64  # Documents read ahead per source.
   return config
+
+
+def _read_options(data_config: ml_collections.ConfigDict) -> grain.ReadOptions:
+  return grain.ReadOptions(num_threads=data_config.read_threads,
+                           prefetch_buffer_size=data_config.read_ahead)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,8 +118,8 @@ def packed_training_rows(name: str, data_config: ml_collections.ConfigDict,
     raise ValueError(f"data source {name!r} has fewer training documents than the "
                      f"{shard.count} processes reading it")
   documents = documents.shuffle(seed=data_config.shuffle_seed).repeat()
-  rows = packing.PackIterDataset(documents.to_iter_dataset(), data_config.seq_len,
-                                 tokenizer.eos_id)
+  rows = packing.PackIterDataset(documents.to_iter_dataset(_read_options(data_config)),
+                                 data_config.seq_len, tokenizer.eos_id)
   if skip_rows:
     rows = _SkipIterDataset(rows, skip_rows)
   source_id = source_names(data_config).index(name)
@@ -154,8 +163,8 @@ def validation_batches(name: str, data_config: ml_collections.ConfigDict,
   per-process batch size and every evaluation sees exactly the same tokens."""
   documents = tokenized_documents(name, data_config, "validation", tokenizer)
   documents = documents[shard.index::shard.count]
-  rows = packing.PackIterDataset(documents.to_iter_dataset(), data_config.seq_len,
-                                 tokenizer.eos_id, pad_final_row=True)
+  rows = packing.PackIterDataset(documents.to_iter_dataset(_read_options(data_config)),
+                                 data_config.seq_len, tokenizer.eos_id, pad_final_row=True)
   batch_size = per_process_batch_size(data_config, shard)
   batches = []
   for batch in rows.batch(batch_size, drop_remainder=False):

@@ -1,0 +1,18 @@
+"""Peak dense bf16 FLOP/s of known accelerators (vendor datasheets), for MFU."""
+
+import jax
+
+_PEAK_BF16_FLOPS = {
+    "H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12,
+    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12,
+}
+
+
+def peak_flops_per_device() -> float | None:
+  """None on CPUs and unknown devices: MFU is then not reported."""
+  kind = jax.devices()[0].device_kind
+  for name, peak in _PEAK_BF16_FLOPS.items():
+    if name.lower() in kind.lower():
+      return peak
+  return None

@@ -133,8 +133,17 @@ def _manpages(corpus: str) -> list[tuple[str, str]]:
   return documents
 
 
+def _glob_root(pattern: str) -> str:
+  """The directory part of `pattern` before its first wildcard."""
+  prefix = pattern.split("*")[0].split("?")[0].split("[")[0]
+  return os.path.dirname(prefix)
+
+
 def _text_files(pattern: str, text_field: str, where: str) -> list[tuple[str, str]]:
+  """Documents with ids relative to the glob's fixed prefix: the split does not change
+  when the data directory moves."""
   paths = sorted(glob_lib.glob(pattern, recursive=True))
+  root = _glob_root(pattern)
   if not paths:
     raise ValueError(f"{where}={pattern!r}: no files match")
   documents = []
@@ -150,9 +159,9 @@ def _text_files(pattern: str, text_field: str, where: str) -> list[tuple[str, st
           except (json.JSONDecodeError, KeyError, TypeError):
             raise ValueError(f"{path}:{line_number}: expected a JSON object with a string field "
                              f"{text_field!r} (data.sources.*.text_field)") from None
-          documents.append((f"{path}:{line_number}", text))
+          documents.append((f"{os.path.relpath(path, root)}:{line_number}", text))
       else:
-        documents.append((path, f.read()))
+        documents.append((os.path.relpath(path, root), f.read()))
   if not any(text.strip() for _, text in documents):
     raise ValueError(f"{where}={pattern!r}: the matching files hold no text")
   return documents

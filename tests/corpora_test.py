@@ -105,3 +105,14 @@ def test_tfds_missing_dataset_is_named(tmp_path):
   config = corpora.source_config("tfds", tfds_name="wiki40b/en", data_dir=str(tmp_path))
   with pytest.raises(ValueError, match="data.sources.wiki: cannot open tfds 'wiki40b/en'"):
     corpora.documents("wiki", config, "train")
+
+
+def test_text_file_split_does_not_depend_on_where_the_data_lives(tmp_path):
+  for directory in ("a", "b/deeper"):
+    os.makedirs(tmp_path / directory)
+    for index in range(50):
+      (tmp_path / directory / f"doc{index}.txt").write_text(f"document {index}")
+  splits = [corpora.documents("t", corpora.source_config(
+      "text_files", glob=str(tmp_path / directory / "*.txt"), validation_fraction=0.3),
+                              "validation") for directory in ("a", "b/deeper")]
+  assert splits[0] == splits[1] and splits[0]

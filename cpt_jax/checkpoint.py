@@ -60,7 +60,10 @@ class Checkpointer:
 
   def save(self, step: int, state: train_step_lib.TrainState, metadata: dict,
            data_iterator: grain.DatasetIterator | None) -> None:
-    """Starts a save; with async saving it returns once arrays are copied to the host."""
+    """Starts a save; with async saving it returns once arrays are copied to the host. A step
+    already saved (e.g. a preemption right after a periodic save) is left as it is."""
+    if step in self.steps():
+      return
     items = {"params": ocp.args.StandardSave(state.params),
              "opt_state": ocp.args.StandardSave(state.opt_state),
              "metadata": ocp.args.JsonSave(metadata)}
@@ -109,28 +112,47 @@ class Checkpointer:
     self._manager.restore(step, args=ocp.args.Composite(
         data=grain.checkpoint.CheckpointRestore(data_iterator)))
 
-  def latest_restorable(self, candidates: Iterable[int] | None = None,
-                        check: Any = None) -> int | None:
-    """The newest step whose metadata (and `check(step)`, if given) reads back; a failing
-    newer one is reported and skipped."""
-    failed = None
-    for step in sorted(candidates if candidates is not None else self.steps(), reverse=True):
+  def latest_restorable(self) -> int | None:
+    """The newest step whose metadata reads back (the cheap check for `info`-like uses)."""
+    for step in sorted(self.steps(), reverse=True):
       try:
         self.read_metadata(step)
-        if check is not None:
-          check(step)
-      except Exception as error:  # Corrupt or truncated files raise many exception types.
-        logging.warning("checkpoint step %d in %s is unreadable (%s)", step, self._path,
-                        type(error).__name__)
-        failed = failed if failed is not None else step
+        return step
+      except Exception:  # Corrupt files raise many exception types.
         continue
-      if failed is not None:
-        message = (f"warning: checkpoint step {failed} in {self._path} is corrupt or truncated;"
-                   f" falling back to step {step}")
-        logging.warning(message)
-        print(message)
-      return step
     return None
+
+  def restore_latest(self, abstract_state: train_step_lib.TrainState, *,
+                     with_optimizer: bool = True):
+    """(step, arrays, metadata) of the newest step that restores completely; a newer one that
+    fails (corrupt or truncated) is skipped with a warning naming both. None if no step."""
+    failed, reason = [], ""
+    for step in sorted(self.steps(), reverse=True):
+      try:
+        arrays, metadata = self.restore(step, abstract_state, with_optimizer=with_optimizer)
+      except Exception as error:  # Corrupt files raise many exception types.
+        reason = (str(error).splitlines() or [type(error).__name__])[0][:300]
+        logging.warning("checkpoint step %d in %s does not restore: %s", step, self._path, reason)
+        failed.append(step)
+        continue
+      if failed:
+        print(f"warning: checkpoint step {failed[0]} in {self._path} is corrupt or truncated; "
+              f"falling back to step {step}")
+        self._set_aside(failed)
+      return step, arrays, metadata
+    if failed:
+      raise CheckpointError(f"no checkpoint in {self._path} restores into this config (tried "
+                            f"steps {failed}; last error: {reason})")
+    return None
+
+  def _set_aside(self, steps: list[int]) -> None:
+    """Moves unrestorable steps to `checkpoints.corrupt/` (kept for inspection), so training
+    can write those steps again."""
+    aside = self._path.rstrip("/") + ".corrupt"
+    os.makedirs(aside, exist_ok=True)
+    for step in steps:
+      os.replace(os.path.join(self._path, str(step)), os.path.join(aside, f"{step}"))
+    self._manager.reload()
 
   def close(self) -> None:
     self._manager.close()

@@ -45,6 +45,12 @@ def split_for_devices(batch: dict, device_count: int | None = None) -> dict:
   return {name: split(batch[name]) for name in train_step_lib.MODEL_INPUTS}
 
 
+def replicated_sharding() -> jax.sharding.NamedSharding:
+  """Every local device holds the whole array: the layout of pmap's unstacked state."""
+  mesh = jax.sharding.Mesh(np.asarray(jax.local_devices()), (AXIS_NAME,))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
 class DataParallel:
   """The trainer's view of pmap: where the state lives and how a host batch is stepped.
 
@@ -57,8 +63,7 @@ class DataParallel:
     self.pmapped_train_step = compile_train_step(graphdef, optimizer, schedule,
                                                  microbatches=microbatches)
     self._eval_step = compile_eval_step(graphdef)
-    mesh = jax.sharding.Mesh(np.asarray(jax.local_devices()), (AXIS_NAME,))
-    self.state_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    self.state_sharding = replicated_sharding()
 
   def place(self, tree):
     """Host or single-device arrays -> replicated on every local device."""

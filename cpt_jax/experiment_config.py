@@ -61,7 +61,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     section, key = field.split(".")
     _check_int(field, config[section][key], 1)
   _check_int("checkpoint.keep_every", config.checkpoint.keep_every, 0)
-  for field, allowed in (("optimizer_state", ("reset", "keep")), ("step", ("reset", "continue"))):
+  for field, allowed in (("optimizer_state", ("reset", "keep")), ("step", ("reset", "continue")),
+                         ("data", ("fresh", "continue"))):
     if config.init[field] not in allowed:
       raise ValueError(f"init.{field}={config.init[field]!r}: expected one of {allowed}")
   run_plan.plan(config)

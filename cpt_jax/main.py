@@ -131,6 +131,12 @@ def main(argv: list[str]) -> int:
   except ValueError as error:  # Includes UsageError: bad input, reported in one line.
     print(f"cpt-jax: error: {error}", file=sys.stderr)
     return 2
+  except RuntimeError as error:  # A failed save or a diverged run: named, checkpoints intact.
+    from cpt_jax import checkpoint, trainer
+    if not isinstance(error, (checkpoint.CheckpointError, trainer.TrainingDiverged)):
+      raise
+    print(f"cpt-jax: error: {error}", file=sys.stderr)
+    return 1
   return 0
 
 

@@ -60,7 +60,9 @@ def _nonzero(weights: dict[str, float]) -> dict[str, float]:
   return {source: weight for source, weight in weights.items() if weight > 0}
 
 
-def validate_stages(stages, source_names) -> None:
+def validate_stages(stages, source_names, starts_from_checkpoint: bool = False) -> None:
+  """Raises ValueError naming the bad field. A replay source must be trained in an earlier
+  stage, unless the run starts from another run's checkpoint (whose run trained it)."""
   if not stages:
     raise ValueError("config.stages is empty; expected at least one stage")
   seen_names, trained = set(), set()
@@ -95,7 +97,7 @@ def validate_stages(stages, source_names) -> None:
     for source in replay:
       if source in new:
         raise ValueError(f"{where}.replay[{source!r}] is also in {where}.mixture")
-      if source not in trained:
+      if source not in trained and not starts_from_checkpoint:
         raise ValueError(f"{where}.replay[{source!r}]: not trained on in an earlier stage "
                          f"(earlier stages trained on {sorted(trained)})")
     total = sum(new.values()) + sum(replay.values())
@@ -107,7 +109,8 @@ def validate_stages(stages, source_names) -> None:
 def plan(config: ml_collections.ConfigDict, start_step: int = 0) -> list[StagePlan]:
   """The validated stage plan; the first stage begins at global step `start_step` (non-zero
   when a run continues another run's step counter)."""
-  validate_stages(config.stages, set(config.data.sources.keys()))
+  validate_stages(config.stages, set(config.data.sources.keys()),
+                  starts_from_checkpoint=bool(config.init.from_checkpoint))
   plans, start = [], start_step
   for index, stage_config in enumerate(config.stages):
     replay = _nonzero(dict(stage_config.replay.items()))

@@ -14,6 +14,10 @@ stage (or of the whole run, for a run-wide schedule) when below 1: the paper's 1
 |                     | cooldown, anneal, cooldown_shape, timescale,            | (anneal=0: it  |
 |                     | anneal_shape                                            | never anneals) |
 | inverse_sqrt        | peak_value, warmup, timescale                           |                |
+| anneal              | start_value, end_value, shape                           | the anneal     |
+
+"anneal" is the tail that `schedules.anneal_from` appends: `cpt-jax anneal` gives it the
+source run's learning rate at the branch step as `start_value`.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ _DEFAULTS: dict[str, dict] = {
                      cooldown=0.6, anneal=0, cooldown_shape="cosine", timescale=1.0,
                      anneal_shape="exponential"),
     "inverse_sqrt": dict(peak_value=3e-4, warmup=0.01, timescale=10_000),
+    "anneal": dict(start_value=1.65e-4, end_value=0.0, shape="1-sqrt"),
 }
 _DURATIONS = ("warmup", "decay", "cooldown", "anneal")
 
@@ -94,6 +99,8 @@ def from_config(config: ml_collections.ConfigDict, length: int,
           steps["cooldown"], rest if steps["anneal"] else None, steps["anneal"],
           cooldown_shape=f["cooldown_shape"], timescale=f["timescale"],
           anneal_shape=f["anneal_shape"])
+    if name == "anneal":
+      return schedules.decay(f["start_value"], f["end_value"], rest, f["shape"])
     return schedules.inverse_sqrt(f["peak_value"], steps["warmup"], f["timescale"])
   except ValueError as error:
     raise ValueError(f"{where} ({name}): {error}") from None

@@ -86,11 +86,12 @@ def _check_tokenizer(metadata: dict, tokenizer, where: str) -> None:
                      "tokenizer")
 
 
-def _restore(checkpointer, step, abstract, with_optimizer, where):
+def _restore(restore, where):
+  """Runs `restore()`, turning a structure mismatch into one line about the config."""
   try:
-    return checkpointer.restore(step, abstract, with_optimizer=with_optimizer)
+    return restore()
   except (ValueError, KeyError, TypeError) as error:
-    raise ValueError(f"{where} does not fit this config's model or optimizer "
+    raise ValueError(f"{where}: the checkpoint does not fit this config's model or optimizer "
                      f"({type(error).__name__}: {str(error).splitlines()[0][:200]})") from None
 
 
@@ -103,76 +104,81 @@ class _Run:
     self.shard = input_pipeline.ProcessShard(jax.process_index(), jax.process_count())
     self.lead = self.shard.index == 0
     os.makedirs(workdir, exist_ok=True)
+    model = model_config.from_config_dict(config.model)
+    self.optimizer = optimizer_lib.make(config.optimizer)
+    graphdef, state = train_step_lib.init_state(model, self.optimizer, config.seed)
+    abstract = checkpoint_lib.abstract_like(state, data_parallel.replicated_sharding())
+
+    # Where the state comes from: this run's latest checkpoint, another run's, or nowhere.
     self.checkpointer = checkpoint_lib.Checkpointer(workdir, config.checkpoint)
-    self.resume_step = self.checkpointer.latest_restorable()
-    resume = (self.checkpointer.read_metadata(self.resume_step)
-              if self.resume_step is not None else None)
-    init_dir, init_step, init = self._init_source(resume is None)
+    latest = self.checkpointer.latest_restorable()
+    if latest is not None and self.lead:  # Refuse a changed experiment before touching state.
+      metadata = self.checkpointer.read_metadata(latest)
+      plans = run_plan.plan(config, start_step=metadata["step_offset"])
+      run_directory.check_and_store_config(
+          workdir, config, run_plan.stage_at(plans, metadata["step"]).index, allow_config_change)
+    self.resume_step, resume, init_dir, init = None, None, "", None
+    restored = _restore(lambda: self.checkpointer.restore_latest(abstract), workdir)
+    if restored is not None:
+      self.resume_step, arrays, resume = restored
+    elif config.init.from_checkpoint:
+      init_dir, init_step = checkpoint_lib.parse_reference(config.init.from_checkpoint)
+      source = checkpoint_lib.Checkpointer(init_dir, read_only=True)
+      if init_step is not None and init_step not in source.steps():
+        raise ValueError(f"init.from_checkpoint={config.init.from_checkpoint!r}: no step "
+                         f"{init_step} there (steps: {source.steps()})")
+      keep = config.init.optimizer_state == "keep"
+      if init_step is None:
+        restored = _restore(lambda: source.restore_latest(abstract, with_optimizer=keep),
+                            config.init.from_checkpoint)
+      else:
+        restored = _restore(lambda: (init_step, *source.restore(
+            init_step, abstract, with_optimizer=keep)), config.init.from_checkpoint)
+      if restored is None:
+        raise ValueError(f"init.from_checkpoint={config.init.from_checkpoint!r}: no checkpoint")
+      init_step, arrays, init = restored
+      self.init_source = (source, init_step)
+      if not keep:
+        arrays["opt_state"] = self.optimizer.init(arrays["params"])
 
     if resume is not None:
-      self.step_offset = resume["step_offset"]
+      self.step_offset, self.step = resume["step_offset"], resume["step"]
     elif init is not None and config.init.step == "continue":
-      self.step_offset = init["step"]
+      self.step_offset = self.step = init["step"]
     else:
-      self.step_offset = 0
+      self.step_offset = self.step = 0
     self.plans = run_plan.plan(config, start_step=self.step_offset)
-    self.step = resume["step"] if resume else self.step_offset
-    if self.lead:
-      run_directory.check_and_store_config(
-          workdir, config, run_plan.stage_at(self.plans, self.step).index, allow_config_change)
+    if latest is None and self.lead:
+      run_directory.check_and_store_config(workdir, config, 0, allow_config_change)
 
     self.tokenizer = run_directory.tokenizer_for_run(config, workdir, inherit_from=init_dir)
-    model = model_config.from_config_dict(config.model)
     if self.tokenizer.vocab_size > model.vocab_size:
       raise ValueError(f"model.vocab_size={model.vocab_size}: smaller than the tokenizer's "
                        f"vocabulary of {self.tokenizer.vocab_size}")
-    self.optimizer = optimizer_lib.make(config.optimizer)
-    schedule = run_plan.learning_rate_schedule(config, step_offset=self.step_offset)
-    graphdef, state = train_step_lib.init_state(model, self.optimizer, config.seed)
-    self.executor = data_parallel.DataParallel(graphdef, self.optimizer, schedule,
-                                               microbatches=config.optimizer.microbatches)
-    abstract = checkpoint_lib.abstract_like(state, self.executor.state_sharding)
+    for metadata, where in ((resume, f"{workdir} step {self.resume_step}"),
+                            (init, f"init.from_checkpoint={config.init.from_checkpoint!r}")):
+      if metadata is not None:
+        _check_tokenizer(metadata, self.tokenizer, where)
+
     self.names = input_pipeline.source_names(config.data)
     self.progress = _Progress({name: 0.0 for name in self.names},
                               {name: 0 for name in self.names})
-    self.fresh = resume is None and init is None
     if resume is not None:
-      where = f"{workdir} step {self.resume_step}"
-      _check_tokenizer(resume, self.tokenizer, where)
-      arrays, _ = _restore(self.checkpointer, self.resume_step, abstract, True, where)
+      self.progress = _Progress(dict(resume["tokens"]), dict(resume["rows"]))
+    self.initial_evaluation = resume is None
+    self.continue_init_data = init is not None and config.init.data == "continue"
+    if restored is not None:
       state = train_step_lib.TrainState(jnp.asarray(self.step, jnp.int32), arrays["params"],
                                         arrays["opt_state"])
-      self.progress = _Progress(dict(resume["tokens"]), dict(resume["rows"]))
-    elif init is not None:
-      where = f"init.from_checkpoint={config.init.from_checkpoint!r}"
-      _check_tokenizer(init, self.tokenizer, where)
-      keep = config.init.optimizer_state == "keep"
-      source = checkpoint_lib.Checkpointer(init_dir, read_only=True)
-      arrays, _ = _restore(source, init_step, abstract, keep, where)
-      state = train_step_lib.TrainState(
-          jnp.asarray(self.step, jnp.int32), arrays["params"],
-          arrays["opt_state"] if keep else self.optimizer.init(arrays["params"]))
+    schedule = run_plan.learning_rate_schedule(config, step_offset=self.step_offset)
+    self.executor = data_parallel.DataParallel(graphdef, self.optimizer, schedule,
+                                               microbatches=config.optimizer.microbatches)
     self.state = self.executor.place(state)
-
     self.eval_batches = {
         name: input_pipeline.validation_batches(name, config.data, self.tokenizer,
                                                 config.eval.max_batches, self.shard)
         for name in experiment_config.evaluation_sources(config)}
     self.writer = metrics_writer.MetricsWriter(workdir, enabled=self.lead)
-
-  def _init_source(self, starting_fresh):
-    """(run dir, step, metadata) of `init.from_checkpoint` when it applies."""
-    reference = self.config.init.from_checkpoint
-    if not starting_fresh or not reference:
-      return "", None, None
-    init_dir, init_step = checkpoint_lib.parse_reference(reference)
-    source = checkpoint_lib.Checkpointer(init_dir, read_only=True)
-    if init_step is None:
-      init_step = source.latest_restorable()
-    if init_step is None or init_step not in source.steps():
-      raise ValueError(f"init.from_checkpoint={reference!r}: no such checkpoint (steps there: "
-                       f"{source.steps()})")
-    return init_dir, init_step, source.read_metadata(init_step)
 
   def evaluate(self, stage_plan) -> None:
     losses = evaluation.evaluate(self.executor.eval_step, self.state.params, self.eval_batches)
@@ -208,7 +214,11 @@ class _Run:
     config = self.config
     data_iterator = iter(input_pipeline.stage_dataset(config.data, stage_plan, self.tokenizer,
                                                       self.shard, self.progress.rows))
-    if self.step == stage_plan.start_step:
+    if self.step == stage_plan.start_step and self.continue_init_data:
+      source, init_step = self.init_source  # Continue the source run's exact data stream.
+      source.restore_data(init_step, data_iterator)
+      self.continue_init_data = False
+    elif self.step == stage_plan.start_step:
       if stage_plan.optimizer_state == "reset" and stage_plan.index > 0:
         self.state = self.state.replace(
             opt_state=self.executor.place(self.optimizer.init(self.state.params)))
@@ -218,6 +228,8 @@ class _Run:
     pending = None
     while self.step < stage_plan.end_step:
       if preemption.received:
+        if pending is not None:
+          self._log(pending, stage_plan, bar)
         self.save(stage_plan, data_iterator)
         return
       rows = next(data_iterator)
@@ -254,7 +266,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   bar = tqdm.tqdm(total=run.plans[-1].end_step, initial=run.step, dynamic_ncols=True,
                   desc="train", disable=not (run.lead and config.log.progress_bar))
   try:
-    if run.fresh:
+    if run.initial_evaluation:
       run.evaluate(run.plans[0])  # The starting point of every curve.
     for stage_plan in run.plans:
       if run.step < stage_plan.end_step and not preemption.received:

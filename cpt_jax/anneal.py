@@ -1,0 +1,71 @@
+"""`cpt-jax anneal`: branch-and-anneal a checkpoint into a deployable model.
+
+Takes a checkpoint from the stable or constant phase of a WSD or infinite-schedule run and
+continues it in a new run directory for `steps` steps, with the learning rate annealed from
+the source run's value at that step to `end_value` (`schedules.anneal_from`). The new run
+keeps the optimizer state and the step counter and continues the source's exact data stream;
+the source run directory is only read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+
+from cpt_jax import checkpoint as checkpoint_lib
+from cpt_jax import run_plan
+from cpt_jax import schedule_config
+from cpt_jax import trainer
+
+
+def _load_config(run_dir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(run_dir, "config.json")
+  if not os.path.exists(path):
+    raise ValueError(f"--from={run_dir!r}: no config.json there; expected a cpt-jax run directory")
+  with open(path) as f:
+    stored = json.load(f)
+  stages = [ml_collections.ConfigDict(stage) for stage in stored.pop("stages")]
+  config = ml_collections.ConfigDict(stored)
+  config.stages = stages
+  return config
+
+
+def anneal_config(source_reference: str, steps: int, shape: str,
+                  end_value: float) -> ml_collections.ConfigDict:
+  """The config of the annealing branch: the source run's, with one anneal stage."""
+  run_dir, step = checkpoint_lib.parse_reference(source_reference)
+  if steps <= 0:
+    raise ValueError(f"--steps={steps}: expected a positive number of anneal steps")
+  config = _load_config(run_dir)
+  source = checkpoint_lib.Checkpointer(run_dir, read_only=True)
+  if step is None:
+    step = source.latest_restorable()
+  if step is None or step not in source.steps():
+    raise ValueError(f"--from={source_reference!r}: no such checkpoint (steps: {source.steps()})")
+  metadata = source.read_metadata(step)
+  offset = metadata["step_offset"]
+  start_value = float(run_plan.learning_rate_schedule(config, step_offset=offset)(step))
+  stage = config.stages[metadata["stage"]]  # The stage whose data stream the checkpoint holds.
+  config.stages = [run_plan.stage(
+      f"anneal@{step}", steps, dict(stage.mixture.items()),
+      schedule_config.config_for("anneal", start_value=start_value, end_value=end_value,
+                                 shape=shape),
+      replay=dict(stage.replay.items()), replay_position=stage.replay_position)]
+  config.schedule = None
+  config.init.from_checkpoint = f"{run_dir}:{step}"
+  config.init.optimizer_state = "keep"
+  config.init.step = "continue"
+  config.init.data = "continue"
+  return config
+
+
+def anneal(source_reference: str, workdir: str, steps: int, shape: str = "1-sqrt",
+           end_value: float = 0.0) -> dict:
+  config = anneal_config(source_reference, steps, shape, end_value)
+  run_dir, _ = checkpoint_lib.parse_reference(source_reference)
+  if os.path.abspath(workdir) == os.path.abspath(run_dir):
+    raise ValueError("--workdir must differ from the source run directory: annealing never "
+                     "writes into the source run")
+  return trainer.train(config, workdir)

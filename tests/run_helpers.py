@@ -1,0 +1,93 @@
+"""Helpers for end-to-end tests: the `cpt-jax` command in a subprocess on a small model."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+DEMO = os.path.join(ROOT, "configs", "demo.py")
+
+# The demo's smoke variant on a model small enough for a test (bytes tokenizer: no training).
+SMALL = ["--config.model.model_dim=32", "--config.model.num_layers=2",
+         "--config.model.num_heads=2", "--config.model.num_kv_heads=2",
+         "--config.model.mlp_dim=64", "--config.model.vocab_size=384",
+         "--config.data.tokenizer.kind=bytes", "--config.data.seq_len=32",
+         "--config.data.global_batch_size=8", "--config.eval.max_batches=1",
+         "--config.log.progress_bar=false"]
+
+
+def command(*args, config=f"{DEMO}:smoke", small=True):
+  """The test's own flags come last, so they win over SMALL's."""
+  base = [sys.executable, "-m", "cpt_jax", *args[:1]]
+  if config:
+    base.append(f"--config={config}")
+  return base + (SMALL if small and config else []) + list(args[1:])
+
+
+def environment(devices=8):
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(ROOT, ".pytest_cache", "jax_compilation")
+  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  return env
+
+
+def run(*args, devices=8, check=True, **kwargs):
+  result = subprocess.run(command(*args, **kwargs), capture_output=True, text=True,
+                          env=environment(devices), cwd=ROOT, timeout=600)
+  if check and result.returncode != 0:
+    raise AssertionError(f"exit {result.returncode}\n{result.stdout[-3000:]}\n"
+                         f"{result.stderr[-3000:]}")
+  return result
+
+
+def start(*args, **kwargs):
+  return subprocess.Popen(command(*args, **kwargs), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, env=environment(), cwd=ROOT)
+
+
+def last_train_step(workdir):
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return -1
+  steps = [json.loads(line)["step"] for line in open(path) if line.strip().endswith("}")
+           and '"loss"' in line]
+  return max(steps, default=-1)
+
+
+def kill_when(process, workdir, step, sig=signal.SIGKILL, timeout=300):
+  """Sends `sig` once the run has written a train record at `step` or later."""
+  deadline = time.time() + timeout
+  while last_train_step(workdir) < step:
+    if process.poll() is not None:
+      raise AssertionError(f"run ended before step {step}: {process.stdout.read()[-3000:]}")
+    if time.time() > deadline:
+      process.kill()
+      raise AssertionError(f"run did not reach step {step}")
+    time.sleep(0.05)
+  process.send_signal(sig)
+  output = process.communicate(timeout=300)[0]
+  return process.returncode, output
+
+
+def train_losses(workdir):
+  from cpt_jax import metrics_writer
+  records, _ = metrics_writer.read_records(workdir)
+  return {record["step"]: record["loss"] for record in records}
+
+
+def final_params(workdir):
+  """The parameters of the run's last checkpoint, as host arrays (restored on one device)."""
+  import orbax.checkpoint as ocp
+  directory = os.path.join(workdir, "checkpoints")
+  with ocp.CheckpointManager(directory, item_names=("params",)) as manager:
+    step = manager.latest_step()
+    restored = manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.PyTreeRestore()))
+  import jax
+  return step, jax.tree.map(np.asarray, restored["params"])

@@ -1,0 +1,174 @@
+"""End-to-end tests of cpt_jax/trainer.py (and anneal.py) through the `cpt-jax` command."""
+
+import json
+import os
+import shutil
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+import run_helpers as helpers
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+  """One uninterrupted smoke run: the yardstick for exactness."""
+  workdir = str(tmp_path_factory.mktemp("reference"))
+  helpers.run("train", f"--workdir={workdir}")
+  return workdir
+
+
+def test_killed_and_resumed_run_is_bit_identical(reference_run, tmp_path):
+  workdir = str(tmp_path / "interrupted")
+  # Killed mid stage 1, then in stage 2 (checkpoints every 5 steps, written asynchronously).
+  for kill_at in (12, 43):
+    process = helpers.start("train", f"--workdir={workdir}")
+    returncode, _ = helpers.kill_when(process, workdir, kill_at)
+    assert returncode == -signal.SIGKILL
+  helpers.run("train", f"--workdir={workdir}")
+  expected, resumed = helpers.train_losses(reference_run), helpers.train_losses(workdir)
+  assert sorted(resumed) == sorted(expected) == list(range(1, 61))
+  assert resumed == expected  # Exactly equal floats at every step.
+  reference_step, reference_params = helpers.final_params(reference_run)
+  resumed_step, resumed_params = helpers.final_params(workdir)
+  assert reference_step == resumed_step == 60
+  jax.tree.map(np.testing.assert_array_equal, resumed_params, reference_params)
+
+
+def test_sigterm_saves_the_current_step_and_exits_zero(reference_run, tmp_path):
+  workdir = str(tmp_path / "preempted")
+  process = helpers.start("train", f"--workdir={workdir}")
+  returncode, output = helpers.kill_when(process, workdir, 7, sig=signal.SIGTERM)
+  assert returncode == 0, output[-2000:]
+  assert "preempted (SIGTERM): saved step" in output
+  saved = int(output.split("saved step ")[1].split(";")[0])
+  assert saved in [int(name) for name in os.listdir(os.path.join(workdir, "checkpoints"))
+                   if name.isdigit()]
+  helpers.run("train", f"--workdir={workdir}")
+  assert helpers.train_losses(workdir) == helpers.train_losses(reference_run)
+
+
+def test_run_writes_records_summary_and_curves(reference_run):
+  for name in ("metrics.jsonl", "summary.json", "curves.png", "config.json"):
+    assert os.path.exists(os.path.join(reference_run, name)), name
+  assert any(name.startswith("events.out.tfevents") for name in os.listdir(reference_run))
+  records = [json.loads(line) for line in open(os.path.join(reference_run, "metrics.jsonl"))]
+  train = [r for r in records if "loss" in r]
+  assert {"step", "stage", "loss", "learning_rate", "grad_norm", "tokens_per_second",
+          "tokens/prose", "tokens/code"} <= set(train[0])
+  assert [r["stage"] for r in train[:30]] == ["prose"] * 30
+  assert [r["stage"] for r in train[30:]] == ["code"] * 30
+  evals = [r for r in records if "eval/prose/loss" in r]
+  assert [r["step"] for r in evals] == [0, 10, 20, 30, 40, 50, 60]
+  assert all("eval/code/loss" in r for r in evals)
+  # Realized replay share in stage 2, from the cumulative token counts.
+  stage_one_end, end = train[29], train[-1]
+  prose = end["tokens/prose"] - stage_one_end["tokens/prose"]
+  code = end["tokens/code"] - stage_one_end["tokens/code"]
+  assert stage_one_end["tokens/code"] == 0
+  assert abs(prose / (prose + code) - 0.05) < 0.005
+  summary = json.load(open(os.path.join(reference_run, "summary.json")))
+  assert [stage["name"] for stage in summary["stages"]] == ["prose", "code"]
+  assert set(summary["forgetting"]["code"]) == {"prose"}
+  assert set(summary["adaptation"]["code"]) == {"code"}
+
+
+def test_changed_config_is_refused_with_a_diff(reference_run, tmp_path):
+  workdir = str(tmp_path / "changed")
+  shutil.copytree(reference_run, workdir)
+  result = helpers.run("train", f"--workdir={workdir}", "--config.model.num_layers=3",
+                       check=False)
+  assert result.returncode == 2
+  assert "model.num_layers: 2 -> 3" in result.stderr
+  assert "--allow_config_change" in result.stderr
+
+
+def test_longer_last_stage_is_allowed_with_the_flag(reference_run, tmp_path):
+  workdir = str(tmp_path / "longer")
+  shutil.copytree(reference_run, workdir)
+  helpers.run("train", f"--workdir={workdir}", "--config.stages[1].steps=35",
+              "--allow_config_change")
+  assert max(helpers.train_losses(workdir)) == 65
+
+
+def test_corrupt_latest_checkpoint_falls_back_with_a_warning(reference_run, tmp_path):
+  workdir = str(tmp_path / "corrupt")
+  shutil.copytree(reference_run, workdir)
+  params_dir = os.path.join(workdir, "checkpoints", "60", "params")
+  for directory, _, files in os.walk(params_dir):
+    for name in files:
+      if not name.startswith("_"):
+        with open(os.path.join(directory, name), "wb") as f:
+          f.write(b"garbage")
+  result = helpers.run("train", f"--workdir={workdir}")
+  assert "checkpoint step 60" in result.stdout and "falling back to step 55" in result.stdout
+  assert helpers.train_losses(workdir)[60] == helpers.train_losses(reference_run)[60]
+
+
+def test_resume_on_four_devices_continues_the_same_data(reference_run, tmp_path):
+  workdir = str(tmp_path / "four")
+  process = helpers.start("train", f"--workdir={workdir}")
+  helpers.kill_when(process, workdir, 20)
+  helpers.run("train", f"--workdir={workdir}", devices=4)
+  expected, resumed = helpers.train_losses(reference_run), helpers.train_losses(workdir)
+  assert sorted(resumed) == list(range(1, 61))
+  # Another device count sums in another order: equal to float32 rounding, not bits.
+  np.testing.assert_allclose([resumed[s] for s in range(1, 61)],
+                             [expected[s] for s in range(1, 61)], rtol=2e-4)
+
+
+def test_new_run_starts_from_another_runs_checkpoint(reference_run, tmp_path):
+  workdir = str(tmp_path / "from_checkpoint")
+  helpers.run("train", f"--workdir={workdir}", f"--config.init.from_checkpoint={reference_run}:50",
+              "--config.init.step=continue", "--config.init.optimizer_state=keep",
+              "--config.stages[0].steps=5", "--config.stages[1].steps=5")
+  records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  reference = [json.loads(line) for line in open(os.path.join(reference_run, "metrics.jsonl"))]
+  start = records[0]
+  assert start["step"] == 50
+  expected = next(r for r in reference if r["step"] == 50 and "eval/prose/loss" in r)
+  assert start["eval/prose/loss"] == expected["eval/prose/loss"]  # The same parameters.
+  assert max(helpers.train_losses(workdir)) == 60
+
+
+def test_tokenizer_mismatch_with_the_checkpoint_is_refused(reference_run, tmp_path):
+  workdir = str(tmp_path / "tokenizer")
+  shutil.copytree(reference_run, workdir)
+  result = helpers.run("train", f"--workdir={workdir}", "--config.data.tokenizer.kind=bpe",
+                       "--config.data.tokenizer.vocab_size=300", "--allow_config_change",
+                       check=False)
+  assert result.returncode == 2
+  assert "another tokenizer" in result.stderr
+
+
+def test_anneal_branches_off_without_touching_the_source(reference_run, tmp_path):
+  from cpt_jax import anneal, run_plan, schedules
+  before = sorted(os.listdir(os.path.join(reference_run, "checkpoints")))
+  workdir = str(tmp_path / "annealed")
+  helpers.run("anneal", f"--from={reference_run}:55", f"--workdir={workdir}", "--steps=5",
+              "--shape=linear", config=None)
+  assert sorted(os.listdir(os.path.join(reference_run, "checkpoints"))) == before
+  records, _ = helpers.train_losses(workdir), None
+  assert sorted(records) == [56, 57, 58, 59, 60]
+  source_config = anneal._load_config(reference_run)
+  expected = schedules.anneal_from(run_plan.learning_rate_schedule(source_config), 55, 5, 0.0,
+                                   "linear")
+  logged = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))
+            if '"learning_rate"' in line]
+  for record in logged:
+    assert record["learning_rate"] == pytest.approx(float(expected(record["step"] - 1)), rel=1e-5)
+
+
+def test_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  workdir = str(tmp_path / "diverged")
+  result = helpers.run("train", f"--workdir={workdir}",
+                       "--config.stages[0].schedule.peak_value=1e12",
+                       "--config.stages[0].schedule.end_value=1e11", check=False)
+  assert result.returncode == 1
+  assert "cpt-jax: error: loss is" in result.stderr
+  steps = [int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit()]
+  for step in steps:
+    _, params = helpers.final_params(workdir)
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(params))

@@ -42,10 +42,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
 sys.path.insert(0, os.path.dirname(__file__))
 import demo  # noqa: E402
 import device_peaks  # noqa: E402
+from bare_step import BareStep  # noqa: E402
 
-from cpt_jax import data_parallel, input_pipeline, metrics_writer, model, model_config  # noqa
-from cpt_jax import optimizer as optimizer_lib, packing, run_plan, tokenizer, trainer  # noqa
-from cpt_jax import train_step  # noqa: E402
+from cpt_jax import metrics_writer, model, model_config, trainer  # noqa: E402
 
 
 def benchmark_config():
@@ -64,33 +63,6 @@ def benchmark_config():
   config.eval.every = config.checkpoint.every = args.steps
   config.eval.max_batches = 1
   return config
-
-
-class BareStep:
-  """The compiled step on one fixed, pre-split batch: no data, no host work."""
-
-  def __init__(self, config):
-    plans = run_plan.plan(config)
-    optimizer = optimizer_lib.make(config.optimizer)
-    graphdef, state = train_step.init_state(model_config.from_config_dict(config.model),
-                                            optimizer, 0)
-    executor = data_parallel.DataParallel(graphdef, optimizer,
-                                          run_plan.learning_rate_schedule(config))
-    self._step = executor.pmapped_train_step
-    self._state = executor.place(state)
-    rows = next(iter(input_pipeline.stage_dataset(config.data, plans[0],
-                                                  tokenizer.bytes_tokenizer())))
-    self._batch = data_parallel.split_for_devices(packing.to_model_batch(rows))
-    self.tokens_per_second(3)  # Compile and warm up.
-
-  def tokens_per_second(self, steps: int) -> float:
-    state, metrics = self._state, None
-    start = time.perf_counter()
-    for _ in range(steps):
-      state, metrics = self._step(state, self._batch)
-    jax.block_until_ready((state, metrics))
-    self._state = state
-    return steps * args.batch * args.seq_len / (time.perf_counter() - start)
 
 
 def loop_tokens_per_second(config) -> float:

@@ -25,6 +25,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.stages = []  # run_plan.stage(...) entries, trained in order.
   config.schedule = None  # A run-wide schedule_config block; None = each stage's own schedule.
   config.parallel = "pmap"  # "pmap" (data parallel) or "fsdp" (params sharded over devices).
+  config.fsdp_devices = 0  # fsdp: devices each parameter is split over (0 = all); rest = data.
 
   config.eval = ml_collections.ConfigDict()
   config.eval.every = 100  # Evaluate every this many steps (and at every stage's end).

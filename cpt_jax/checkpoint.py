@@ -158,6 +158,10 @@ class Checkpointer:
     self._manager.close()
 
 
-def abstract_like(state: train_step_lib.TrainState, sharding) -> train_step_lib.TrainState:
-  """Shape/dtype/sharding stand-ins for restoring into `state`'s structure."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state)
+def abstract_like(state: train_step_lib.TrainState, shardings) -> train_step_lib.TrainState:
+  """Shape/dtype/sharding stand-ins for restoring into `state`'s structure; `shardings` is
+  one sharding for every leaf or a tree of them (restoring re-lays arrays out to fit)."""
+  if isinstance(shardings, jax.sharding.Sharding):
+    shardings = jax.tree.map(lambda _: shardings, state)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state,
+                      shardings)

@@ -51,6 +51,11 @@ def replicated_sharding() -> jax.sharding.NamedSharding:
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
 
+def state_shardings(tree):
+  replicated = replicated_sharding()
+  return jax.tree.map(lambda _: replicated, tree)
+
+
 class DataParallel:
   """The trainer's view of pmap: where the state lives and how a host batch is stepped.
 
@@ -64,6 +69,9 @@ class DataParallel:
                                                  microbatches=microbatches)
     self._eval_step = compile_eval_step(graphdef)
     self.state_sharding = replicated_sharding()
+
+  def state_shardings(self, tree):
+    return state_shardings(tree)
 
   def place(self, tree):
     """Host or single-device arrays -> replicated on every local device."""

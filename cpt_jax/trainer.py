@@ -25,7 +25,6 @@ import numpy as np
 import tqdm
 
 from cpt_jax import checkpoint as checkpoint_lib
-from cpt_jax import data_parallel
 from cpt_jax import evaluation
 from cpt_jax import experiment_config
 from cpt_jax import input_pipeline
@@ -33,6 +32,7 @@ from cpt_jax import metrics_writer
 from cpt_jax import model_config
 from cpt_jax import optimizer as optimizer_lib
 from cpt_jax import packing
+from cpt_jax import parallel
 from cpt_jax import report
 from cpt_jax import run_directory
 from cpt_jax import run_plan
@@ -107,7 +107,7 @@ class _Run:
     model = model_config.from_config_dict(config.model)
     self.optimizer = optimizer_lib.make(config.optimizer)
     graphdef, state = train_step_lib.init_state(model, self.optimizer, config.seed)
-    abstract = checkpoint_lib.abstract_like(state, data_parallel.replicated_sharding())
+    abstract = checkpoint_lib.abstract_like(state, parallel.state_shardings(config, state))
 
     # Where the state comes from: this run's latest checkpoint, another run's, or nowhere.
     self.checkpointer = checkpoint_lib.Checkpointer(workdir, config.checkpoint)
@@ -171,8 +171,7 @@ class _Run:
       state = train_step_lib.TrainState(jnp.asarray(self.step, jnp.int32), arrays["params"],
                                         arrays["opt_state"])
     schedule = run_plan.learning_rate_schedule(config, step_offset=self.step_offset)
-    self.executor = data_parallel.DataParallel(graphdef, self.optimizer, schedule,
-                                               microbatches=config.optimizer.microbatches)
+    self.executor = parallel.make_executor(config, graphdef, self.optimizer, schedule)
     self.state = self.executor.place(state)
     self.eval_batches = {
         name: input_pipeline.validation_batches(name, config.data, self.tokenizer,

@@ -172,3 +172,14 @@ def test_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   for step in steps:
     _, params = helpers.final_params(workdir)
     assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(params))
+
+
+def test_pmap_checkpoint_continues_in_fsdp_mode(reference_run, tmp_path):
+  losses = {}
+  for mode in ("pmap", "fsdp"):
+    workdir = str(tmp_path / mode)
+    shutil.copytree(reference_run, workdir)
+    helpers.run("train", f"--workdir={workdir}", "--config.stages[1].steps=34",
+                f"--config.parallel={mode}", "--allow_config_change")
+    losses[mode] = [helpers.train_losses(workdir)[step] for step in range(61, 65)]
+  np.testing.assert_allclose(losses["fsdp"], losses["pmap"], rtol=1e-4)

@@ -1,0 +1,86 @@
+"""FSDP: the same pure train step under `jax.jit` over a device mesh, with parameters and
+optimizer state sharded, for models that do not fit replicated.
+
+The mesh has two axes: "fsdp" (parameters and Adam moments are split over it) and "data"
+(the rest of the devices; parameters are replicated across it). The batch is split over both.
+XLA inserts the all-gathers and reduce-scatters; the step itself is `train_step.py`'s, called
+without an axis name. Batches are global arrays assembled from each process's local slice.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from cpt_jax import train_step as train_step_lib
+
+MESH_AXES = ("data", "fsdp")
+
+
+def make_mesh(fsdp_devices: int = 0) -> Mesh:
+  """All devices as (data, fsdp); `fsdp_devices=0` puts every device on the fsdp axis.
+  Auto axis types: Flax's embedding lookups fail under jax 0.10's Explicit default."""
+  devices = jax.devices()
+  fsdp = fsdp_devices or len(devices)
+  if fsdp < 1 or len(devices) % fsdp:
+    raise ValueError(f"fsdp_devices={fsdp_devices}: expected a divisor of the {len(devices)} "
+                     "devices (0 = all)")
+  grid = np.asarray(devices).reshape(len(devices) // fsdp, fsdp)
+  return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto, AxisType.Auto))
+
+
+def leaf_sharding(mesh: Mesh, leaf) -> NamedSharding:
+  """Splits a leaf's largest dimension that the fsdp axis divides; replicates the others
+  (scalars, and shapes no dimension of which divides)."""
+  size = mesh.shape["fsdp"]
+  shape = getattr(leaf, "shape", ())
+  for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+    if size > 1 and shape[dim] % size == 0:
+      spec = [None] * len(shape)
+      spec[dim] = "fsdp"
+      return NamedSharding(mesh, PartitionSpec(*spec))
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def state_shardings(mesh: Mesh, tree):
+  return jax.tree.map(lambda leaf: leaf_sharding(mesh, leaf), tree)
+
+
+class Sharded:
+  """The trainer's view of FSDP: the same interface as `data_parallel.DataParallel`."""
+
+  def __init__(self, graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
+               schedule: optax.Schedule, *, microbatches: int = 1, fsdp_devices: int = 0):
+    self.mesh = make_mesh(fsdp_devices)
+    self._batch_sharding = NamedSharding(self.mesh, PartitionSpec(MESH_AXES))
+    self._replicated = NamedSharding(self.mesh, PartitionSpec())
+    self._step_fn = train_step_lib.make_train_step(graphdef, optimizer, schedule,
+                                                   microbatches=microbatches)
+    self._eval_fn = train_step_lib.make_eval_step(graphdef)
+    self._compiled_train = None
+    self._compiled_eval = jax.jit(self._eval_fn, out_shardings=self._replicated)
+
+  def state_shardings(self, tree):
+    return state_shardings(self.mesh, tree)
+
+  def place(self, tree):
+    return jax.device_put(tree, self.state_shardings(tree))
+
+  def _global(self, model_batch: dict) -> dict:
+    """This process's rows -> one global array per input, split over (data, fsdp)."""
+    return {name: jax.make_array_from_process_local_data(self._batch_sharding,
+                                                         np.asarray(model_batch[name]))
+            for name in train_step_lib.MODEL_INPUTS}
+
+  def train_step(self, state: train_step_lib.TrainState, model_batch: dict):
+    if self._compiled_train is None:  # Output layout = input layout, so no step re-lays out.
+      self._compiled_train = jax.jit(
+          self._step_fn, donate_argnums=(0,),
+          out_shardings=(self.state_shardings(state), self._replicated))
+    return self._compiled_train(state, self._global(model_batch))
+
+  def eval_step(self, params, model_batch: dict):
+    return self._compiled_eval(params, self._global(model_batch))

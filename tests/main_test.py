@@ -1,0 +1,70 @@
+"""Tests for cpt_jax/main.py (the `cpt-jax` command line) and cpt_jax/info.py."""
+
+import os
+
+import run_helpers as helpers
+
+
+def test_info_prints_parameters_flops_and_the_plan():
+  result = helpers.run("info", small=False)
+  lines = result.stdout.splitlines()
+  assert lines[0] == "parameters: 1841920 (non-embedding 793344)"
+  assert any(line.startswith("flops per token: ") for line in lines)
+  assert "plan: 2 stages, 60 steps, 245,760 tokens" in result.stdout
+  assert "code 95%, prose 5% (replay)" in result.stdout
+
+
+def test_info_of_the_paper_config_shows_the_published_parameter_count():
+  config = os.path.join(helpers.ROOT, "configs", "pythia_410m_pile_slimpajama.py")
+  result = helpers.run("info", config=config, small=False)
+  assert "parameters: 405334016 (non-embedding 302311424)" in result.stdout
+
+
+def test_unknown_override_names_close_matches():
+  result = helpers.run("info", "--config.stages[1].schedul.peak_value=1", check=False)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == (
+      "cpt-jax: error: unknown config field config.stages[1].schedul; did you mean "
+      "config.stages[1].schedule?")
+
+
+def test_invalid_values_are_named_in_one_line():
+  cases = {"--config.data.seq_len=1000": "data.seq_len=1000: exceeds the model's context",
+           "--config.stages[1].replay.prose=-0.1": "replay['prose']=-0.1",
+           "--config.stages[0].mixture.prose=0.5": "weights sum to 0.5; expected 1",
+           "--config.parallel=tensor": "parallel='tensor'"}
+  for override, message in cases.items():
+    result = helpers.run("info", override, check=False)
+    assert result.returncode == 2, override
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("cpt-jax: error: ") and message in last, (override, last)
+
+
+def test_missing_config_and_unknown_command():
+  result = helpers.run("info", config=None, check=False)
+  assert result.returncode == 2 and "--config is required" in result.stderr
+  result = helpers.run("fly", config=None, check=False)
+  assert result.returncode == 2 and "cpt-jax train" in result.stderr
+
+
+def test_plot_schedule_writes_an_image(tmp_path):
+  out = str(tmp_path / "lr.png")
+  result = helpers.run("plot-schedule", f"--out={out}")
+  assert os.path.getsize(out) > 10_000 and "wrote" in result.stdout
+
+
+def test_prepare_needs_a_cache_directory():
+  result = helpers.run("prepare", check=False)
+  assert result.returncode == 2 and "data.token_cache_dir is empty" in result.stderr
+
+
+def test_prepare_writes_shards_that_training_reads(tmp_path):
+  cache = str(tmp_path / "tokens")
+  helpers.run("prepare", f"--config.data.token_cache_dir={cache}")
+  assert sorted(os.listdir(cache)) == ["code", "prose"]
+  assert sorted(os.listdir(os.path.join(cache, "prose"))) == [
+      "train.array_record", "train.json", "validation.array_record", "validation.json"]
+  workdir = str(tmp_path / "run")
+  helpers.run("train", f"--workdir={workdir}", f"--config.data.token_cache_dir={cache}",
+              "--config.stages[0].steps=3", "--config.stages[1].steps=3")
+  assert os.path.exists(os.path.join(workdir, "summary.json"))

@@ -1,0 +1,82 @@
+"""Tests for cpt_jax/sharded.py (FSDP) and cpt_jax/parallel.py."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cpt_jax import data_parallel
+from cpt_jax import model_config
+from cpt_jax import optimizer as optimizer_lib
+from cpt_jax import sharded
+from cpt_jax import train_step as train_step_lib
+
+CONFIG = dataclasses.replace(model_config.preset("tiny"), vocab_size=128, num_layers=2,
+                             model_dim=64, num_heads=4, num_kv_heads=4, mlp_dim=128)
+
+
+def _batch(seed, batch_size=16, length=16):
+  rng = np.random.default_rng(seed)
+  return {"inputs": rng.integers(0, 128, (batch_size, length)).astype(np.int32),
+          "targets": rng.integers(0, 128, (batch_size, length)).astype(np.int32),
+          "positions": np.tile(np.arange(length, dtype=np.int32), (batch_size, 1)),
+          "segment_ids": np.ones((batch_size, length), np.int32),
+          "loss_mask": (rng.random((batch_size, length)) < 0.8).astype(np.float32)}
+
+
+def _setup():
+  optimizer = optimizer_lib.make(optimizer_lib.default_config())
+  graphdef, state = train_step_lib.init_state(CONFIG, optimizer, seed=0)
+  return graphdef, state, optimizer, optax.constant_schedule(1e-3)
+
+
+@pytest.mark.parametrize("fsdp_devices", [8, 4])
+def test_fsdp_steps_equal_pmap_steps(fsdp_devices):
+  graphdef, state, optimizer, schedule = _setup()
+  pmap = data_parallel.DataParallel(graphdef, optimizer, schedule)
+  fsdp = sharded.Sharded(graphdef, optimizer, schedule, fsdp_devices=fsdp_devices)
+  # device_put may alias its input: each mode gets its own copy, since steps donate buffers.
+  pmap_state = pmap.place(jax.tree.map(jnp.copy, state))
+  fsdp_state = fsdp.place(jax.tree.map(jnp.copy, state))
+  for seed in range(4):
+    batch = _batch(seed)
+    pmap_state, pmap_metrics = pmap.train_step(pmap_state, batch)
+    fsdp_state, fsdp_metrics = fsdp.train_step(fsdp_state, batch)
+    np.testing.assert_allclose(fsdp_metrics["loss"], pmap_metrics["loss"], rtol=1e-5)
+  differences = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), fsdp_state.params,
+                             pmap_state.params)
+  assert max(jax.tree.leaves(differences)) < 1e-5
+  loss_sum, count = fsdp.eval_step(fsdp_state.params, _batch(9))
+  pmap_sum, pmap_count = pmap.eval_step(pmap_state.params, _batch(9))
+  np.testing.assert_allclose(float(loss_sum) / float(count), float(pmap_sum) / float(pmap_count),
+                             rtol=1e-5)
+
+
+def test_fsdp_shards_parameters_and_adam_moments():
+  graphdef, state, optimizer, schedule = _setup()
+  fsdp = sharded.Sharded(graphdef, optimizer, schedule)
+  placed = fsdp.place(state)
+  kernel = placed.params["blocks"][0]["mlp"]["up"]["kernel"][...]
+  assert kernel.addressable_shards[0].data.size == kernel.size // 8
+  moments = [leaf for leaf in jax.tree.leaves(placed.opt_state) if leaf.ndim == 2]
+  assert moments and all(leaf.addressable_shards[0].data.size == leaf.size // 8
+                         for leaf in moments)
+  new_state, _ = fsdp.train_step(placed, _batch(0))
+  new_kernel = new_state.params["blocks"][0]["mlp"]["up"]["kernel"][...]
+  assert new_kernel.sharding == kernel.sharding  # The step keeps the layout.
+
+
+def test_leaves_no_dimension_of_which_divides_are_replicated():
+  mesh = sharded.make_mesh(8)
+  assert sharded.leaf_sharding(mesh, jnp.zeros((3, 5))).spec == jax.sharding.PartitionSpec()
+  assert sharded.leaf_sharding(mesh, jnp.zeros(())).spec == jax.sharding.PartitionSpec()
+  assert sharded.leaf_sharding(mesh, jnp.zeros((16, 3))).spec == jax.sharding.PartitionSpec(
+      "fsdp", None)
+
+
+def test_fsdp_devices_must_divide_the_device_count():
+  with pytest.raises(ValueError, match="fsdp_devices=3: expected a divisor of the 8 devices"):
+    sharded.make_mesh(3)

@@ -1,6 +1,7 @@
 """A run directory's identity: its resolved config and its tokenizer.
 
-Owns `RUN_DIR/config.json` (written at the first start, compared at every resume) and
+Owns `RUN_DIR/config.json` (written at the first start, compared at every resume),
+`RUN_DIR/data_splits.json` (which documents each source holds out for validation) and
 `RUN_DIR/tokenizer.json` (or `.model`): trained or copied once, then reused by every resume
 and every later stage. A resume whose config differs in a field that matters, or whose
 tokenizer differs, is refused with the differences listed.
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import ml_collections
 
@@ -111,6 +111,12 @@ def tokenizer_for_run(config: ml_collections.ConfigDict, workdir: str,
   return result
 
 
-def copy_file_if_missing(source: str, destination: str) -> None:
-  if os.path.exists(source) and not os.path.exists(destination):
-    shutil.copyfile(source, destination)
+def record_data_splits(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Writes `RUN_DIR/data_splits.json`: how each source was split and which documents were
+  held out for validation, so an experiment's evaluation data can be audited later."""
+  record = {name: corpora.split_record(name, source) for name, source in
+            sorted(config.data.sources.items())}
+  path = os.path.join(workdir, "data_splits.json")
+  with open(path + ".tmp", "w") as f:
+    json.dump(record, f, indent=1)
+  os.replace(path + ".tmp", path)

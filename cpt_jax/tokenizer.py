@@ -106,12 +106,13 @@ def train_bpe(texts: Iterable[str], vocab_size: int, megabytes: float) -> Tokeni
 
 
 def _sentencepiece(serialized: bytes, path: str) -> Tokenizer:
+  import sentencepiece  # Deferred: only sentencepiece runs pay its import.
+
+  processor = sentencepiece.SentencePieceProcessor()
   try:
-    import sentencepiece
-  except ImportError:
-    raise ValueError("data.tokenizer.kind='sentencepiece' needs the sentencepiece package: "
-                     "pip install sentencepiece") from None
-  processor = sentencepiece.SentencePieceProcessor(model_proto=serialized)
+    processor.LoadFromSerializedProto(serialized)
+  except RuntimeError:
+    raise ValueError(f"data.tokenizer.path={path!r}: not a valid sentencepiece model") from None
   eos_id = processor.eos_id()
   if eos_id < 0:
     raise ValueError(f"data.tokenizer.path={path!r}: the sentencepiece model has no EOS id")

@@ -150,6 +150,7 @@ class _Run:
     self.plans = run_plan.plan(config, start_step=self.step_offset)
     if latest is None and self.lead:
       run_directory.check_and_store_config(workdir, config, 0, allow_config_change)
+      run_directory.record_data_splits(workdir, config)
 
     self.tokenizer = run_directory.tokenizer_for_run(config, workdir, inherit_from=init_dir)
     if self.tokenizer.vocab_size > model.vocab_size:

@@ -93,3 +93,14 @@ def test_a_step_already_saved_is_not_saved_again(tmp_path):
 ])
 def test_checkpoint_references(reference, expected):
   assert checkpoint_lib.parse_reference(reference) == expected
+
+
+def test_keeps_the_latest_steps_plus_every_multiple_of_keep_every(tmp_path):
+  import ml_collections
+  state = _replicated_state()
+  settings = ml_collections.ConfigDict({"keep": 2, "keep_every": 10, "async_save": True})
+  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path), settings)
+  for step in range(5, 55, 5):
+    checkpointer.save(step, state, {"step": step}, None)
+  checkpointer.wait()
+  assert checkpointer.steps() == [10, 20, 30, 40, 45, 50]

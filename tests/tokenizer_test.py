@@ -60,3 +60,23 @@ def test_tokenizer_without_the_eos_token_is_refused(tmp_path):
 def test_unknown_tokenizer_kind_lists_the_kinds():
   with pytest.raises(ValueError, match="data.tokenizer.kind='wordpiece'"):
     tokenizer_lib.load("wordpiece", "")
+
+
+def test_sentencepiece_model_is_loaded_with_its_eos(tmp_path):
+  import sentencepiece
+  prefix = str(tmp_path / "sp")
+  sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(TEXTS * 4), model_prefix=prefix,
+                                           vocab_size=60, model_type="bpe", eos_id=2)
+  tokenizer = tokenizer_lib.load("sentencepiece", prefix + ".model")
+  assert tokenizer.eos_id == 2 and tokenizer.vocab_size == 60
+  ids = tokenizer.encode(TEXTS[0])
+  assert tokenizer.decode(list(ids)) == TEXTS[0]
+  again = tokenizer_lib.load("sentencepiece", prefix + ".model")
+  assert again.fingerprint == tokenizer.fingerprint
+
+
+def test_corrupt_sentencepiece_model_is_named(tmp_path):
+  path = tmp_path / "broken.model"
+  path.write_bytes(b"not a model")
+  with pytest.raises(ValueError, match="not a valid sentencepiece model"):
+    tokenizer_lib.load("sentencepiece", str(path))

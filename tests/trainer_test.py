@@ -51,8 +51,15 @@ def test_sigterm_saves_the_current_step_and_exits_zero(reference_run, tmp_path):
 
 
 def test_run_writes_records_summary_and_curves(reference_run):
-  for name in ("metrics.jsonl", "summary.json", "curves.png", "config.json"):
+  for name in ("metrics.jsonl", "summary.json", "curves.png", "config.json", "data_splits.json"):
     assert os.path.exists(os.path.join(reference_run, name)), name
+  splits = json.load(open(os.path.join(reference_run, "data_splits.json")))
+  assert set(splits) == {"code", "prose"}
+  from cpt_jax import corpora
+  held_out, _ = corpora._documents("prose", corpora.source_config("embedded",
+                                                                  corpus="shakespeare"),
+                                   "validation")
+  assert splits["prose"]["validation_ids"] == held_out and len(held_out) > 10
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(reference_run))
   records = [json.loads(line) for line in open(os.path.join(reference_run, "metrics.jsonl"))]
   train = [r for r in records if "loss" in r]

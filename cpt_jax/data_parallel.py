@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 import optax
+import orbax.checkpoint.utils as ocp_utils
 from flax import nnx
 
 from cpt_jax import train_step as train_step_lib
@@ -51,9 +52,25 @@ def replicated_sharding() -> jax.sharding.NamedSharding:
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
 
+def global_replicated_sharding() -> jax.sharding.NamedSharding:
+  """Every device of every process holds the whole array: how checkpoints see the state.
+  With one process it is `replicated_sharding()`."""
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()), (AXIS_NAME,))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
 def state_shardings(tree):
-  replicated = replicated_sharding()
+  replicated = global_replicated_sharding()
   return jax.tree.map(lambda _: replicated, tree)
+
+
+def _to_process_local(x, local: jax.sharding.NamedSharding):
+  """A replicated global array (e.g. restored) -> the host-local array pmap takes."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    shards = sorted((shard.data for shard in x.addressable_shards),
+                    key=lambda data: list(data.devices())[0].id)
+    return jax.make_array_from_single_device_arrays(x.shape, local, shards)
+  return jax.device_put(x, local)
 
 
 class DataParallel:
@@ -74,8 +91,14 @@ class DataParallel:
     return state_shardings(tree)
 
   def place(self, tree):
-    """Host or single-device arrays -> replicated on every local device."""
-    return jax.device_put(tree, self.state_sharding)
+    """Host, single-device or restored global arrays -> replicated on every local device."""
+    return jax.tree.map(lambda x: _to_process_local(x, self.state_sharding), tree)
+
+  def for_checkpoint(self, tree):
+    """pmap's state is host-local; with several processes Orbax needs global arrays."""
+    if jax.process_count() == 1:
+      return tree
+    return jax.tree.map(ocp_utils.fully_replicated_host_local_array_to_global_array, tree)
 
   def train_step(self, state: train_step_lib.TrainState, model_batch: dict):
     return self.pmapped_train_step(state, split_for_devices(model_batch))

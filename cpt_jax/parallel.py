@@ -1,7 +1,8 @@
 """Choosing the parallel mode from the config: `pmap` data parallelism or `fsdp` sharding.
 
 Both executors offer the same interface to the trainer: `place(tree)`, `state_shardings(tree)`,
-`train_step(state, model_batch)` and `eval_step(params, model_batch)` over the same pure step.
+`for_checkpoint(tree)`, `train_step(state, model_batch)` and `eval_step(params, model_batch)`
+over the same pure step.
 Checkpoints hold plain global arrays, so a run saved in one mode restores in the other.
 """
 

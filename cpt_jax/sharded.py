@@ -69,6 +69,9 @@ class Sharded:
   def place(self, tree):
     return jax.device_put(tree, self.state_shardings(tree))
 
+  def for_checkpoint(self, tree):
+    return tree  # Already global arrays.
+
   def _global(self, model_batch: dict) -> dict:
     """This process's rows -> one global array per input, split over (data, fsdp)."""
     return {name: jax.make_array_from_process_local_data(self._batch_sharding,

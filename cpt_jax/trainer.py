@@ -188,7 +188,8 @@ class _Run:
   def save(self, stage_plan, data_iterator) -> None:
     metadata = _metadata(self.step, stage_plan, self.progress, self.tokenizer, self.step_offset,
                          self.config)
-    self.checkpointer.save(self.step, self.state, metadata, data_iterator)
+    self.checkpointer.save(self.step, self.executor.for_checkpoint(self.state), metadata,
+                           data_iterator)
 
   def _log(self, pending, stage_plan, bar) -> None:
     """Writes a train record from metrics fetched now, one step after they were computed."""

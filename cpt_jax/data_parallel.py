@@ -85,14 +85,14 @@ class DataParallel:
     self.pmapped_train_step = compile_train_step(graphdef, optimizer, schedule,
                                                  microbatches=microbatches)
     self._eval_step = compile_eval_step(graphdef)
-    self.state_sharding = replicated_sharding()
+    self._local_sharding = replicated_sharding()  # What pmap takes and returns.
 
   def state_shardings(self, tree):
     return state_shardings(tree)
 
   def place(self, tree):
     """Host, single-device or restored global arrays -> replicated on every local device."""
-    return jax.tree.map(lambda x: _to_process_local(x, self.state_sharding), tree)
+    return jax.tree.map(lambda x: _to_process_local(x, self._local_sharding), tree)
 
   def for_checkpoint(self, tree):
     """pmap's state is host-local; with several processes Orbax needs global arrays."""

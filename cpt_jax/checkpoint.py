@@ -93,16 +93,13 @@ class Checkpointer:
     return dict(restored["metadata"])
 
   def restore(self, step: int, abstract_state: train_step_lib.TrainState, *,
-              with_optimizer: bool = True,
-              data_iterator: grain.DatasetIterator | None = None) -> tuple[dict, dict]:
-    """Restores the chosen items of `step`: ({params, opt_state}, metadata); the data
-    iterator, if given, is positioned in place."""
+              with_optimizer: bool = True) -> tuple[dict, dict]:
+    """Restores the arrays of `step`: ({params, opt_state}, metadata). The data iterator has
+    its own call, `restore_data`, made once the stage's pipeline exists."""
     items = {"params": ocp.args.StandardRestore(abstract_state.params),
              "metadata": ocp.args.JsonRestore()}
     if with_optimizer:
       items["opt_state"] = ocp.args.StandardRestore(abstract_state.opt_state)
-    if data_iterator is not None:
-      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     arrays = {key: restored[key] for key in ("params", "opt_state") if key in items}
     return arrays, dict(restored["metadata"])

@@ -32,10 +32,11 @@ def summarize(eval_records: list[dict], plans) -> dict:
                    "mixture": stage_plan.mixture,
                    "validation_loss": _loss_at(eval_records, stage_plan.end_step)})
   forgetting, adaptation = {}, {}
-  for previous, (stage_plan, stage) in zip([None] + stages[:-1], zip(plans, stages)):
-    before = previous["validation_loss"] if previous else start
-    after = stage["validation_loss"]
-    if not before or not after or previous is None:
+  for index in range(1, len(plans)):
+    stage_plan = plans[index]
+    before = stages[index - 1]["validation_loss"]
+    after = stages[index]["validation_loss"]
+    if not before or not after:
       continue
     new_sources = set(stage_plan.mixture) - set(stage_plan.replayed_sources)
     forgetting[stage_plan.name] = {source: after[source] - before[source]

@@ -118,7 +118,7 @@ class _Run:
       run_directory.check_and_store_config(
           workdir, config, run_plan.stage_at(plans, metadata["step"]).index, allow_config_change)
     self.resume_step, resume, init_dir, init = None, None, "", None
-    restored = _restore(lambda: self.checkpointer.restore_latest(abstract), workdir)
+    restored = self.checkpointer.restore_latest(abstract)
     if restored is not None:
       self.resume_step, arrays, resume = restored
     elif config.init.from_checkpoint:
@@ -128,12 +128,11 @@ class _Run:
         raise ValueError(f"init.from_checkpoint={config.init.from_checkpoint!r}: no step "
                          f"{init_step} there (steps: {source.steps()})")
       keep = config.init.optimizer_state == "keep"
-      if init_step is None:
-        restored = _restore(lambda: source.restore_latest(abstract, with_optimizer=keep),
-                            config.init.from_checkpoint)
+      if init_step is None:  # Skips corrupt steps; names the error if none restores.
+        restored = source.restore_latest(abstract, with_optimizer=keep)
       else:
-        restored = _restore(lambda: (init_step, *source.restore(
-            init_step, abstract, with_optimizer=keep)), config.init.from_checkpoint)
+        restored = (init_step, *_restore(lambda: source.restore(
+            init_step, abstract, with_optimizer=keep), config.init.from_checkpoint))
       if restored is None:
         raise ValueError(f"init.from_checkpoint={config.init.from_checkpoint!r}: no checkpoint")
       init_step, arrays, init = restored
@@ -162,10 +161,11 @@ class _Run:
         _check_tokenizer(metadata, self.tokenizer, where)
 
     self.names = input_pipeline.source_names(config.data)
-    self.progress = _Progress({name: 0.0 for name in self.names},
-                              {name: 0 for name in self.names})
     if resume is not None:
       self.progress = _Progress(dict(resume["tokens"]), dict(resume["rows"]))
+    else:
+      self.progress = _Progress({name: 0.0 for name in self.names},
+                                {name: 0 for name in self.names})
     self.initial_evaluation = resume is None
     self.continue_init_data = init is not None and config.init.data == "continue"
     if restored is not None:

@@ -39,7 +39,6 @@ def get_config(variant: str = ""):
   config.data.sources.slimpajama = corpora.source_config(
       "text_files", glob="/data/slimpajama/train/*.jsonl",
       validation_glob="/data/slimpajama/validation/*.jsonl")
-  config.data.read_threads = 8  # Accelerator hosts have cores to spare.
   steps = TOKENS_PER_STAGE // (BATCH * SEQ_LEN)  # 132,684 steps per stage.
   cosine = lambda: schedule_config.config_for("cosine_with_warmup", peak_value=3e-4,
                                               end_value=3e-5, warmup=0.01)

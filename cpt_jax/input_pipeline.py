@@ -1,27 +1,32 @@
 """The Grain pipeline of a stage: documents -> tokens -> packed rows -> mixture -> batches.
 
 Owns the order of data. Each source is tokenized (or read pre-tokenized from the token cache),
-sharded per JAX process (process i reads documents i, i + n, ...), shuffled with a fixed seed,
-repeated, and packed on its own; the stage then mixes the packed rows of its sources by weight,
-so a weight is the source's share of training tokens (mixing documents before packing would
-count documents, and short replay documents would fall short of their share). Grain's mix is
-deterministic, and the whole iterator's state is checkpointable.
+shuffled with a fixed seed per epoch, and packed on its own into an endless row stream
+(`packing.py`); the stage mixes the packed rows of its sources by weight (`mixture.py`), so a
+weight is the source's share of training tokens (mixing documents before packing would count
+documents, and short replay documents would fall short of their share).
+
+Every process sees the same global batches and builds only its own rows of each: process i of
+n takes rows [i B/n, (i + 1) B/n). The data a step trains on is therefore the same for any
+number of processes and devices, and each batch is packed with a few numpy operations per
+source rather than per row. The iterator is a Grain `DatasetIterator` whose small state (the
+batch index and each stream's window) goes into the run's checkpoints.
 
 A replayed source starts from the beginning of its training split (data the model already
-saw, as in Ibrahim et al.), or with `replay_position="continue"` skips the rows it has already
+saw, as in Ibrahim et al.), or with `replay_position="continue"` after the furthest row of it
 served in earlier stages. Validation batches are finite, unshuffled and the same every time.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import grain
 import ml_collections
 import numpy as np
 
 from cpt_jax import corpora
+from cpt_jax import mixture as mixture_lib
 from cpt_jax import packing
 from cpt_jax import run_plan
 from cpt_jax import token_cache
@@ -36,17 +41,12 @@ def default_config() -> ml_collections.ConfigDict:
   config.tokenizer = tokenizer_lib.default_config()
   config.sources = ml_collections.ConfigDict()  # {name: corpora.source_config(...)}.
   config.token_cache_dir = ""  # Pre-tokenized shards from `cpt-jax prepare`; "" = tokenize live.
-  config.shuffle_seed = 0  # Document order within each source's training split.
-  # Threads that read and tokenize documents ahead of packing, per source. Few suffice: on a
-  # small CPU host, idle read-ahead threads compete with the compiled step for cores.
-  config.read_threads = 1
-  config.read_ahead = 64  # Documents read ahead per source.
+  config.shuffle_seed = 0  # Document order within each source's training split (per epoch).
+  # Batches a background thread builds ahead of the train step. 0 builds them in the training
+  # loop, which costs nothing while the device runs the previous step (dispatch is async) and
+  # avoids the thread's per-batch overhead; use 1-2 if batches are slow (heavy live tokenizing).
+  config.prefetch_batches = 0
   return config
-
-
-def _read_options(data_config: ml_collections.ConfigDict) -> grain.ReadOptions:
-  return grain.ReadOptions(num_threads=data_config.read_threads,
-                           prefetch_buffer_size=data_config.read_ahead)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,69 +61,41 @@ def source_names(data_config: ml_collections.ConfigDict) -> list[str]:
   return sorted(data_config.sources.keys())
 
 
+class _LiveDocuments:
+  """`packing.Documents` tokenized as they are read; lengths are unknown until then."""
+  lengths = None
+
+  def __init__(self, texts, tokenizer: tokenizer_lib.Tokenizer):
+    self._texts, self._tokenizer = texts, tokenizer
+
+  def __len__(self) -> int:
+    return len(self._texts)
+
+  def read(self, indices) -> list[np.ndarray]:
+    # One batch call: HF tokenizers encode it on all cores.
+    return self._tokenizer.encode_batch([self._texts[int(i)] for i in indices])
+
+
 def tokenized_documents(name: str, data_config: ml_collections.ConfigDict, split: str,
-                        tokenizer: tokenizer_lib.Tokenizer) -> grain.MapDataset:
-  """Random access to a split's token arrays: from the token cache if `prepare` wrote it."""
+                        tokenizer: tokenizer_lib.Tokenizer) -> packing.Documents:
+  """A split's documents as token ids: from the token cache if `prepare` wrote it."""
   if name not in data_config.sources:
     raise ValueError(f"data source {name!r} is unknown; known sources: {source_names(data_config)}")
   cache_dir = data_config.token_cache_dir
   if token_cache.exists(cache_dir, name, split):
     return token_cache.read(cache_dir, name, split, tokenizer.fingerprint)
-  texts = corpora.documents(name, data_config.sources[name], split)
-  return grain.MapDataset.source(texts).map(tokenizer.encode)
+  return _LiveDocuments(corpora.documents(name, data_config.sources[name], split), tokenizer)
 
 
-class _SkipIterDataset(grain.IterDataset):
-  """Drops the first `count` elements (lazily, on first use): continues a source's stream."""
-
-  def __init__(self, parent: grain.IterDataset, count: int):
-    super().__init__(parent)
-    self._count = count
-
-  def __iter__(self):
-    return _SkipIterator(self._parent.__iter__(), self._count)
-
-
-class _SkipIterator(grain.DatasetIterator):
-
-  def __init__(self, parent, count: int):
-    super().__init__(parent)
-    self._to_skip = count
-
-  def __next__(self):
-    while self._to_skip:
-      next(self._parent)
-      self._to_skip -= 1
-    return next(self._parent)
-
-  def get_state(self):
-    return {"parent": self._parent.get_state(), "to_skip": self._to_skip}
-
-  def set_state(self, state):
-    self._parent.set_state(state["parent"])
-    self._to_skip = state["to_skip"]
-
-
-def _with_source_id(source_id: int, row: dict) -> dict:
-  return {**row, "source_id": np.int32(source_id)}
-
-
-def packed_training_rows(name: str, data_config: ml_collections.ConfigDict,
-                         tokenizer: tokenizer_lib.Tokenizer, shard: ProcessShard,
-                         skip_rows: int = 0) -> grain.IterDataset:
-  """An endless stream of this process's packed training rows of source `name`."""
-  documents = tokenized_documents(name, data_config, "train", tokenizer)
-  documents = documents[shard.index::shard.count]
+def _stream(name: str, data_config: ml_collections.ConfigDict, split: str,
+            tokenizer: tokenizer_lib.Tokenizer) -> packing.PackedStream:
+  documents = tokenized_documents(name, data_config, split, tokenizer)
   if len(documents) == 0:
-    raise ValueError(f"data source {name!r} has fewer training documents than the "
-                     f"{shard.count} processes reading it")
-  documents = documents.shuffle(seed=data_config.shuffle_seed).repeat()
-  rows = packing.PackIterDataset(documents.to_iter_dataset(_read_options(data_config)),
-                                 data_config.seq_len, tokenizer.eos_id)
-  if skip_rows:
-    rows = _SkipIterDataset(rows, skip_rows)
-  source_id = source_names(data_config).index(name)
-  return rows.map(functools.partial(_with_source_id, source_id))
+    raise ValueError(f"data source {name!r}: its {split} split has no documents")
+  training = split == "train"
+  return packing.PackedStream(documents, data_config.seq_len, tokenizer.eos_id,
+                              shuffle_seed=data_config.shuffle_seed if training else None,
+                              endless=training)
 
 
 def per_process_batch_size(data_config: ml_collections.ConfigDict, shard: ProcessShard) -> int:
@@ -133,49 +105,107 @@ def per_process_batch_size(data_config: ml_collections.ConfigDict, shard: Proces
   return data_config.global_batch_size // shard.count
 
 
+class _StageIterator(grain.DatasetIterator):
+  """This process's rows of the stage's global batches, in order."""
+
+  def __init__(self, streams, mixture, first_rows, source_ids, stream_rows, batch_size, shard):
+    super().__init__()
+    self._streams, self._mixture, self._first_rows = streams, mixture, first_rows
+    self._source_ids, self._stream_rows = source_ids, stream_rows
+    self._batch_size, self._shard = batch_size, shard
+    self._batch = 0
+
+  def __next__(self) -> dict:
+    global_size = self._batch_size
+    local_size = global_size // self._shard.count
+    first = self._batch * global_size + self._shard.index * local_size
+    sources = self._mixture.sources(first, local_size)
+    before = self._mixture.rows_before(first)
+    rows = {key: np.empty((local_size, self._streams[0].row_length), np.int32)
+            for key in packing.ROW_KEYS}
+    for index, stream in enumerate(self._streams):
+      at = np.flatnonzero(sources == index)
+      if len(at):
+        stream.write_rows(int(self._first_rows[index] + before[index]), rows, at)
+    self._batch += 1
+    # The furthest row of each source served so far, over all processes (replay "continue").
+    served = self._first_rows + self._mixture.rows_before(self._batch * global_size)
+    stream_rows = self._stream_rows.copy()
+    stream_rows[self._source_ids] = np.maximum(stream_rows[self._source_ids], served)
+    return {**rows, "source_id": self._source_ids[sources], "stream_rows": stream_rows}
+
+  def get_state(self) -> dict:
+    return {"batch": self._batch, "streams": [stream.get_state() for stream in self._streams]}
+
+  def set_state(self, state: dict) -> None:
+    if len(state["streams"]) != len(self._streams):
+      raise ValueError(f"data state for {len(state['streams'])} sources restored into a stage "
+                       f"with {len(self._streams)}")
+    self._batch = state["batch"]
+    for stream, stream_state in zip(self._streams, state["streams"]):
+      stream.set_state(stream_state)
+
+
+class _StageDataset(grain.IterDataset):
+
+  def __init__(self, make_iterator):
+    super().__init__()
+    self._make_iterator = make_iterator
+
+  def __iter__(self) -> _StageIterator:
+    return self._make_iterator()
+
+
 def stage_dataset(data_config: ml_collections.ConfigDict, stage: run_plan.StagePlan,
                   tokenizer: tokenizer_lib.Tokenizer, shard: ProcessShard = ProcessShard(),
-                  rows_served: dict[str, int] | None = None) -> grain.IterDataset:
+                  stream_rows: dict[str, int] | None = None) -> grain.IterDataset:
   """Batches of the stage's mixture: {tokens, segment_ids, positions: (B, L + 1),
-  source_id: (B,)}, B per process. `rows_served` (per source, this process) positions
-  replayed sources when the stage continues them instead of replaying from the start."""
-  rows_served = rows_served or {}
-  names = sorted(stage.mixture)
-  streams = []
-  for name in names:
-    skip = 0
-    if name in stage.replayed_sources and stage.replay_position == "continue":
-      skip = rows_served.get(name, 0)
-    streams.append(packed_training_rows(name, data_config, tokenizer, shard, skip))
-  if len(streams) == 1:
-    mixed = streams[0]
-  else:
-    mixed = grain.IterDataset.mix(streams, [stage.mixture[name] for name in names])
-  return mixed.batch(per_process_batch_size(data_config, shard), drop_remainder=True)
+  source_id: (B,), stream_rows: (sources,)}, B rows per process.
+
+  `stream_rows` (per source, all processes) is how far each source's stream has been served
+  in earlier stages; a stage that continues a replayed source starts there. Each batch
+  reports the updated counts in its own `stream_rows`, ordered like `source_names`."""
+  stream_rows = stream_rows or {}
+  all_names = source_names(data_config)
+  names = sorted(name for name, weight in stage.mixture.items() if weight > 0)
+  first_rows = np.array([stream_rows.get(name, 0) if name in stage.replayed_sources
+                         and stage.replay_position == "continue" else 0 for name in names],
+                        np.int64)
+  source_ids = np.array([all_names.index(name) for name in names], np.int32)
+  served = np.array([stream_rows.get(name, 0) for name in all_names], np.int64)
+  batch_size = data_config.global_batch_size
+  per_process_batch_size(data_config, shard)  # Checks that the batch divides.
+  mixture = mixture_lib.RowMixture([stage.mixture[name] for name in names])
+
+  def make_iterator():  # Bad sources fail here, when the trainer calls iter().
+    streams = [_stream(name, data_config, "train", tokenizer) for name in names]
+    return _StageIterator(streams, mixture, first_rows, source_ids, served, batch_size, shard)
+
+  dataset = _StageDataset(make_iterator)
+  if data_config.prefetch_batches:
+    dataset = grain.experimental.ThreadPrefetchIterDataset(
+        dataset, prefetch_buffer_size=data_config.prefetch_batches)
+  return dataset
 
 
 def validation_batches(name: str, data_config: ml_collections.ConfigDict,
                        tokenizer: tokenizer_lib.Tokenizer, max_batches: int,
                        shard: ProcessShard = ProcessShard()) -> list[dict]:
-  """The first `max_batches` batches of the source's validation split, as model batches.
+  """This process's rows of the first `max_batches` global batches of the source's validation
+  split, as model batches.
 
-  The last batch is filled up with padding rows (all masked out), so every batch has the
-  per-process batch size and every evaluation sees exactly the same tokens."""
-  documents = tokenized_documents(name, data_config, "validation", tokenizer)
-  documents = documents[shard.index::shard.count]
-  rows = packing.PackIterDataset(documents.to_iter_dataset(_read_options(data_config)),
-                                 data_config.seq_len, tokenizer.eos_id, pad_final_row=True)
-  batch_size = per_process_batch_size(data_config, shard)
+  Rows past the split's end are padding (all masked out), so every batch has the per-process
+  batch size and every evaluation sees exactly the same tokens."""
+  stream = _stream(name, data_config, "validation", tokenizer)
+  local_size = per_process_batch_size(data_config, shard)
   batches = []
-  for batch in rows.batch(batch_size, drop_remainder=False):
-    short = batch_size - len(batch["tokens"])
-    if short:
-      batch = {key: np.concatenate([value, np.zeros((short,) + value.shape[1:], value.dtype)])
-               for key, value in batch.items()}
-    batches.append(packing.to_model_batch(batch))
-    if len(batches) == max_batches:
-      break
-  if not batches:
+  for index in range(max_batches):
+    first = index * data_config.global_batch_size
+    if index and not stream.rows(first, 1)["segment_ids"].any():
+      break  # The previous batch reached the end of the split.
+    rows = stream.rows(first + shard.index * local_size, local_size)
+    batches.append(packing.to_model_batch(rows))
+  if not packing.to_model_batch(stream.rows(0, 1))["loss_mask"].any():
     raise ValueError(f"data source {name!r}: the validation split yields no rows")
   return batches
 

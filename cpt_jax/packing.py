@@ -1,110 +1,186 @@
-"""Packing tokenized documents into fixed-length training rows, as a checkpointable Grain stage.
+"""Packing one source's documents into fixed-length training rows, a whole range at a time.
 
-Documents (each followed by EOS) are concatenated into one stream that is cut into rows of
-`seq_len + 1` tokens with a stride of `seq_len`: row k is stream[k L : k L + L + 1]. Each row
-yields `seq_len` (input, target) pairs and every stream token is a target exactly once, so no
-real token is dropped or overwritten (Grain's ConcatThenSplit BOS mode overwrites one).
-`segment_ids` number the documents within a row from 1 (0 is padding); `positions` restart at
-0 for every document (and at the row's start for a continued one): rotary is relative, so
-this is what attention would see anyway, and it never crosses documents.
+A source's token stream is its documents, each followed by EOS, concatenated in order
+(training: a fresh permutation per epoch, endless; validation: file order, once). The stream is
+cut into rows of `seq_len + 1` tokens with a stride of `seq_len`: row k is
+stream[k L : k L + L + 1]. Each row yields `seq_len` (input, target) pairs and every stream
+token is a target exactly once, so no real token is dropped or overwritten (Grain's
+ConcatThenSplit BOS mode overwrites one). `segment_ids` number the documents within a row from
+1 (0 is padding); `positions` restart at 0 for every document (and at the row's start for a
+continued one): rotary is relative, so this is what attention would see anyway, and it never
+crosses documents.
 
-The iterator's state is the parent's state before the document the next row starts in, plus
-the offset into it: small, and restoring re-reads that document, so the stream is identical.
+Rows are addressed by index, so any process can build any rows: the stream does not depend on
+how many processes read it. `rows(first, count)` packs a range with a few numpy operations
+(no per-row Python), which is what makes the pipeline fast. Documents are read (and tokenized,
+for live sources) forward from a buffered window; when their lengths are known (the token
+cache), a seek jumps straight to any position without reading what lies before it.
 """
 
 from __future__ import annotations
 
-import collections
+from typing import Protocol, Sequence
 
-import grain
 import numpy as np
 
+_READ_DOCUMENTS = 32  # Documents read (and tokenized) at a time.
+ROW_KEYS = ("tokens", "segment_ids", "positions")
 
-class _PackIterator(grain.DatasetIterator):
 
-  def __init__(self, parent: grain.DatasetIterator, row_length: int, eos_id: int,
-               pad_final_row: bool):
-    super().__init__(parent)
-    self._row_length = row_length  # seq_len + 1
-    self._eos_id = eos_id
-    self._pad_final_row = pad_final_row
-    # Documents not yet fully consumed: (parent state before the document, tokens + EOS).
-    self._documents: collections.deque = collections.deque()
-    self._offset = 0  # Where the next row starts in self._documents[0].
-    self._exhausted = False
-    self._ramp = np.arange(row_length, dtype=np.int32)
+class Documents(Protocol):
+  """Random access to a split's documents as token ids (without EOS)."""
+  lengths: np.ndarray | None  # Tokens per document, when known without reading them.
 
-  def _fetch(self) -> bool:
-    if self._exhausted:
-      return False
-    state_before = self._parent.get_state()
-    try:
-      tokens = np.asarray(next(self._parent), np.int32)
-    except StopIteration:
-      self._exhausted = True
-      return False
-    self._documents.append((state_before, np.append(tokens, np.int32(self._eos_id))))
-    return True
+  def __len__(self) -> int: ...
 
-  def __next__(self) -> dict:
-    length = self._row_length
-    available = -self._offset + sum(len(doc) for _, doc in self._documents)
-    while available < length and self._fetch():
-      available += len(self._documents[-1][1])
-    if available < 2 or (available < length and not self._pad_final_row):
-      raise StopIteration
-    tokens = np.zeros(length, np.int32)
-    segment_ids = np.zeros(length, np.int32)
-    positions = np.zeros(length, np.int32)
-    filled, offset = 0, self._offset
-    for segment, (_, doc) in enumerate(self._documents, start=1):
-      take = min(len(doc) - offset, length - filled)
-      tokens[filled:filled + take] = doc[offset:offset + take]
-      segment_ids[filled:filled + take] = segment
-      positions[filled:filled + take] = self._ramp[:take]
-      filled += take
-      offset = 0
-      if filled == length:
-        break
-    self._advance(length - 1)
-    return {"tokens": tokens, "segment_ids": segment_ids, "positions": positions}
+  def read(self, indices: Sequence[int]) -> list[np.ndarray]: ...
 
-  def _advance(self, stride: int) -> None:
-    while stride > 0 and self._documents:
-      remaining = len(self._documents[0][1]) - self._offset
-      if remaining > stride:
-        self._offset += stride
-        return
-      stride -= remaining
-      self._documents.popleft()
-      self._offset = 0
+
+class PackedStream:
+  """Rows of one source's token stream; its state is the buffered window's first document."""
+
+  def __init__(self, documents: Documents, seq_len: int, eos_id: int, *,
+               shuffle_seed: int | None = None, endless: bool = True):
+    if len(documents) == 0:
+      raise ValueError("no documents to pack")
+    self._documents, self._eos_id = documents, eos_id
+    self._stride, self._length = seq_len, seq_len + 1
+    self._seed, self._endless = shuffle_seed, endless
+    self._orders: dict[int, np.ndarray] = {}  # epoch -> document order (the last few).
+    self._epoch_ends: dict[int, np.ndarray] = {}  # epoch -> cumulative stream ends.
+    self._restart(document=0, start=0)
+
+
+  @property
+  def row_length(self) -> int:
+    return self._length
+
+  # The buffered window. `_starts` holds the stream position of each buffered document and,
+  # last, the end of the buffer; `_starts[0]` is document `_base` (ordinals count over
+  # epochs) and the window's first live document is `_base + _front`. Dropped documents stay
+  # buffered until the next read, so moving the window never copies.
+  def _restart(self, document: int, start: int) -> None:
+    self._base, self._front = document, 0
+    self._starts = np.array([start], np.int64)
+    self._buffer = np.zeros(0, np.int32)  # Tokens from stream position `_starts[0]`.
 
   def get_state(self) -> dict:
-    parent_state = self._documents[0][0] if self._documents else self._parent.get_state()
-    return {"parent": parent_state, "offset": self._offset}
+    return {"document": int(self._base + self._front), "start": int(self._starts[self._front])}
 
   def set_state(self, state: dict) -> None:
-    self._parent.set_state(state["parent"])
-    self._documents.clear()
-    self._offset = state["offset"]
-    self._exhausted = False
-    if self._offset:  # Re-read the document the next row starts in.
-      self._fetch()
+    self._restart(state["document"], state["start"])
 
+  def _order(self, epoch: int) -> np.ndarray:
+    if epoch not in self._orders:
+      if len(self._orders) > 2:
+        self._orders.pop(min(self._orders))
+      count = len(self._documents)
+      if self._seed is None:
+        self._orders[epoch] = np.arange(count)
+      else:
+        self._orders[epoch] = np.random.default_rng([self._seed, epoch]).permutation(count)
+    return self._orders[epoch]
 
-class PackIterDataset(grain.IterDataset):
-  """Token-id arrays (one per document) -> rows {tokens, segment_ids, positions} of
-  `seq_len + 1`. With `pad_final_row` (validation), a short last row is padded with segment 0;
-  otherwise a finite parent's last partial row is dropped."""
+  def _read_more(self) -> bool:
+    """Appends the next few documents to the window; False at the end of a finite stream."""
+    count = len(self._documents)
+    ordinal = self._base + len(self._starts) - 1
+    if not self._endless:
+      if ordinal >= count:
+        return False
+      ordinals = np.arange(ordinal, min(ordinal + _READ_DOCUMENTS, count))
+    else:
+      ordinals = np.arange(ordinal, ordinal + _READ_DOCUMENTS)
+    epochs, within = np.divmod(ordinals, count)
+    indices = [int(self._order(int(e))[i]) for e, i in zip(epochs, within)]
+    eos = np.array([self._eos_id], np.int32)
+    keep_from = self._starts[self._front]
+    pieces, sizes = [self._buffer[keep_from - self._starts[0]:]], []
+    for tokens in self._documents.read(indices):
+      pieces += [np.asarray(tokens, np.int32), eos]
+      sizes.append(len(tokens) + 1)
+    self._buffer = np.concatenate(pieces)
+    self._starts = np.concatenate([self._starts[self._front:],
+                                   self._starts[-1] + np.cumsum(sizes, dtype=np.int64)])
+    self._base += self._front
+    self._front = 0
+    return True
 
-  def __init__(self, parent: grain.IterDataset, seq_len: int, eos_id: int, *,
-               pad_final_row: bool = False):
-    super().__init__(parent)
-    self._seq_len, self._eos_id, self._pad_final_row = seq_len, eos_id, pad_final_row
+  def _locate(self, position: int) -> tuple[int, int]:
+    """The ordinal and start of the document holding `position`, from known lengths."""
+    count = len(self._documents)
+    sizes = self._documents.lengths + 1
+    epoch_tokens = int(sizes.sum())
+    epoch, offset = divmod(position, epoch_tokens)
+    if not self._endless and epoch:
+      return count, epoch_tokens
+    if epoch not in self._epoch_ends:
+      if len(self._epoch_ends) > 2:
+        self._epoch_ends.pop(min(self._epoch_ends))
+      self._epoch_ends[epoch] = np.cumsum(sizes[self._order(epoch)])
+    ends = self._epoch_ends[epoch]
+    index = int(np.searchsorted(ends, offset, side="right"))
+    return epoch * count + index, epoch * epoch_tokens + (int(ends[index - 1]) if index else 0)
 
-  def __iter__(self) -> _PackIterator:
-    return _PackIterator(self._parent.__iter__(), self._seq_len + 1, self._eos_id,
-                         self._pad_final_row)
+  def _seek(self, position: int) -> None:
+    """Makes the window start at the document that holds stream `position`."""
+    if position < self._starts[self._front]:
+      if self._documents.lengths is None:
+        self._restart(0, 0)  # Without lengths, only reading forward finds a position.
+      else:
+        self._restart(*self._locate(position))
+    elif position >= self._starts[-1] and self._documents.lengths is not None:
+      self._restart(*self._locate(position))
+    while True:
+      self._front = int(np.searchsorted(self._starts, position, side="right")) - 1
+      if position < self._starts[-1] or not self._read_more():
+        return
+
+  def rows(self, first: int, count: int) -> dict[str, np.ndarray]:
+    """Rows `first` .. `first + count - 1` as {tokens, segment_ids, positions}: (count, L + 1).
+
+    Past the end of a finite stream, rows are padding (segment 0)."""
+    out = {key: np.empty((count, self._length), np.int32) for key in ROW_KEYS}
+    self.write_rows(first, out, np.arange(count))
+    return out
+
+  def write_rows(self, first: int, out: dict[str, np.ndarray], at: np.ndarray) -> None:
+    """Writes rows `first`, `first + 1`, ... into rows `at` of the arrays `out` (a batch
+    mixed from several streams), saving a copy per row."""
+    count = len(at)
+    start = first * self._stride
+    end = (first + count - 1) * self._stride + self._length
+    self._seek(start)
+    while self._starts[-1] < end and self._read_more():
+      pass
+    buffer, offset = self._buffer, start - self._starts[0]
+    if len(buffer) < offset + end - start:  # Past the end of a finite stream: padding.
+      buffer = np.concatenate([buffer, np.zeros(offset + end - start - len(buffer), np.int32)])
+    # Row k starts `stride` tokens after row k - 1: a strided view of the buffer.
+    out["tokens"][at] = np.ndarray((count, self._length), np.int32, buffer, int(offset) * 4,
+                                   (self._stride * 4, 4))
+    ramp = np.arange(self._length, dtype=np.int32)
+    out["segment_ids"][at] = 1
+    out["positions"][at] = ramp
+    # Documents that start inside the rows (each at column 1..L of exactly one row) begin a
+    # new segment there and restart its positions.
+    inside = self._starts[self._front + 1:-1]
+    inside = inside[:np.searchsorted(inside, end)]
+    if len(inside):
+      rows = (inside - 1 - start) // self._stride
+      columns = (inside - start - rows * self._stride).astype(np.int32)
+      first_in_row = np.concatenate([[True], rows[1:] != rows[:-1]])  # `rows` is sorted.
+      hit, local_rows = rows[first_in_row], np.cumsum(first_in_row) - 1
+      new_segment = np.zeros((len(hit), self._length), np.int32)
+      new_segment[local_rows, columns] = 1
+      restart = np.zeros((len(hit), self._length), np.int32)
+      restart[local_rows, columns] = columns
+      out["segment_ids"][at[hit]] = 1 + np.cumsum(new_segment, axis=1, dtype=np.int32)
+      out["positions"][at[hit]] = ramp - np.maximum.accumulate(restart, axis=1)
+    if end > self._starts[-1]:
+      real = (start + self._stride * np.arange(count)[:, None] + ramp) < self._starts[-1]
+      out["segment_ids"][at] *= real
+      out["positions"][at] *= real
 
 
 def to_model_batch(rows: dict) -> dict:

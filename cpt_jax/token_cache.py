@@ -1,9 +1,11 @@
 """Pre-tokenized documents in ArrayRecord files: tokenize once, reuse in every run and stage.
 
 `cpt-jax prepare` writes `<cache_dir>/<source>/<split>.array_record` (one record per
-document: int32 token ids) with a `<split>.json` beside it naming the tokenizer's fingerprint.
-Readers check that fingerprint, so a cache made with another vocabulary is refused. Records
-are written with `group_size:1`, which keeps random access fast (64 reads ~8x slower).
+document: int32 token ids), `<split>.lengths.npy` (tokens per document, so packing can seek
+anywhere without reading what lies before) and `<split>.json` naming the tokenizer's
+fingerprint. Readers check that fingerprint, so a cache made with another vocabulary is
+refused. Records are written with `group_size:1`, which keeps random access fast (64 reads
+~8x slower).
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import numpy as np
 _OPTIONS = "group_size:1"
 
 
-def paths(cache_dir: str, source: str, split: str) -> tuple[str, str]:
+def paths(cache_dir: str, source: str, split: str) -> tuple[str, str, str]:
+  """The split's records, metadata and document lengths."""
   base = os.path.join(cache_dir, source, split)
-  return base + ".array_record", base + ".json"
+  return base + ".array_record", base + ".json", base + ".lengths.npy"
 
 
 def exists(cache_dir: str, source: str, split: str) -> bool:
@@ -32,21 +35,23 @@ def write(cache_dir: str, source: str, split: str, token_arrays: Iterable[np.nda
   """Writes one split atomically (temp files, then rename) and returns its summary."""
   from array_record.python import array_record_module  # Deferred: only `prepare` writes.
 
-  records_path, meta_path = paths(cache_dir, source, split)
+  records_path, meta_path, lengths_path = paths(cache_dir, source, split)
   os.makedirs(os.path.dirname(records_path), exist_ok=True)
   writer = array_record_module.ArrayRecordWriter(records_path + ".tmp", _OPTIONS)
-  documents = tokens = 0
+  lengths = []
   for ids in token_arrays:
     writer.write(np.asarray(ids, np.int32).tobytes())
-    documents += 1
-    tokens += len(ids)
+    lengths.append(len(ids))
   writer.close()
+  with open(lengths_path + ".tmp", "wb") as f:
+    np.save(f, np.asarray(lengths, np.int64))
   meta = {"source": source, "split": split, "tokenizer_fingerprint": fingerprint,
-          "documents": documents, "tokens": tokens}
+          "documents": len(lengths), "tokens": int(sum(lengths))}
   with open(meta_path + ".tmp", "w") as f:
     json.dump(meta, f, indent=1)
   os.replace(records_path + ".tmp", records_path)
-  os.replace(meta_path + ".tmp", meta_path)
+  os.replace(lengths_path + ".tmp", lengths_path)
+  os.replace(meta_path + ".tmp", meta_path)  # Last: its presence marks a complete split.
   return meta
 
 
@@ -54,9 +59,22 @@ def _decode(record: bytes) -> np.ndarray:
   return np.frombuffer(record, np.int32)
 
 
-def read(cache_dir: str, source: str, split: str, fingerprint: str) -> grain.MapDataset:
-  """The split's documents as a random-access dataset of int32 token arrays."""
-  records_path, meta_path = paths(cache_dir, source, split)
+class CachedDocuments:
+  """A prepared split: `packing.Documents` read from ArrayRecord, lengths known up front."""
+
+  def __init__(self, records: grain.sources.ArrayRecordDataSource, lengths: np.ndarray):
+    self._records, self.lengths = records, lengths
+
+  def __len__(self) -> int:
+    return len(self._records)
+
+  def read(self, indices) -> list[np.ndarray]:
+    return [_decode(self._records[int(index)]) for index in indices]
+
+
+def read(cache_dir: str, source: str, split: str, fingerprint: str) -> CachedDocuments:
+  """The split's documents, checked against the meta data and this run's tokenizer."""
+  records_path, meta_path, lengths_path = paths(cache_dir, source, split)
   with open(meta_path) as f:
     meta = json.load(f)
   if meta.get("tokenizer_fingerprint") != fingerprint:
@@ -66,9 +84,12 @@ def read(cache_dir: str, source: str, split: str, fingerprint: str) -> grain.Map
     records = grain.sources.ArrayRecordDataSource([records_path])
     if len(records) != meta["documents"]:
       raise ValueError(f"holds {len(records)} records, {meta_path} says {meta['documents']}")
-    if len(records):
-      _decode(records[len(records) - 1])  # Reading the last record catches truncation.
+    lengths = np.load(lengths_path)
+    if lengths.shape != (len(records),):
+      raise ValueError(f"{lengths_path} holds {lengths.size} lengths for {len(records)} records")
+    if len(records) and len(_decode(records[len(records) - 1])) != lengths[-1]:
+      raise ValueError("its last record does not match its length")  # Catches truncation.
   except Exception as error:
     raise ValueError(f"{records_path}: corrupt or truncated ArrayRecord shard ({error}); "
                      "delete it and re-run `cpt-jax prepare`") from None
-  return grain.MapDataset.source(records).map(_decode)
+  return CachedDocuments(records, lengths)

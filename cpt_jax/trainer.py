@@ -61,14 +61,14 @@ class _PreemptionSignal:
 class _Progress:
   """Counters saved in every checkpoint's metadata."""
   tokens: dict[str, float]  # Target tokens consumed per source, all processes together.
-  rows: dict[str, int]  # Rows served per source to this process (for replay "continue").
+  rows: dict[str, int]  # The furthest row of each source's stream served (replay "continue").
 
   def add(self, rows_batch: dict, names: list[str], process_count: int) -> None:
+    # Other processes' rows are not read here; theirs hold the same shares on average.
     tokens = input_pipeline.tokens_by_source(rows_batch, len(names))
-    rows = np.bincount(rows_batch["source_id"], minlength=len(names))
     for index, name in enumerate(names):
       self.tokens[name] += float(tokens[index]) * process_count
-      self.rows[name] += int(rows[index])
+      self.rows[name] = int(rows_batch["stream_rows"][index])
 
 
 def _metadata(step, stage_plan, progress, tokenizer, step_offset, config) -> dict:

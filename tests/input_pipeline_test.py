@@ -89,21 +89,46 @@ def test_replay_can_continue_where_the_earlier_stage_stopped(data_config):
   old_rows = np.concatenate([batch["tokens"] for batch in _take(stage_one, 4)])
   continued = iter(input_pipeline.stage_dataset(
       data_config, _stage({"new": 0.5, "old": 0.5}, ["old"], "continue"), TOKENIZER,
-      rows_served={"old": 40}))
+      stream_rows={"old": 40}))
   old_id = input_pipeline.source_names(data_config).index("old")
   batch = next(continued)
   replayed = batch["tokens"][batch["source_id"] == old_id]
   np.testing.assert_array_equal(replayed, old_rows[40:40 + len(replayed)])
+  # 10 of the 20 rows were "old": its stream has now been served up to row 50, "new" to 10.
+  np.testing.assert_array_equal(batch["stream_rows"], [10, 50])
 
 
-def test_processes_read_disjoint_slices(data_config):
-  def first_rows(shard):
-    iterator = iter(input_pipeline.stage_dataset(data_config, _stage({"new": 1.0}), TOKENIZER,
-                                                 shard))
-    return {row.tobytes() for row in next(iterator)["tokens"]}
+def test_stream_rows_count_the_furthest_row_served(data_config):
+  stage = _stage({"new": 0.75, "old": 0.25}, ["old"])
+  iterator = iter(input_pipeline.stage_dataset(data_config, stage, TOKENIZER,
+                                               stream_rows={"old": 1000, "new": 3}))
+  batches = _take(iterator, 4)
+  # "new" restarts at row 0 (it is not continued): 4 x 15 rows; "old" stays at its furthest.
+  np.testing.assert_array_equal(batches[-1]["stream_rows"], [60, 1000])
 
-  halves = [first_rows(input_pipeline.ProcessShard(i, 2)) for i in range(2)]
-  assert not halves[0] & halves[1]
+
+@pytest.mark.parametrize("processes", [2, 4])
+def test_processes_take_their_rows_of_the_same_global_batches(data_config, processes):
+  stage = _stage({"new": 0.75, "old": 0.25}, ["old"])
+  whole = iter(input_pipeline.stage_dataset(data_config, stage, TOKENIZER))
+  parts = [iter(input_pipeline.stage_dataset(data_config, stage, TOKENIZER,
+                                             input_pipeline.ProcessShard(i, processes)))
+           for i in range(processes)]
+  for _ in range(6):
+    expected = next(whole)
+    pieces = [next(part) for part in parts]
+    for key in ("tokens", "segment_ids", "positions", "source_id"):
+      np.testing.assert_array_equal(np.concatenate([p[key] for p in pieces]), expected[key])
+
+
+def test_processes_share_the_validation_batches(data_config):
+  whole = input_pipeline.validation_batches("old", data_config, TOKENIZER, max_batches=100)
+  halves = [input_pipeline.validation_batches("old", data_config, TOKENIZER, 100,
+                                              input_pipeline.ProcessShard(i, 2)) for i in range(2)]
+  assert len(halves[0]) == len(halves[1]) == len(whole)
+  for batch, first, second in zip(whole, *halves):
+    for key in batch:
+      np.testing.assert_array_equal(np.concatenate([first[key], second[key]]), batch[key])
 
 
 def test_validation_batches_are_fixed_padded_and_finite(data_config):
@@ -130,15 +155,20 @@ def test_batch_not_divisible_by_processes_is_refused(data_config):
     input_pipeline.per_process_batch_size(data_config, input_pipeline.ProcessShard(0, 3))
 
 
-def test_token_cache_round_trip_is_used_by_the_pipeline(data_config, tmp_path):
-  documents = input_pipeline.tokenized_documents("old", data_config, "train", TOKENIZER)
+def test_token_cache_round_trip_gives_the_same_batches(data_config, tmp_path):
   cached_config = ml_collections.ConfigDict(data_config.to_dict())
   cached_config.token_cache_dir = str(tmp_path)
-  meta = token_cache.write(str(tmp_path), "old", "train", iter(documents), TOKENIZER.fingerprint)
-  assert meta["documents"] == len(documents)
-  cached = input_pipeline.tokenized_documents("old", cached_config, "train", TOKENIZER)
-  for index in (0, 7, len(documents) - 1):
-    np.testing.assert_array_equal(cached[index], documents[index])
+  for name in ("old", "new"):
+    live = input_pipeline.tokenized_documents(name, data_config, "train", TOKENIZER)
+    arrays = live.read(range(len(live)))
+    meta = token_cache.write(str(tmp_path), name, "train", arrays, TOKENIZER.fingerprint)
+    assert meta["documents"] == len(live)
+  cached = input_pipeline.tokenized_documents("new", cached_config, "train", TOKENIZER)
+  np.testing.assert_array_equal(cached.lengths, [len(a) for a in arrays])
+  stage = _stage({"new": 0.75, "old": 0.25}, ["old"])
+  for a, b in zip(_take(iter(input_pipeline.stage_dataset(data_config, stage, TOKENIZER)), 8),
+                  _take(iter(input_pipeline.stage_dataset(cached_config, stage, TOKENIZER)), 8)):
+    np.testing.assert_array_equal(a["tokens"], b["tokens"])
 
 
 def test_token_cache_of_another_tokenizer_is_refused(data_config, tmp_path):
@@ -149,7 +179,7 @@ def test_token_cache_of_another_tokenizer_is_refused(data_config, tmp_path):
 
 def test_corrupt_token_cache_shard_is_named(tmp_path):
   token_cache.write(str(tmp_path), "old", "train", [np.arange(500)] * 20, "fp")
-  records_path, _ = token_cache.paths(str(tmp_path), "old", "train")
+  records_path = token_cache.paths(str(tmp_path), "old", "train")[0]
   with open(records_path, "r+b") as f:
     f.truncate(os.path.getsize(records_path) // 2)
   with pytest.raises(ValueError, match=r"train.array_record: corrupt or truncated"):

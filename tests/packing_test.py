@@ -1,6 +1,5 @@
 """Tests for cpt_jax/packing.py."""
 
-import grain
 import numpy as np
 import pytest
 
@@ -9,40 +8,54 @@ from cpt_jax import packing
 EOS = 99
 
 
-def _documents(lengths, seed=0):
+class _Documents:
+  """In-memory `packing.Documents`, with or without known lengths; counts reads."""
+
+  def __init__(self, arrays, known_lengths):
+    self._arrays = arrays
+    self.lengths = np.array([len(a) for a in arrays]) if known_lengths else None
+    self.reads = 0
+
+  def __len__(self):
+    return len(self._arrays)
+
+  def read(self, indices):
+    self.reads += len(indices)
+    return [self._arrays[i] for i in indices]
+
+
+def _documents(lengths, seed=0, known_lengths=False):
   rng = np.random.default_rng(seed)
-  return [rng.integers(1, 90, length).astype(np.int32) for length in lengths]
+  return _Documents([rng.integers(1, 90, n).astype(np.int32) for n in lengths], known_lengths)
 
 
-def _rows(documents, seq_len, pad_final_row=False):
-  dataset = packing.PackIterDataset(grain.MapDataset.source(documents).to_iter_dataset(),
-                                    seq_len, EOS, pad_final_row=pad_final_row)
-  return list(dataset)
+def _finite(documents, seq_len):
+  return packing.PackedStream(documents, seq_len, EOS, endless=False)
 
 
 def test_every_stream_token_is_a_target_exactly_once():
   documents = _documents([5, 17, 3, 40, 8, 1, 22])
-  stream = np.concatenate([np.append(doc, EOS) for doc in documents])
-  rows = _rows(documents, seq_len=8, pad_final_row=True)
-  batch = packing.to_model_batch({k: np.stack([r[k] for r in rows]) for k in rows[0]})
-  real = np.concatenate([row["tokens"][1:][row["segment_ids"][1:] != 0] for row in rows])
+  stream = np.concatenate([np.append(doc, EOS) for doc in documents._arrays])
+  rows = _finite(documents, 8).rows(0, 20)
+  real = rows["tokens"][:, 1:][rows["segment_ids"][:, 1:] != 0]
   np.testing.assert_array_equal(real, stream[1:])  # Nothing dropped, nothing overwritten.
-  np.testing.assert_array_equal(rows[0]["tokens"][0], stream[0])
-  assert batch["inputs"].shape == (len(rows), 8)
+  assert rows["tokens"][0, 0] == stream[0]
+  assert packing.to_model_batch(rows)["inputs"].shape == (20, 8)
 
 
 def test_rows_overlap_by_one_token():
-  rows = _rows(_documents([30, 30]), seq_len=10)
-  for previous, current in zip(rows, rows[1:]):
-    assert previous["tokens"][-1] == current["tokens"][0]
+  rows = packing.PackedStream(_documents([30, 30]), 10, EOS).rows(0, 6)
+  np.testing.assert_array_equal(rows["tokens"][:-1, -1], rows["tokens"][1:, 0])
 
 
 def test_positions_restart_at_every_document_and_segments_separate_them():
-  rows = _rows(_documents([3, 4, 20]), seq_len=12)
-  first = rows[0]
-  np.testing.assert_array_equal(first["segment_ids"], [1] * 4 + [2] * 5 + [3] * 4)
-  np.testing.assert_array_equal(first["positions"], [0, 1, 2, 3, 0, 1, 2, 3, 4, 0, 1, 2, 3])
-  assert first["tokens"][3] == EOS and first["tokens"][8] == EOS
+  rows = _finite(_documents([3, 4, 20]), 12).rows(0, 2)
+  np.testing.assert_array_equal(rows["segment_ids"][0], [1] * 4 + [2] * 5 + [3] * 4)
+  np.testing.assert_array_equal(rows["positions"][0], [0, 1, 2, 3, 0, 1, 2, 3, 4, 0, 1, 2, 3])
+  assert rows["tokens"][0, 3] == EOS and rows["tokens"][0, 8] == EOS
+  # The continued third document's positions restart at the second row's start.
+  np.testing.assert_array_equal(rows["segment_ids"][1], [1] * 13)
+  np.testing.assert_array_equal(rows["positions"][1], np.arange(13))
 
 
 def test_loss_mask_never_crosses_documents_or_counts_padding():
@@ -54,26 +67,55 @@ def test_loss_mask_never_crosses_documents_or_counts_padding():
   np.testing.assert_array_equal(batch["targets"], [[6, EOS, 7, 8, 0, 0]])
 
 
-def test_final_partial_row_is_padded_only_when_asked():
-  documents = _documents([10])  # 11 tokens with EOS: one row of 8+1, then 3 left over.
-  assert len(_rows(documents, seq_len=8)) == 1
-  padded = _rows(documents, seq_len=8, pad_final_row=True)
-  assert len(padded) == 2
-  np.testing.assert_array_equal(padded[1]["segment_ids"], [1, 1, 1, 0, 0, 0, 0, 0, 0])
+@pytest.mark.parametrize("known_lengths", [False, True])
+def test_a_finite_stream_ends_in_padding(known_lengths):
+  rows = _finite(_documents([10], known_lengths=known_lengths), 8).rows(0, 3)
+  # 11 tokens with EOS: one full row of 8 + 1, then 3 tokens, then nothing.
+  np.testing.assert_array_equal(rows["segment_ids"][1], [1, 1, 1, 0, 0, 0, 0, 0, 0])
+  assert not rows["segment_ids"][2].any() and not rows["tokens"][2].any()
 
 
-@pytest.mark.parametrize("stop_after", [0, 1, 3, 7])
-def test_state_restores_the_identical_stream(stop_after):
-  documents = _documents([13, 2, 29, 7, 31, 5, 11], seed=3)
-  dataset = packing.PackIterDataset(
-      grain.MapDataset.source(documents).repeat(3).to_iter_dataset(), 6, EOS)
-  iterator = iter(dataset)
-  for _ in range(stop_after):
-    next(iterator)
-  state = iterator.get_state()
-  expected = [next(iterator) for _ in range(12)]
-  restored = iter(dataset)
+def test_training_streams_reshuffle_every_epoch_and_repeat_each_document_once():
+  documents = _documents([7] * 10)  # 8 tokens with EOS: one document per row at seq_len 8.
+  rows = packing.PackedStream(documents, 8, EOS, shuffle_seed=1).rows(0, 30)["tokens"][:, :7]
+  epochs = [[next(i for i, doc in enumerate(documents._arrays) if (doc == row).all())
+             for row in rows[start:start + 10]] for start in (0, 10, 20)]
+  assert all(sorted(epoch) == list(range(10)) for epoch in epochs)
+  assert epochs[0] != epochs[1] != epochs[2]
+
+
+@pytest.mark.parametrize("seq_len", [4, 9, 50])
+def test_any_row_range_in_any_order_equals_the_sequential_stream(seq_len):
+  lengths = np.random.default_rng(2).integers(1, 60, 25)
+  expected = packing.PackedStream(_documents(lengths), seq_len, EOS, shuffle_seed=5).rows(0, 300)
+  for known_lengths in (False, True):
+    stream = packing.PackedStream(_documents(lengths, known_lengths=known_lengths), seq_len, EOS,
+                                  shuffle_seed=5)
+    for first, count in ((250, 50), (3, 4), (0, 1), (120, 77), (7, 200)):
+      got = stream.rows(first, count)
+      for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key][first:first + count], err_msg=key)
+
+
+def test_known_lengths_seek_without_reading_what_lies_before():
+  documents = _documents([40] * 1000, known_lengths=True)
+  packing.PackedStream(documents, 16, EOS, shuffle_seed=0).rows(2000, 4)
+  assert documents.reads <= 2 * 32  # The documents at the rows, not the 800 before them.
+
+
+@pytest.mark.parametrize("known_lengths", [False, True])
+@pytest.mark.parametrize("stop_after", [0, 1, 5, 23])
+def test_state_restores_the_identical_stream(known_lengths, stop_after):
+  def stream():
+    documents = _documents([13, 2, 29, 7, 31, 5, 11], seed=3, known_lengths=known_lengths)
+    return packing.PackedStream(documents, 6, EOS, shuffle_seed=4)
+
+  original = stream()
+  original.rows(0, stop_after)
+  state = original.get_state()
+  expected = original.rows(stop_after, 12)
+  restored = stream()
   restored.set_state(state)
-  for want, got in zip(expected, [next(restored) for _ in range(12)]):
-    for key in want:
-      np.testing.assert_array_equal(got[key], want[key])
+  got = restored.rows(stop_after, 12)
+  for key in expected:
+    np.testing.assert_array_equal(got[key], expected[key])

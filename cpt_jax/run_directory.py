@@ -54,9 +54,10 @@ def fields_that_matter(config_json: dict, stages_done: int) -> dict[str, object]
 
 
 def check_and_store_config(workdir: str, config: ml_collections.ConfigDict, current_stage: int,
-                           allow_change: bool) -> None:
+                           allow_change: bool, write: bool = True) -> None:
   """Writes config.json at a first start; on a resume, refuses changed fields that matter
-  (listing them) unless `allow_change`, and then records the new config."""
+  (listing them) unless `allow_change`, and then records the new config. Every process of a
+  run checks (so all of them stop on a mismatch); one writes."""
   path = os.path.join(workdir, CONFIG_FILE)
   new = config_as_json(config)
   if os.path.exists(path):
@@ -69,6 +70,8 @@ def check_and_store_config(workdir: str, config: ml_collections.ConfigDict, curr
       raise ConfigMismatchError(
           f"{path} differs in fields that matter: {diff}. Use another --workdir, or pass "
           "--allow_config_change if the change is intended (e.g. a longer last stage)")
+  if not write:
+    return
   os.makedirs(workdir, exist_ok=True)
   with open(path + ".tmp", "w") as f:
     json.dump(new, f, indent=1, sort_keys=True)
@@ -106,8 +109,9 @@ def tokenizer_for_run(config: ml_collections.ConfigDict, workdir: str,
   else:
     result = tokenizer_lib.load(settings.kind, settings.path, settings.eos_token)
   os.makedirs(workdir, exist_ok=True)
-  result.save(saved + ".tmp")
-  os.replace(saved + ".tmp", saved)
+  temporary = f"{saved}.tmp{os.getpid()}"  # Processes of one run each write the same file.
+  result.save(temporary)
+  os.replace(temporary, saved)
   return result
 
 

@@ -19,6 +19,7 @@ import signal
 import time
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -43,18 +44,31 @@ class TrainingDiverged(RuntimeError):
   pass
 
 
-class _PreemptionSignal:
-  """SIGTERM (how TPU VMs announce preemption) sets a flag the loop checks every step."""
+class _Preemption:
+  """SIGTERM (how TPU VMs and schedulers announce preemption) ends the run after a checkpoint.
+
+  One process: a flag the loop checks every step. Several: JAX's preemption sync manager
+  (which catches SIGTERM itself) names one step at which every process saves together, since
+  a save is collective and processes receive the signal at different steps."""
 
   def __init__(self):
     self.received = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self._synced = jax.process_count() > 1
+    if not self._synced:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     self.received = True
 
+  def check(self, step: int) -> bool:
+    """Called by every process at every step, with the same steps."""
+    if self._synced and multihost_utils.reached_preemption_sync_point(step):
+      self.received = True
+    return self.received
+
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    if not self._synced:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 @dataclasses.dataclass
@@ -112,15 +126,19 @@ class _Run:
     # Where the state comes from: this run's latest checkpoint, another run's, or nowhere.
     self.checkpointer = checkpoint_lib.Checkpointer(workdir, config.checkpoint)
     latest = self.checkpointer.latest_restorable()
-    if latest is not None and self.lead:  # Refuse a changed experiment before touching state.
+    if latest is not None:  # Refuse a changed experiment before touching state.
+      # Every process reads and checks: Orbax reads are collective, and all must stop alike.
       metadata = self.checkpointer.read_metadata(latest)
       plans = run_plan.plan(config, start_step=metadata["step_offset"])
       run_directory.check_and_store_config(
-          workdir, config, run_plan.stage_at(plans, metadata["step"]).index, allow_config_change)
+          workdir, config, run_plan.stage_at(plans, metadata["step"]).index, allow_config_change,
+          write=self.lead)
     self.resume_step, resume, init_dir, init = None, None, "", None
     restored = self.checkpointer.restore_latest(abstract)
     if restored is not None:
       self.resume_step, arrays, resume = restored
+      if self.lead:
+        print(f"resuming {workdir} from step {self.resume_step}")
     elif config.init.from_checkpoint:
       init_dir, init_step = checkpoint_lib.parse_reference(config.init.from_checkpoint)
       source = checkpoint_lib.Checkpointer(init_dir, read_only=True)
@@ -228,7 +246,7 @@ class _Run:
     self._last_log = (sum(self.progress.tokens.values()), time.perf_counter())
     pending = None
     while self.step < stage_plan.end_step:
-      if preemption.received:
+      if preemption.check(self.step):
         if pending is not None:
           self._log(pending, stage_plan, bar)
         self.save(stage_plan, data_iterator)
@@ -263,7 +281,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
           allow_config_change: bool = False) -> dict:
   """Runs (or resumes) the experiment in `workdir`; returns the run's summary."""
   run = _Run(config, workdir, allow_config_change)
-  preemption = _PreemptionSignal()
+  preemption = _Preemption()
   bar = tqdm.tqdm(total=run.plans[-1].end_step, initial=run.step, dynamic_ncols=True,
                   desc="train", disable=not (run.lead and config.log.progress_bar))
   try:

@@ -1,12 +1,17 @@
-"""Tests for cpt_jax/distributed.py: two local processes (4 CPU devices each) train together."""
+"""Tests for multi-process runs: two local processes (4 CPU devices each) train together."""
 
 import os
+import shutil
+import signal
 import socket
 import subprocess
 
+import numpy as np
 import pytest
 
 import run_helpers as helpers
+
+STEPS = ("--config.stages[0].steps=6", "--config.stages[1].steps=6")
 
 
 def _free_port():
@@ -15,26 +20,85 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_train_and_write_checkpoints_together(tmp_path):
-  workdir = str(tmp_path / "two_processes")
+def _start_processes(workdir, *flags):
   port = _free_port()
-  processes = [subprocess.Popen(
-      helpers.command("train", f"--workdir={workdir}", "--config.stages[0].steps=6",
-                      "--config.stages[1].steps=6", f"--coordinator_address=127.0.0.1:{port}",
-                      "--num_processes=2", f"--process_id={index}"),
+  return [subprocess.Popen(
+      helpers.command("train", f"--workdir={workdir}", *STEPS, *flags,
+                      f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                      f"--process_id={index}"),
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
       env=helpers.environment(devices=4), cwd=helpers.ROOT) for index in range(2)]
+
+
+def _finish(processes):
   outputs = [process.communicate(timeout=300)[0] for process in processes]
   for process, output in zip(processes, outputs):
     assert process.returncode == 0, output[-3000:]
+  return outputs
+
+
+def _eval_losses(workdir):
+  from cpt_jax import metrics_writer
+  _, evaluations = metrics_writer.read_records(workdir)
+  return {(record["step"], key): value for record in evaluations
+          for key, value in record.items() if key.startswith("eval/")}
+
+
+def _assert_same_losses(got, want, rtol):
+  assert sorted(got) == sorted(want)
+  np.testing.assert_allclose([got[k] for k in sorted(want)], [want[k] for k in sorted(want)],
+                             rtol=rtol)
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("two_processes") / "run")
+  return workdir, _finish(_start_processes(workdir))
+
+
+def test_two_processes_train_and_write_checkpoints_together(two_process_run):
+  workdir, outputs = two_process_run
   assert "forgetting during 'code'" in outputs[0]  # Only process 0 reports.
   assert "forgetting during" not in outputs[1]
   steps = sorted(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit())
   assert steps[-1] == 12
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints", "12", "data"))) == [
       "commit_success.txt", "process_0-of-2.json", "process_1-of-2.json"]
-  losses = helpers.train_losses(workdir)
-  assert sorted(losses) == list(range(1, 13))
+  assert sorted(helpers.train_losses(workdir)) == list(range(1, 13))
+
+
+def test_two_processes_match_one_process_with_all_devices(two_process_run, tmp_path):
+  workdir, _ = two_process_run
+  single = str(tmp_path / "one_process")
+  helpers.run("train", f"--workdir={single}", *STEPS, devices=8)
+  # The same global batches; only the order of the cross-device sum differs.
+  _assert_same_losses(helpers.train_losses(workdir), helpers.train_losses(single), rtol=1e-5)
+  _assert_same_losses(_eval_losses(workdir), _eval_losses(single), rtol=1e-5)
+
+
+def test_resumed_two_process_run_continues_identically(two_process_run, tmp_path):
+  workdir, _ = two_process_run
+  resumed = str(tmp_path / "resumed")
+  shutil.copytree(workdir, resumed)
+  shutil.rmtree(os.path.join(resumed, "checkpoints", "12"))  # Resume mid-stage at step 10.
+  outputs = _finish(_start_processes(resumed))
+  assert f"resuming {resumed} from step 10" in outputs[0]
+  _assert_same_losses(helpers.train_losses(resumed), helpers.train_losses(workdir), rtol=1e-6)
+
+
+def test_sigterm_to_one_process_saves_everywhere_and_resumes(two_process_run, tmp_path):
+  workdir, _ = two_process_run
+  preempted = str(tmp_path / "preempted")
+  processes = _start_processes(preempted)
+  helpers.kill_when(processes[1], preempted, step=3, sig=signal.SIGTERM)
+  outputs = _finish(processes[:1]) + [""]
+  assert processes[1].returncode == 0
+  assert "preempted (SIGTERM)" in outputs[0]
+  saved = sorted(int(n) for n in os.listdir(os.path.join(preempted, "checkpoints"))
+                 if n.isdigit())
+  assert saved and saved[-1] < 12
+  _finish(_start_processes(preempted))
+  _assert_same_losses(helpers.train_losses(preempted), helpers.train_losses(workdir), rtol=1e-6)
 
 
 def test_partial_process_flags_are_refused():

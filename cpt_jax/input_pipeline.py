@@ -188,6 +188,14 @@ def stage_dataset(data_config: ml_collections.ConfigDict, stage: run_plan.StageP
   return dataset
 
 
+def skip_to_batch(iterator: grain.DatasetIterator, batch: int) -> None:
+  """Positions a fresh stage iterator at global batch `batch` without a saved state (e.g. a
+  run resumed on another number of processes): token-cache sources seek there directly; live
+  ones re-read their documents up to it."""
+  state = iterator.get_state()
+  iterator.set_state({**state, "batch": batch})
+
+
 def validation_batches(name: str, data_config: ml_collections.ConfigDict,
                        tokenizer: tokenizer_lib.Tokenizer, max_batches: int,
                        shard: ProcessShard = ProcessShard()) -> list[dict]:

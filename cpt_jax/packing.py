@@ -25,6 +25,7 @@ import numpy as np
 
 _READ_DOCUMENTS = 32  # Documents read (and tokenized) at a time.
 ROW_KEYS = ("tokens", "segment_ids", "positions")
+LOOP_BOUNDARIES = 16  # Up to this many documents starting inside a batch's rows, loop.
 
 
 class Documents(Protocol):
@@ -166,9 +167,13 @@ class PackedStream:
     # new segment there and restart its positions.
     inside = self._starts[self._front + 1:-1]
     inside = inside[:np.searchsorted(inside, end)]
-    if len(inside):
-      rows = (inside - 1 - start) // self._stride
-      columns = (inside - start - rows * self._stride).astype(np.int32)
+    rows = (inside - 1 - start) // self._stride
+    columns = inside - start - rows * self._stride
+    if len(inside) <= LOOP_BOUNDARIES:  # Few (long documents): slices are cheapest.
+      for row, column in zip(at[rows].tolist(), columns.tolist()):
+        out["segment_ids"][row, column:] += 1
+        out["positions"][row, column:] = ramp[:self._length - column]
+    else:  # Many (short documents): a scatter and a scan over the rows they fall in.
       first_in_row = np.concatenate([[True], rows[1:] != rows[:-1]])  # `rows` is sorted.
       hit, local_rows = rows[first_in_row], np.cumsum(first_in_row) - 1
       new_segment = np.zeros((len(hit), self._length), np.int32)

@@ -160,6 +160,7 @@ class _Run:
 
     if resume is not None:
       self.step_offset, self.step = resume["step_offset"], resume["step"]
+      self.resume_process_count = resume["process_count"]
     elif init is not None and config.init.step == "continue":
       self.step_offset = self.step = init["step"]
     else:
@@ -241,8 +242,10 @@ class _Run:
       if stage_plan.optimizer_state == "reset" and stage_plan.index > 0:
         self.state = self.state.replace(
             opt_state=self.executor.place(self.optimizer.init(self.state.params)))
-    else:  # Resuming inside this stage: the data continues where the checkpoint left it.
+    elif self.resume_process_count == self.shard.count:  # Resuming inside this stage.
       self.checkpointer.restore_data(self.resume_step, data_iterator)
+    else:  # Grain keeps a state per process; the global batches do not depend on the count.
+      input_pipeline.skip_to_batch(data_iterator, self.step - stage_plan.start_step)
     self._last_log = (sum(self.progress.tokens.values()), time.perf_counter())
     pending = None
     while self.step < stage_plan.end_step:

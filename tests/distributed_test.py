@@ -105,3 +105,13 @@ def test_partial_process_flags_are_refused():
   result = helpers.run("train", "--workdir=/tmp/unused", "--num_processes=2", check=False)
   assert result.returncode == 2
   assert "need all of --coordinator_address, --num_processes and --process_id" in result.stderr
+
+
+def test_two_process_checkpoint_resumes_in_one_process(two_process_run, tmp_path):
+  workdir, _ = two_process_run
+  resumed = str(tmp_path / "resumed_in_one")
+  shutil.copytree(workdir, resumed)
+  shutil.rmtree(os.path.join(resumed, "checkpoints", "12"))  # Resume mid-stage at step 10.
+  output = helpers.run("train", f"--workdir={resumed}", *STEPS, devices=8).stdout
+  assert f"resuming {resumed} from step 10" in output
+  _assert_same_losses(helpers.train_losses(resumed), helpers.train_losses(workdir), rtol=1e-5)

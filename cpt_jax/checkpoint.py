@@ -14,6 +14,7 @@ import logging
 import os
 from typing import Any, Iterable
 
+from etils import epath
 import grain
 import jax
 import ml_collections
@@ -145,10 +146,10 @@ class Checkpointer:
   def _set_aside(self, steps: list[int]) -> None:
     """Moves unrestorable steps to `checkpoints.corrupt/` (kept for inspection), so training
     can write those steps again."""
-    aside = self._path.rstrip("/") + ".corrupt"
-    os.makedirs(aside, exist_ok=True)
+    aside = epath.Path(self._path.rstrip("/") + ".corrupt")
+    aside.mkdir(parents=True, exist_ok=True)
     for step in steps:
-      os.replace(os.path.join(self._path, str(step)), os.path.join(aside, f"{step}"))
+      (epath.Path(self._path) / str(step)).rename(aside / str(step))
     self._manager.reload()
 
   def close(self) -> None:

@@ -2,6 +2,11 @@
 
 One JSON object per line; a resumed run appends, so a reader takes the last record of each
 (step, kind). Only process 0 writes.
+
+Object stores (a gs:// run directory) cannot append, so there the records are written in a
+local staging directory and copied up whole at every `flush` (the trainer flushes with each
+checkpoint) and at `close`. What a crash loses after the last checkpoint is recomputed, and
+written again, when the run resumes from that checkpoint.
 """
 
 from __future__ import annotations
@@ -9,18 +14,34 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
+
+from etils import epath
+
+_RECORDS = "metrics.jsonl"
+
+
+def _is_remote(path: str) -> bool:
+  return "://" in path
 
 
 class MetricsWriter:
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  def __init__(self, workdir: str, enabled: bool = True, staging_dir: str | None = None):
     self._enabled = enabled
     if not enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+    self._workdir = epath.Path(workdir)
+    if staging_dir is None and _is_remote(workdir):
+      staging_dir = tempfile.mkdtemp(prefix="cpt_jax_records_")
+    self._staging = staging_dir  # None: write in the run directory itself.
+    local = staging_dir or workdir
+    os.makedirs(local, exist_ok=True)
+    if self._staging and (self._workdir / _RECORDS).exists():  # Keep appending after a resume.
+      epath.Path(local, _RECORDS).write_bytes((self._workdir / _RECORDS).read_bytes())
+    self._jsonl = open(os.path.join(local, _RECORDS), "a", encoding="utf-8")
     from tensorboardX import SummaryWriter  # Deferred: only the writing process needs it.
-    self._tensorboard = SummaryWriter(logdir=workdir, flush_secs=30)
+    self._tensorboard = SummaryWriter(logdir=local, flush_secs=30)
 
   def write(self, record: dict) -> None:
     """`record` holds `step` and `stage`; every other numeric field is a scalar."""
@@ -32,21 +53,30 @@ class MetricsWriter:
       if key not in ("step", "stage") and isinstance(value, (int, float)) and math.isfinite(value):
         self._tensorboard.add_scalar(key, value, record["step"])
 
+  def flush(self) -> None:
+    """Makes everything written so far visible in the run directory."""
+    if not (self._enabled and self._staging):
+      return
+    self._tensorboard.flush()
+    self._workdir.mkdir(parents=True, exist_ok=True)
+    for name in sorted(os.listdir(self._staging)):
+      (self._workdir / name).write_bytes(epath.Path(self._staging, name).read_bytes())
+
   def close(self) -> None:
     if self._enabled:
       self._jsonl.close()
       self._tensorboard.close()
+      self.flush()
 
 
 def read_records(workdir: str) -> tuple[list[dict], list[dict]]:
   """(train records, eval records), one per step, the last written winning."""
   train, evaluation = {}, {}
-  path = os.path.join(workdir, "metrics.jsonl")
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      for line in f:
-        if line.strip():
-          record = json.loads(line)
-          is_eval = any(key.startswith("eval/") for key in record)
-          (evaluation if is_eval else train)[record["step"]] = record
+  path = epath.Path(workdir) / _RECORDS
+  if path.exists():
+    for line in path.read_text(encoding="utf-8").splitlines():
+      if line.strip():
+        record = json.loads(line)
+        is_eval = any(key.startswith("eval/") for key in record)
+        (evaluation if is_eval else train)[record["step"]] = record
   return [train[s] for s in sorted(train)], [evaluation[s] for s in sorted(evaluation)]

@@ -11,8 +11,8 @@ continued one): rotary is relative, so this is what attention would see anyway, 
 crosses documents.
 
 Rows are addressed by index, so any process can build any rows: the stream does not depend on
-how many processes read it. `rows(first, count)` packs a range with a few numpy operations
-(no per-row Python), which is what makes the pipeline fast. Documents are read (and tokenized,
+how many processes read it. `write_rows` packs a range of rows straight into a batch with a
+few numpy operations (no per-row Python), which is what makes the pipeline fast. Documents are read (and tokenized,
 for live sources) forward from a buffered window; when their lengths are known (the token
 cache), a seek jumps straight to any position without reading what lies before it.
 """
@@ -50,7 +50,6 @@ class PackedStream:
     self._orders: dict[int, np.ndarray] = {}  # epoch -> document order (the last few).
     self._epoch_ends: dict[int, np.ndarray] = {}  # epoch -> cumulative stream ends.
     self._restart(document=0, start=0)
-
 
   @property
   def row_length(self) -> int:

@@ -5,6 +5,7 @@ Owns drawing only; the numbers come from `run_plan` and the run's `metrics.jsonl
 
 from __future__ import annotations
 
+from etils import epath
 import jax
 import matplotlib
 
@@ -36,9 +37,7 @@ def plot_schedule(schedule, plans, out_path: str, title: str = "") -> None:
   axis.set_xlabel("step")
   axis.set_ylabel("learning rate")
   axis.set_title(title)
-  figure.tight_layout()
-  figure.savefig(out_path, dpi=120)
-  plt.close(figure)
+  _save(figure, out_path)
 
 
 def plot_curves(eval_records: list[dict], train_records: list[dict], plans, tokens_per_step: int,
@@ -63,6 +62,12 @@ def plot_curves(eval_records: list[dict], train_records: list[dict], plans, toke
                  [r["learning_rate"] for r in train_records], color="black", alpha=0.3,
                  linewidth=1)
     lr_axis.set_ylabel("learning rate", color="gray")
+  _save(figure, out_path)
+
+
+def _save(figure, out_path: str) -> None:
+  """PNG through etils.epath, so the path may be a gs:// run directory."""
   figure.tight_layout()
-  figure.savefig(out_path, dpi=120)
+  with epath.Path(out_path).open("wb") as f:
+    figure.savefig(f, format="png", dpi=120)
   plt.close(figure)

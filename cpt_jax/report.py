@@ -10,7 +10,8 @@ sources fell. Positive numbers mean more forgetting and more adaptation.
 from __future__ import annotations
 
 import json
-import os
+
+from etils import epath
 
 from cpt_jax import metrics_writer
 from cpt_jax import plots
@@ -68,9 +69,8 @@ def table(summary: dict) -> str:
 def write(workdir: str, plans, tokens_per_step: int) -> dict:
   train_records, eval_records = metrics_writer.read_records(workdir)
   summary = summarize(eval_records, plans)
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=1)
+  (epath.Path(workdir) / "summary.json").write_text(json.dumps(summary, indent=1))
   plots.plot_curves(eval_records, train_records, plans, tokens_per_step,
-                    os.path.join(workdir, "curves.png"))
+                    str(epath.Path(workdir) / "curves.png"))
   print(table(summary))
   return summary

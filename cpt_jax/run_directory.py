@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 
+from etils import epath
 import ml_collections
 
 from cpt_jax import corpora
@@ -58,11 +59,10 @@ def check_and_store_config(workdir: str, config: ml_collections.ConfigDict, curr
   """Writes config.json at a first start; on a resume, refuses changed fields that matter
   (listing them) unless `allow_change`, and then records the new config. Every process of a
   run checks (so all of them stop on a mismatch); one writes."""
-  path = os.path.join(workdir, CONFIG_FILE)
+  path = epath.Path(workdir) / CONFIG_FILE
   new = config_as_json(config)
-  if os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
+  if path.exists():
+    old = json.loads(path.read_text())
     before, after = fields_that_matter(old, current_stage), fields_that_matter(new, current_stage)
     changed = sorted(key for key in set(before) | set(after) if before.get(key) != after.get(key))
     if changed and not allow_change:
@@ -70,12 +70,17 @@ def check_and_store_config(workdir: str, config: ml_collections.ConfigDict, curr
       raise ConfigMismatchError(
           f"{path} differs in fields that matter: {diff}. Use another --workdir, or pass "
           "--allow_config_change if the change is intended (e.g. a longer last stage)")
-  if not write:
-    return
-  os.makedirs(workdir, exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump(new, f, indent=1, sort_keys=True)
-  os.replace(path + ".tmp", path)
+  if write:
+    _write_atomically(path, json.dumps(new, indent=1, sort_keys=True).encode())
+
+
+def _write_atomically(path: epath.Path, content: bytes) -> None:
+  """A temporary file, then a rename: readers never see half a file. Through etils.epath, so
+  run directories may be gs:// paths."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  temporary = path.parent / f"{path.name}.tmp{os.getpid()}"  # Processes may write the same.
+  temporary.write_bytes(content)
+  temporary.replace(path)
 
 
 def _first_stage_source(config: ml_collections.ConfigDict) -> str:
@@ -88,16 +93,16 @@ def tokenizer_for_run(config: ml_collections.ConfigDict, workdir: str,
   starts from (`inherit_from`); else trained ("bpe") or loaded from data.tokenizer.path.
   The result is saved into `workdir` for every later resume and stage."""
   settings = config.data.tokenizer
-  saved = os.path.join(workdir, tokenizer_lib.saved_file_name(settings.kind))
-  inherited = os.path.join(inherit_from, tokenizer_lib.saved_file_name(settings.kind))
+  saved = epath.Path(workdir) / tokenizer_lib.saved_file_name(settings.kind)
+  inherited = epath.Path(inherit_from or ".") / tokenizer_lib.saved_file_name(settings.kind)
   if settings.kind == "bytes":
     return tokenizer_lib.bytes_tokenizer()
-  if os.path.exists(saved):
-    return tokenizer_lib.load(settings.kind if settings.kind != "bpe" else "hf_json", saved,
-                              settings.eos_token)
-  if inherit_from and os.path.exists(inherited):
+  if saved.exists():
+    return tokenizer_lib.load(settings.kind if settings.kind != "bpe" else "hf_json",
+                              str(saved), settings.eos_token)
+  if inherit_from and inherited.exists():
     result = tokenizer_lib.load("hf_json" if settings.kind == "bpe" else settings.kind,
-                                inherited, settings.eos_token)
+                                str(inherited), settings.eos_token)
   elif settings.kind == "bpe":
     cache_copy = os.path.join(config.data.token_cache_dir, "tokenizer.json")
     if config.data.token_cache_dir and os.path.exists(cache_copy):
@@ -108,10 +113,7 @@ def tokenizer_for_run(config: ml_collections.ConfigDict, workdir: str,
       result = tokenizer_lib.train_bpe(texts, settings.vocab_size, settings.train_megabytes)
   else:
     result = tokenizer_lib.load(settings.kind, settings.path, settings.eos_token)
-  os.makedirs(workdir, exist_ok=True)
-  temporary = f"{saved}.tmp{os.getpid()}"  # Processes of one run each write the same file.
-  result.save(temporary)
-  os.replace(temporary, saved)
+  _write_atomically(saved, result.serialized)
   return result
 
 
@@ -120,7 +122,5 @@ def record_data_splits(workdir: str, config: ml_collections.ConfigDict) -> None:
   held out for validation, so an experiment's evaluation data can be audited later."""
   record = {name: corpora.split_record(name, source) for name, source in
             sorted(config.data.sources.items())}
-  path = os.path.join(workdir, "data_splits.json")
-  with open(path + ".tmp", "w") as f:
-    json.dump(record, f, indent=1)
-  os.replace(path + ".tmp", path)
+  _write_atomically(epath.Path(workdir) / "data_splits.json",
+                    json.dumps(record, indent=1).encode())

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 from typing import Callable, Iterable
 
+from etils import epath
 import ml_collections
 import numpy as np
 
@@ -47,8 +47,7 @@ class Tokenizer:
     return np.asarray(self.encode_batch([text])[0], np.int32)
 
   def save(self, path: str) -> None:
-    with open(path, "wb") as f:
-      f.write(self.serialized)
+    epath.Path(path).write_bytes(self.serialized)
 
 
 def _fingerprint(kind: str, serialized: bytes) -> str:
@@ -127,10 +126,9 @@ def load(kind: str, path: str, eos_token: str = EOS_TOKEN) -> Tokenizer:
     raise ValueError(f"data.tokenizer.kind={kind!r}: expected one of {KINDS}")
   if kind == "bytes":
     return bytes_tokenizer()
-  if not path or not os.path.isfile(path):
+  if not path or not epath.Path(path).is_file():
     raise ValueError(f"data.tokenizer.path={path!r}: tokenizer file not found")
-  with open(path, "rb") as f:
-    serialized = f.read()
+  serialized = epath.Path(path).read_bytes()
   if kind == "sentencepiece":
     return _sentencepiece(serialized, path)
   try:

@@ -14,10 +14,10 @@ uninterrupted run's computation exactly.
 from __future__ import annotations
 
 import dataclasses
-import os
 import signal
 import time
 
+from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
@@ -117,7 +117,7 @@ class _Run:
     self.config, self.workdir = config, workdir
     self.shard = input_pipeline.ProcessShard(jax.process_index(), jax.process_count())
     self.lead = self.shard.index == 0
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     model = model_config.from_config_dict(config.model)
     self.optimizer = optimizer_lib.make(config.optimizer)
     graphdef, state = train_step_lib.init_state(model, self.optimizer, config.seed)
@@ -209,6 +209,7 @@ class _Run:
                          self.config)
     self.checkpointer.save(self.step, self.executor.for_checkpoint(self.state), metadata,
                            data_iterator)
+    self.writer.flush()  # Records up to a checkpoint are never lost (object stores).
 
   def _log(self, pending, stage_plan, bar) -> None:
     """Writes a train record from metrics fetched now, one step after they were computed."""

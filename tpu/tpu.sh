@@ -62,7 +62,7 @@ case "$COMMAND" in
     # The clone brings configs/; the jax[tpu] range matches pyproject.toml's jax pin.
     on_all_workers "(git clone -q $REPO_GIT ~/cpt_jax || git -C ~/cpt_jax pull -q) && \
 python3 -m venv ~/cpt_jax_venv && ~/cpt_jax_venv/bin/pip install -q 'jax[tpu]>=0.10.2,<0.11' \
--e ~/cpt_jax && ~/cpt_jax_venv/bin/python -c 'import cpt_jax, jax; print(jax.device_count())'"
+-e ~/cpt_jax[gcs] && ~/cpt_jax_venv/bin/python -c 'import cpt_jax, jax; print(jax.device_count())'"
     ;;
   launch)
     on_all_workers "$(train_command)"

@@ -1,0 +1,39 @@
+"""Tests for cpt_jax/metrics_writer.py."""
+
+import os
+
+from cpt_jax import metrics_writer
+
+
+def _session(workdir, records, staging_dir=None):
+  writer = metrics_writer.MetricsWriter(workdir, staging_dir=staging_dir)
+  for record in records:
+    writer.write(record)
+  return writer
+
+
+def test_a_resumed_run_appends_and_the_last_record_of_a_step_wins(tmp_path):
+  workdir = str(tmp_path / "run")
+  _session(workdir, [{"step": 1, "stage": "a", "loss": 3.0},
+                     {"step": 2, "stage": "a", "loss": 2.5}]).close()
+  _session(workdir, [{"step": 2, "stage": "a", "loss": 2.4},
+                     {"step": 2, "stage": "a", "eval/x/loss": 2.9}]).close()
+  train, evaluation = metrics_writer.read_records(workdir)
+  assert [(r["step"], r["loss"]) for r in train] == [(1, 3.0), (2, 2.4)]
+  assert evaluation == [{"step": 2, "stage": "a", "eval/x/loss": 2.9}]
+  assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
+
+
+def test_staged_records_reach_the_run_directory_whole_at_each_flush(tmp_path):
+  # How a gs:// run directory (no appends) is written: locally, then copied up.
+  workdir = str(tmp_path / "run")
+  writer = _session(workdir, [{"step": 1, "stage": "a", "loss": 3.0}], str(tmp_path / "stage1"))
+  assert metrics_writer.read_records(workdir) == ([], [])  # Not flushed yet.
+  writer.flush()
+  assert [r["step"] for r in metrics_writer.read_records(workdir)[0]] == [1]
+  writer.write({"step": 2, "stage": "a", "loss": 2.0})
+  writer.close()
+  # A resumed run stages elsewhere, starting from the run directory's records.
+  _session(workdir, [{"step": 3, "stage": "b", "loss": 1.5}], str(tmp_path / "stage2")).close()
+  assert [r["step"] for r in metrics_writer.read_records(workdir)[0]] == [1, 2, 3]
+  assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))

@@ -184,3 +184,17 @@ def test_corrupt_token_cache_shard_is_named(tmp_path):
     f.truncate(os.path.getsize(records_path) // 2)
   with pytest.raises(ValueError, match=r"train.array_record: corrupt or truncated"):
     token_cache.read(str(tmp_path), "old", "train", "fp")
+
+
+def test_background_prefetch_gives_the_same_batches_and_state(data_config):
+  prefetched = ml_collections.ConfigDict(data_config.to_dict())
+  prefetched.prefetch_batches = 2
+  stage = _stage({"new": 0.75, "old": 0.25}, ["old"])
+  plain = iter(input_pipeline.stage_dataset(data_config, stage, TOKENIZER))
+  ahead = iter(input_pipeline.stage_dataset(prefetched, stage, TOKENIZER))
+  for a, b in zip(_take(plain, 5), _take(ahead, 5)):
+    np.testing.assert_array_equal(a["tokens"], b["tokens"])
+  assert ahead.get_state()["batch"] == plain.get_state()["batch"] == 5  # Not the thread's.
+  restored = iter(input_pipeline.stage_dataset(prefetched, stage, TOKENIZER))
+  restored.set_state(ahead.get_state())
+  np.testing.assert_array_equal(next(restored)["tokens"], next(plain)["tokens"])

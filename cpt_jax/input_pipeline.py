@@ -128,11 +128,17 @@ class _StageIterator(grain.DatasetIterator):
       if len(at):
         stream.write_rows(int(self._first_rows[index] + before[index]), rows, at)
     self._batch += 1
-    # The furthest row of each source served so far, over all processes (replay "continue").
-    served = self._first_rows + self._mixture.rows_before(self._batch * global_size)
+    # Over all processes: each source's rows in this global batch, and the furthest row of
+    # its stream served so far (replay "continue").
+    after = self._mixture.rows_before(self._batch * global_size)
+    global_rows = np.zeros_like(self._stream_rows)
+    global_rows[self._source_ids] = after - self._mixture.rows_before(
+        (self._batch - 1) * global_size)
     stream_rows = self._stream_rows.copy()
-    stream_rows[self._source_ids] = np.maximum(stream_rows[self._source_ids], served)
-    return {**rows, "source_id": self._source_ids[sources], "stream_rows": stream_rows}
+    stream_rows[self._source_ids] = np.maximum(stream_rows[self._source_ids],
+                                               self._first_rows + after)
+    return {**rows, "source_id": self._source_ids[sources], "global_rows": global_rows,
+            "stream_rows": stream_rows}
 
   def get_state(self) -> dict:
     return {"batch": self._batch, "streams": [stream.get_state() for stream in self._streams]}
@@ -160,11 +166,13 @@ def stage_dataset(data_config: ml_collections.ConfigDict, stage: run_plan.StageP
                   tokenizer: tokenizer_lib.Tokenizer, shard: ProcessShard = ProcessShard(),
                   stream_rows: dict[str, int] | None = None) -> grain.IterDataset:
   """Batches of the stage's mixture: {tokens, segment_ids, positions: (B, L + 1),
-  source_id: (B,), stream_rows: (sources,)}, B rows per process.
+  source_id: (B,), global_rows, stream_rows: (sources,)}, B rows per process.
 
   `stream_rows` (per source, all processes) is how far each source's stream has been served
   in earlier stages; a stage that continues a replayed source starts there. Each batch
-  reports the updated counts in its own `stream_rows`, ordered like `source_names`."""
+  reports the updated counts in its own `stream_rows`, and in `global_rows` how many rows of
+  each source the global batch holds (every training row has L targets), both ordered like
+  `source_names`."""
   stream_rows = stream_rows or {}
   all_names = source_names(data_config)
   names = sorted(name for name, weight in stage.mixture.items() if weight > 0)

@@ -77,11 +77,10 @@ class _Progress:
   tokens: dict[str, float]  # Target tokens consumed per source, all processes together.
   rows: dict[str, int]  # The furthest row of each source's stream served (replay "continue").
 
-  def add(self, rows_batch: dict, names: list[str], process_count: int) -> None:
-    # Other processes' rows are not read here; theirs hold the same shares on average.
-    tokens = input_pipeline.tokens_by_source(rows_batch, len(names))
+  def add(self, rows_batch: dict, names: list[str], seq_len: int) -> None:
+    # Training rows are never padded: a row is seq_len targets, whichever process built it.
     for index, name in enumerate(names):
-      self.tokens[name] += float(tokens[index]) * process_count
+      self.tokens[name] += float(rows_batch["global_rows"][index] * seq_len)
       self.rows[name] = int(rows_batch["stream_rows"][index])
 
 
@@ -256,7 +255,7 @@ class _Run:
         self.save(stage_plan, data_iterator)
         return
       rows = next(data_iterator)
-      self.progress.add(rows, self.names, self.shard.count)
+      self.progress.add(rows, self.names, config.data.seq_len)
       self.state, metrics = self.executor.train_step(self.state, packing.to_model_batch(rows))
       self.step += 1
       if pending is not None:

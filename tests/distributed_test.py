@@ -74,6 +74,10 @@ def test_two_processes_match_one_process_with_all_devices(two_process_run, tmp_p
   # The same global batches; only the order of the cross-device sum differs.
   _assert_same_losses(helpers.train_losses(workdir), helpers.train_losses(single), rtol=1e-5)
   _assert_same_losses(_eval_losses(workdir), _eval_losses(single), rtol=1e-5)
+  from cpt_jax import metrics_writer
+  tokens = [{r["step"]: (r["tokens/prose"], r["tokens/code"])
+             for r in metrics_writer.read_records(run)[0]} for run in (workdir, single)]
+  assert tokens[0] == tokens[1]  # Counted exactly, not estimated from one process's rows.
 
 
 def test_resumed_two_process_run_continues_identically(two_process_run, tmp_path):

@@ -198,3 +198,18 @@ def test_background_prefetch_gives_the_same_batches_and_state(data_config):
   restored = iter(input_pipeline.stage_dataset(prefetched, stage, TOKENIZER))
   restored.set_state(ahead.get_state())
   np.testing.assert_array_equal(next(restored)["tokens"], next(plain)["tokens"])
+
+
+def test_global_rows_count_every_process_rows_of_each_source(data_config):
+  stage = _stage({"new": 0.75, "old": 0.25}, ["old"])
+  halves = [iter(input_pipeline.stage_dataset(data_config, stage, TOKENIZER,
+                                              input_pipeline.ProcessShard(i, 2)))
+            for i in range(2)]
+  for _ in range(4):
+    first, second = next(halves[0]), next(halves[1])
+    np.testing.assert_array_equal(first["global_rows"], second["global_rows"])
+    counted = np.bincount(np.concatenate([first["source_id"], second["source_id"]]),
+                          minlength=2)
+    np.testing.assert_array_equal(first["global_rows"], counted)
+    targets = sum(input_pipeline.tokens_by_source(b, 2) for b in (first, second))
+    np.testing.assert_array_equal(targets, counted * data_config.seq_len)  # No padding.

@@ -214,6 +214,8 @@ def validation_batches(name: str, data_config: ml_collections.ConfigDict,
   batch size and every evaluation sees exactly the same tokens."""
   stream = _stream(name, data_config, "validation", tokenizer)
   local_size = per_process_batch_size(data_config, shard)
+  if not packing.to_model_batch(stream.rows(0, 1))["loss_mask"].any():
+    raise ValueError(f"data source {name!r}: the validation split yields no rows")
   batches = []
   for index in range(max_batches):
     first = index * data_config.global_batch_size
@@ -221,12 +223,4 @@ def validation_batches(name: str, data_config: ml_collections.ConfigDict,
       break  # The previous batch reached the end of the split.
     rows = stream.rows(first + shard.index * local_size, local_size)
     batches.append(packing.to_model_batch(rows))
-  if not packing.to_model_batch(stream.rows(0, 1))["loss_mask"].any():
-    raise ValueError(f"data source {name!r}: the validation split yields no rows")
   return batches
-
-
-def tokens_by_source(batch: dict, num_sources: int) -> np.ndarray:
-  """Target tokens (non-padding) each source contributed to a training batch."""
-  targets_per_row = (batch["segment_ids"][:, 1:] != 0).sum(axis=1)
-  return np.bincount(batch["source_id"], weights=targets_per_row, minlength=num_sources)

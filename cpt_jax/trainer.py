@@ -157,6 +157,7 @@ class _Run:
       if not keep:
         arrays["opt_state"] = self.optimizer.init(arrays["params"])
 
+    self.resume_process_count = self.shard.count
     if resume is not None:
       self.step_offset, self.step = resume["step_offset"], resume["step"]
       self.resume_process_count = resume["process_count"]

@@ -12,9 +12,10 @@ crosses documents.
 
 Rows are addressed by index, so any process can build any rows: the stream does not depend on
 how many processes read it. `write_rows` packs a range of rows straight into a batch with a
-few numpy operations (no per-row Python), which is what makes the pipeline fast. Documents are read (and tokenized,
-for live sources) forward from a buffered window; when their lengths are known (the token
-cache), a seek jumps straight to any position without reading what lies before it.
+few numpy operations (no per-row Python), which is what makes the pipeline fast. Documents are
+read (and tokenized, for live sources) forward from a buffered window; when their lengths are
+known (the token cache), a seek jumps straight to any position without reading what lies
+before it.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ class PackedStream:
     self._seed, self._endless = shuffle_seed, endless
     self._orders: dict[int, np.ndarray] = {}  # epoch -> document order (the last few).
     self._epoch_ends: dict[int, np.ndarray] = {}  # epoch -> cumulative stream ends.
+    if documents.lengths is not None:  # Stream tokens per document (with EOS) and per epoch.
+      self._sizes = documents.lengths + 1
+      self._epoch_tokens = int(self._sizes.sum())
     self._restart(document=0, start=0)
 
   @property
@@ -108,16 +112,14 @@ class PackedStream:
 
   def _locate(self, position: int) -> tuple[int, int]:
     """The ordinal and start of the document holding `position`, from known lengths."""
-    count = len(self._documents)
-    sizes = self._documents.lengths + 1
-    epoch_tokens = int(sizes.sum())
+    count, epoch_tokens = len(self._documents), self._epoch_tokens
     epoch, offset = divmod(position, epoch_tokens)
     if not self._endless and epoch:
       return count, epoch_tokens
     if epoch not in self._epoch_ends:
       if len(self._epoch_ends) > 2:
         self._epoch_ends.pop(min(self._epoch_ends))
-      self._epoch_ends[epoch] = np.cumsum(sizes[self._order(epoch)])
+      self._epoch_ends[epoch] = np.cumsum(self._sizes[self._order(epoch)])
     ends = self._epoch_ends[epoch]
     index = int(np.searchsorted(ends, offset, side="right"))
     return epoch * count + index, epoch * epoch_tokens + (int(ends[index - 1]) if index else 0)

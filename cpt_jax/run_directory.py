@@ -93,16 +93,16 @@ def tokenizer_for_run(config: ml_collections.ConfigDict, workdir: str,
   starts from (`inherit_from`); else trained ("bpe") or loaded from data.tokenizer.path.
   The result is saved into `workdir` for every later resume and stage."""
   settings = config.data.tokenizer
-  saved = epath.Path(workdir) / tokenizer_lib.saved_file_name(settings.kind)
-  inherited = epath.Path(inherit_from or ".") / tokenizer_lib.saved_file_name(settings.kind)
+  file_name = tokenizer_lib.saved_file_name(settings.kind)
+  saved = epath.Path(workdir) / file_name
   if settings.kind == "bytes":
     return tokenizer_lib.bytes_tokenizer()
   if saved.exists():
     return tokenizer_lib.load(settings.kind if settings.kind != "bpe" else "hf_json",
                               str(saved), settings.eos_token)
-  if inherit_from and inherited.exists():
+  if inherit_from and (epath.Path(inherit_from) / file_name).exists():
     result = tokenizer_lib.load("hf_json" if settings.kind == "bpe" else settings.kind,
-                                str(inherited), settings.eos_token)
+                                str(epath.Path(inherit_from) / file_name), settings.eos_token)
   elif settings.kind == "bpe":
     cache_copy = os.path.join(config.data.token_cache_dir, "tokenizer.json")
     if config.data.token_cache_dir and os.path.exists(cache_copy):

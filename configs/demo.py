@@ -22,6 +22,7 @@ from cpt_jax import schedule_config
 
 
 def get_config(variant: str = ""):
+  base_config.check_variant(variant, ("smoke",))
   config = base_config.base_config()
   config.data.seq_len = 128
   config.data.global_batch_size = 32

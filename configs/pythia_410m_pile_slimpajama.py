@@ -28,6 +28,7 @@ BATCH, SEQ_LEN = 1104, 2048
 
 
 def get_config(variant: str = ""):
+  base_config.check_variant(variant, ("infinite", "replay0"))
   config = base_config.base_config()
   config.model = model_config.preset_config_dict("pythia-410m", compute_dtype="bfloat16")
   config.data.seq_len = SEQ_LEN

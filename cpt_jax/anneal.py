@@ -9,23 +9,20 @@ the source run directory is only read.
 
 from __future__ import annotations
 
-import json
-import os
-
-from etils import epath
 import ml_collections
 
 from cpt_jax import checkpoint as checkpoint_lib
+from cpt_jax import paths
+from cpt_jax import run_directory
 from cpt_jax import run_plan
 from cpt_jax import schedule_config
 from cpt_jax import trainer
 
 
 def _load_config(run_dir: str) -> ml_collections.ConfigDict:
-  path = epath.Path(run_dir) / "config.json"
-  if not path.exists():
+  stored = run_directory.stored_config(run_dir)
+  if stored is None:
     raise ValueError(f"--from={run_dir!r}: no config.json there; expected a cpt-jax run directory")
-  stored = json.loads(path.read_text())
   stages = [ml_collections.ConfigDict(stage) for stage in stored.pop("stages")]
   config = ml_collections.ConfigDict(stored)
   config.stages = stages
@@ -63,9 +60,10 @@ def anneal_config(source_reference: str, steps: int, shape: str,
 
 def anneal(source_reference: str, workdir: str, steps: int, shape: str = "1-sqrt",
            end_value: float = 0.0) -> dict:
+  source_reference, workdir = paths.resolve_reference(source_reference), paths.resolve(workdir)
   config = anneal_config(source_reference, steps, shape, end_value)
   run_dir, _ = checkpoint_lib.parse_reference(source_reference)
-  if os.path.abspath(workdir) == os.path.abspath(run_dir):
+  if workdir.rstrip("/") == run_dir.rstrip("/"):
     raise ValueError("--workdir must differ from the source run directory: annealing never "
                      "writes into the source run")
   return trainer.train(config, workdir)

@@ -16,6 +16,14 @@ from cpt_jax import optimizer
 PARALLEL_MODES = ("pmap", "fsdp")
 
 
+def check_variant(variant: str, known: tuple[str, ...]) -> None:
+  """A config's `get_config(variant)` calls this first: a misspelt variant is an error, not a
+  silent default."""
+  if variant not in ("", *known):
+    raise ValueError(f"unknown variant {variant!r}; this config's variants: "
+                     f"{', '.join(known) or 'none'} (or none, the default)")
+
+
 def base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0  # Parameter initialization seed.

@@ -10,8 +10,12 @@ step that fails to read falls back to the previous one with a warning naming bot
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import json
 import logging
 import os
+import sys
 from typing import Any, Iterable
 
 from etils import epath
@@ -27,6 +31,29 @@ ITEMS = ("params", "opt_state", "metadata", "data")
 
 class CheckpointError(RuntimeError):
   """A save failed (disk full, unwritable directory): the previous checkpoint is intact."""
+
+
+@contextlib.contextmanager
+def _quiet_logs():
+  """Silences Orbax's and TensorStore's warnings while probing a possibly corrupt step, and
+  the asyncio leftovers of a failed read ("Event loop is closed", printed when collected)."""
+  loggers = [logging.getLogger(), logging.getLogger("absl")]
+  levels = [logger.level for logger in loggers]
+  unraisable_hook = sys.unraisablehook
+  for logger in loggers:
+    logger.setLevel(logging.ERROR + 1)
+  sys.unraisablehook = lambda unraisable: None
+  try:
+    yield
+  finally:
+    gc.collect()  # Collects a failed read's leftovers while their messages are silenced.
+    sys.unraisablehook = unraisable_hook
+    for logger, level in zip(loggers, levels):
+      logger.setLevel(level)
+
+
+def _first_line(error: BaseException) -> str:
+  return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
 
 
 def directory(workdir: str) -> str:
@@ -49,8 +76,11 @@ class Checkpointer:
         {"keep": 3, "keep_every": 0, "async_save": False})
     options = ocp.CheckpointManagerOptions(
         max_to_keep=config.keep, keep_period=config.keep_every or None,
-        enable_async_checkpointing=config.async_save, read_only=read_only, create=not read_only)
+        enable_async_checkpointing=config.async_save, read_only=read_only,
+        create=False)  # Made by the first save: a run refused at start-up writes nothing.
     self._path = directory(workdir)
+    self._read_only = read_only
+    self._in_flight = None  # The step an async save is writing, until it is checked.
     try:
       self._manager = ocp.CheckpointManager(self._path, item_names=ITEMS, options=options)
     except OSError as error:
@@ -62,7 +92,9 @@ class Checkpointer:
   def save(self, step: int, state: train_step_lib.TrainState, metadata: dict,
            data_iterator: grain.DatasetIterator | None) -> None:
     """Starts a save; with async saving it returns once arrays are copied to the host. A step
-    already saved (e.g. a preemption right after a periodic save) is left as it is."""
+    already saved (e.g. a preemption right after a periodic save) is left as it is. The
+    previous background save is finished (and its failure reported) first."""
+    self.wait()
     if step in self.steps():
       return
     items = {"params": ocp.args.StandardSave(state.params),
@@ -71,22 +103,33 @@ class Checkpointer:
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
     try:
+      epath.Path(self._path).mkdir(parents=True, exist_ok=True)
       self._manager.save(step, args=ocp.args.Composite(**items), force=True)
     except Exception as error:
-      raise CheckpointError(f"saving step {step} to {self._path} failed: {error}; the "
-                            f"previous checkpoint (step {self._previous(step)}) is intact") from None
+      raise CheckpointError(f"saving step {step} to {self._path} failed: "
+                            f"{_first_line(error)}; {self._on_disk()}") from None
+    self._in_flight = step
 
-  def _previous(self, step: int):
-    earlier = [s for s in self.steps() if s < step]
-    return earlier[-1] if earlier else None
+  def _on_disk(self) -> str:
+    """What really is on disk, for messages after a failed save."""
+    self._manager.reload()
+    steps = self.steps()
+    return f"the last checkpoint on disk is step {steps[-1]}" if steps else "no checkpoint yet"
+
+  def check_background_save(self) -> None:
+    """Raises CheckpointError if the background save has failed; never blocks. Called at
+    every step boundary, so a lost save stops the run within a step, not a save later."""
+    if self._in_flight is not None and not self._manager.is_saving_in_progress():
+      self.wait()  # Finished: returns at once, raising if it failed.
 
   def wait(self) -> None:
-    """Blocks until background writes finish; raises CheckpointError if one failed."""
+    """Blocks until background writes finish; raises CheckpointError naming the failed step."""
+    step, self._in_flight = self._in_flight, None
     try:
       self._manager.wait_until_finished()
     except Exception as error:
-      raise CheckpointError(f"a background checkpoint write to {self._path} failed: {error}; "
-                            "earlier checkpoints are intact") from None
+      raise CheckpointError(f"saving step {step} to {self._path} failed in the background: "
+                            f"{_first_line(error)}; {self._on_disk()}") from None
 
   def read_metadata(self, step: int) -> dict:
     restored = self._manager.restore(
@@ -114,34 +157,54 @@ class Checkpointer:
     """The newest step whose metadata reads back (the cheap check for `info`-like uses)."""
     for step in sorted(self.steps(), reverse=True):
       try:
-        self.read_metadata(step)
+        with _quiet_logs():
+          self.read_metadata(step)
         return step
       except Exception:  # Corrupt files raise many exception types.
         continue
     return None
 
   def restore_latest(self, abstract_state: train_step_lib.TrainState, *,
-                     with_optimizer: bool = True):
-    """(step, arrays, metadata) of the newest step that restores completely; a newer one that
-    fails (corrupt or truncated) is skipped with a warning naming both. None if no step."""
+                     with_optimizer: bool = True, with_data: bool = False):
+    """(step, arrays, metadata) of the newest step that restores completely (with `with_data`,
+    its data-iterator state too); a newer one that fails (corrupt or truncated) is skipped
+    with one warning naming both and, unless read-only, moved to `checkpoints.corrupt/`.
+    None if there is no step."""
     failed, reason = [], ""
     for step in sorted(self.steps(), reverse=True):
       try:
-        arrays, metadata = self.restore(step, abstract_state, with_optimizer=with_optimizer)
+        with _quiet_logs():  # A truncated step makes Orbax log thousands of lines.
+          arrays, metadata = self.restore(step, abstract_state, with_optimizer=with_optimizer)
+          if with_data:
+            self._check_data_state(step, metadata)
       except Exception as error:  # Corrupt files raise many exception types.
-        reason = (str(error).splitlines() or [type(error).__name__])[0][:300]
-        logging.warning("checkpoint step %d in %s does not restore: %s", step, self._path, reason)
+        reason = _first_line(error)
         failed.append(step)
         continue
       if failed:
-        print(f"warning: checkpoint step {failed[0]} in {self._path} is corrupt or truncated; "
-              f"falling back to step {step}")
-        self._set_aside(failed)
+        print(f"warning: checkpoint step {failed[0]} in {self._path} is corrupt or truncated "
+              f"({reason}); falling back to step {step}")
+        if not self._read_only:  # A run another run starts from is only read.
+          self._set_aside(failed)
       return step, arrays, metadata
     if failed:
       raise CheckpointError(f"no checkpoint in {self._path} restores into this config (tried "
                             f"steps {failed}; last error: {reason})")
     return None
+
+  def _check_data_state(self, step: int, metadata: dict) -> None:
+    """Reads this process's data-iterator state of `step`, as `restore_data` will. Runs on
+    another process count do not use it (they seek by batch index)."""
+    if metadata.get("process_count") != jax.process_count():
+      return
+    name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    path = epath.Path(self._path) / str(step) / "data" / name
+    try:
+      state = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+      raise ValueError(f"{path}: unreadable data-iterator state ({_first_line(error)})") from None
+    if not isinstance(state, dict) or not {"batch", "streams"} <= set(state):
+      raise ValueError(f"{path}: not a data-iterator state")
 
   def _set_aside(self, steps: list[int]) -> None:
     """Moves unrestorable steps to `checkpoints.corrupt/` (kept for inspection), so training
@@ -149,7 +212,10 @@ class Checkpointer:
     aside = epath.Path(self._path.rstrip("/") + ".corrupt")
     aside.mkdir(parents=True, exist_ok=True)
     for step in steps:
-      (epath.Path(self._path) / str(step)).rename(aside / str(step))
+      target = aside / str(step)
+      if target.exists():  # Set aside before: keep the newer copy.
+        target.rmtree()
+      (epath.Path(self._path) / str(step)).rename(target)
     self._manager.reload()
 
   def close(self) -> None:

@@ -53,6 +53,11 @@ def source_config(kind: str, **fields) -> ml_collections.ConfigDict:
   return config
 
 
+def definition(config: ml_collections.ConfigDict) -> dict:
+  """Everything that decides a source's documents and split: what its token cache is keyed by."""
+  return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
 def is_validation(document_id: str, fraction: float) -> bool:
   digest = hashlib.sha256(document_id.encode("utf-8")).digest()
   return int.from_bytes(digest[:8], "big") / 2**64 < fraction
@@ -139,29 +144,46 @@ def _glob_root(pattern: str) -> str:
   return os.path.dirname(prefix)
 
 
+def _read_text(path: str, where: str) -> str:
+  """A file's text; a binary or non-UTF-8 file is refused by name rather than trained on as
+  replacement characters."""
+  with open(path, "rb") as f:
+    content = f.read()
+  if b"\0" in content[:1 << 16]:
+    raise ValueError(f"{path}: a binary file (it holds NUL bytes), matched by {where}; "
+                     "expected UTF-8 text files only")
+  try:
+    return content.decode("utf-8")
+  except UnicodeDecodeError as error:
+    raise ValueError(f"{path}: not UTF-8 text (invalid byte at offset {error.start}), matched "
+                     f"by {where}; expected UTF-8 text files only") from None
+
+
 def _text_files(pattern: str, text_field: str, where: str) -> list[tuple[str, str]]:
   """Documents with ids relative to the glob's fixed prefix: the split does not change
   when the data directory moves."""
-  paths = sorted(glob_lib.glob(pattern, recursive=True))
+  paths = sorted(path for path in glob_lib.glob(pattern, recursive=True) if os.path.isfile(path))
   root = _glob_root(pattern)
   if not paths:
     raise ValueError(f"{where}={pattern!r}: no files match")
   documents = []
   for path in paths:
-    with open(path, encoding="utf-8", errors="replace") as f:
-      if path.endswith(".jsonl"):
-        for line_number, line in enumerate(f, start=1):
-          if not line.strip():
-            continue
-          try:
-            record = json.loads(line)
-            text = record[text_field]
-          except (json.JSONDecodeError, KeyError, TypeError):
-            raise ValueError(f"{path}:{line_number}: expected a JSON object with a string field "
-                             f"{text_field!r} (data.sources.*.text_field)") from None
-          documents.append((f"{os.path.relpath(path, root)}:{line_number}", text))
-      else:
-        documents.append((os.path.relpath(path, root), f.read()))
+    text = _read_text(path, where)
+    if path.endswith(".jsonl"):
+      for line_number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+          continue
+        try:
+          record = json.loads(line)
+          document = record[text_field]
+          if not isinstance(document, str):
+            raise TypeError
+        except (json.JSONDecodeError, KeyError, TypeError):
+          raise ValueError(f"{path}:{line_number}: expected a JSON object with a string field "
+                           f"{text_field!r} (data.sources.*.text_field)") from None
+        documents.append((f"{os.path.relpath(path, root)}:{line_number}", document))
+    else:
+      documents.append((os.path.relpath(path, root), text))
   if not any(text.strip() for _, text in documents):
     raise ValueError(f"{where}={pattern!r}: the matching files hold no text")
   return documents

@@ -83,7 +83,8 @@ def tokenized_documents(name: str, data_config: ml_collections.ConfigDict, split
     raise ValueError(f"data source {name!r} is unknown; known sources: {source_names(data_config)}")
   cache_dir = data_config.token_cache_dir
   if token_cache.exists(cache_dir, name, split):
-    return token_cache.read(cache_dir, name, split, tokenizer.fingerprint)
+    return token_cache.read(cache_dir, name, split, tokenizer.fingerprint,
+                            corpora.definition(data_config.sources[name]))
   return _LiveDocuments(corpora.documents(name, data_config.sources[name], split), tokenizer)
 
 

@@ -6,17 +6,29 @@
   cpt-jax prepare        --config=configs/demo.py            tokenize sources into the cache
   cpt-jax anneal         --from=RUN_DIR[:STEP] --workdir=NEW_DIR --steps=N [--shape=1-sqrt]
 
-Also `python -m cpt_jax ...`. Bad input ends with one line `cpt-jax: error: ...`, exit 2.
+Also `python -m cpt_jax ...`; `cpt-jax COMMAND --help` lists a command's flags. Bad input ends
+with one line `cpt-jax: error: ...` and exit 2; a failed save or a diverged run with one line
+and exit 1; Ctrl-C during training saves the current step and exits 130.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import flags
 from ml_collections import config_flags
 
-COMMANDS = ("train", "info", "plot-schedule", "prepare", "anneal")
+# Each command and the flags it reads.
+COMMANDS = {
+    "train": ("config", "workdir", "allow_config_change", "coordinator_address",
+              "num_processes", "process_id"),
+    "info": ("config",),
+    "plot-schedule": ("config", "out"),
+    "prepare": ("config",),
+    "anneal": ("from", "workdir", "steps", "shape", "end_value"),
+}
+_HELP = ("--help", "-h", "help", "--helpfull")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].",
                                           lock_config=True)
@@ -38,11 +50,56 @@ class UsageError(ValueError):
   pass
 
 
+def _usage(command: str | None) -> str:
+  if command is None:
+    return __doc__.strip()
+  lines = [f"usage: cpt-jax {command} [flags]", ""]
+  for name in COMMANDS[command]:
+    flag = flags.FLAGS[name]
+    default = "" if flag.default in (None, "") else f" (default: {flag.default})"
+    lines.append(f"  --{name}: {flag.help}{default}")
+  if "config" in COMMANDS[command]:
+    lines.append("  --config.FIELD=VALUE: override a config field, e.g. "
+                 "--config.stages[1].replay.prose=0.25")
+  return "\n".join(lines)
+
+
+def _check_config_file(argv: list[str]) -> None:
+  """Loads the --config file once before ml-collections does, so a missing file, a syntax
+  error or an unknown variant is one line naming it."""
+  import importlib.util
+  for arg in argv:
+    if not arg.startswith("--config="):
+      continue
+    path, _, variant = arg[len("--config="):].partition(":")
+    if not os.path.isfile(path):
+      raise UsageError(f"--config={path}: no such config file")
+    spec = importlib.util.spec_from_file_location("_cpt_jax_config", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+      spec.loader.exec_module(module)
+    except SyntaxError as error:
+      raise UsageError(f"{path}:{error.lineno}: syntax error: {error.msg}") from None
+    if not hasattr(module, "get_config"):
+      raise UsageError(f"--config={path}: defines no get_config(); expected an experiment "
+                       "config (see configs/demo.py)")
+    try:
+      module.get_config(variant) if variant else module.get_config()
+    except ValueError as error:
+      raise UsageError(f"--config={path}:{variant}: {error}") from None
+
+
 def _parse(argv: list[str]) -> None:
-  """Parses flags; turns ml-collections' bare errors into one line naming the field."""
+  """Parses flags; turns ml-collections' bare errors into one line naming the field.
+  Re-entrant: ml-collections reads overrides from sys.argv, so it is set to `argv`."""
+  flags.FLAGS.unparse_flags()
+  for name in [name for name in flags.FLAGS if name.startswith("config.")]:
+    delattr(flags.FLAGS, name)  # Override flags a previous parse registered.
+  _check_config_file(argv)
+  sys.argv = list(argv)
   try:
     flags.FLAGS(argv)
-  except (AttributeError, KeyError) as error:
+  except (AttributeError, KeyError, IndexError, TypeError) as error:
     from cpt_jax import experiment_config
     overrides = [arg[len("--config."):].split("=")[0] for arg in argv
                  if arg.startswith("--config.")]
@@ -86,6 +143,9 @@ def _command_info(config) -> None:
 def _command_plot_schedule(config) -> None:
   from cpt_jax import plots
   from cpt_jax import run_plan
+  directory = os.path.dirname(os.path.abspath(_OUT.value))
+  if "://" not in _OUT.value and not os.path.isdir(directory):
+    raise UsageError(f"--out={_OUT.value}: directory {directory} does not exist")
   plans = run_plan.plan(config)
   plots.plot_schedule(run_plan.learning_rate_schedule(config), plans, _OUT.value,
                       title=flags.FLAGS["config"].config_filename)
@@ -112,10 +172,18 @@ def _command_anneal() -> None:
 
 
 def main(argv: list[str]) -> int:
-  if len(argv) < 2 or argv[1] not in COMMANDS:
-    print(__doc__.strip(), file=sys.stderr)
-    return 2
+  if len(argv) < 2 or argv[1] in _HELP:
+    print(_usage(None), file=sys.stdout if len(argv) >= 2 else sys.stderr)
+    return 0 if len(argv) >= 2 else 2
   command = argv[1]
+  if command not in COMMANDS:
+    print(f"cpt-jax: error: unknown command {command!r}; expected one of "
+          f"{', '.join(COMMANDS)} (see cpt-jax --help)", file=sys.stderr)
+    return 2
+  if any(arg in _HELP for arg in argv[2:]):
+    print(_usage(command))
+    return 0
+  from cpt_jax import checkpoint, trainer
   try:
     _parse([argv[0]] + argv[2:])
     if command == "anneal":
@@ -131,12 +199,12 @@ def main(argv: list[str]) -> int:
   except ValueError as error:  # Includes UsageError: bad input, reported in one line.
     print(f"cpt-jax: error: {error}", file=sys.stderr)
     return 2
-  except RuntimeError as error:  # A failed save or a diverged run: named, checkpoints intact.
-    from cpt_jax import checkpoint, trainer
-    if not isinstance(error, (checkpoint.CheckpointError, trainer.TrainingDiverged)):
-      raise
-    print(f"cpt-jax: error: {error}", file=sys.stderr)
+  except (checkpoint.CheckpointError, trainer.TrainingDiverged) as error:
+    print(f"cpt-jax: error: {error}", file=sys.stderr)  # Named; checkpoints intact.
     return 1
+  except KeyboardInterrupt as interrupt:  # trainer.Interrupted: the step was saved.
+    print(f"cpt-jax: {interrupt or 'interrupted'}", file=sys.stderr)
+    return 130
   return 0
 
 

@@ -26,27 +26,35 @@ def _is_remote(path: str) -> bool:
 
 
 class MetricsWriter:
+  """Opens its files at the first record, so a run refused at start-up writes nothing. A
+  `fresh` run (no checkpoint to resume from) starts the records anew."""
 
-  def __init__(self, workdir: str, enabled: bool = True, staging_dir: str | None = None):
-    self._enabled = enabled
-    if not enabled:
-      return
+  def __init__(self, workdir: str, enabled: bool = True, staging_dir: str | None = None,
+               fresh: bool = False):
+    self._enabled, self._fresh, self._opened = enabled, fresh, False
     self._workdir = epath.Path(workdir)
-    if staging_dir is None and _is_remote(workdir):
+    if enabled and staging_dir is None and _is_remote(workdir):
       staging_dir = tempfile.mkdtemp(prefix="cpt_jax_records_")
     self._staging = staging_dir  # None: write in the run directory itself.
-    local = staging_dir or workdir
-    os.makedirs(local, exist_ok=True)
-    if self._staging and (self._workdir / _RECORDS).exists():  # Keep appending after a resume.
-      epath.Path(local, _RECORDS).write_bytes((self._workdir / _RECORDS).read_bytes())
-    self._jsonl = open(os.path.join(local, _RECORDS), "a", encoding="utf-8")
+    self._local = staging_dir or workdir
+
+  def _open(self) -> None:
+    self._opened = True
+    os.makedirs(self._local, exist_ok=True)
+    local_records = os.path.join(self._local, _RECORDS)
+    if self._staging and not self._fresh and (self._workdir / _RECORDS).exists():
+      # Keep appending after a resume.
+      epath.Path(local_records).write_bytes((self._workdir / _RECORDS).read_bytes())
+    self._jsonl = open(local_records, "w" if self._fresh else "a", encoding="utf-8")
     from tensorboardX import SummaryWriter  # Deferred: only the writing process needs it.
-    self._tensorboard = SummaryWriter(logdir=local, flush_secs=30)
+    self._tensorboard = SummaryWriter(logdir=self._local, flush_secs=30)
 
   def write(self, record: dict) -> None:
     """`record` holds `step` and `stage`; every other numeric field is a scalar."""
     if not self._enabled:
       return
+    if not self._opened:
+      self._open()
     self._jsonl.write(json.dumps(record) + "\n")
     self._jsonl.flush()
     for key, value in record.items():
@@ -55,7 +63,7 @@ class MetricsWriter:
 
   def flush(self) -> None:
     """Makes everything written so far visible in the run directory."""
-    if not (self._enabled and self._staging):
+    if not (self._opened and self._staging):
       return
     self._tensorboard.flush()
     self._workdir.mkdir(parents=True, exist_ok=True)
@@ -63,7 +71,7 @@ class MetricsWriter:
       (self._workdir / name).write_bytes(epath.Path(self._staging, name).read_bytes())
 
   def close(self) -> None:
-    if self._enabled:
+    if self._opened:
       self._jsonl.close()
       self._tensorboard.close()
       self.flush()

@@ -24,7 +24,8 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-_READ_DOCUMENTS = 32  # Documents read (and tokenized) at a time.
+_READ_DOCUMENTS = 32  # Documents read (and tokenized) at a time, at most...
+_READ_TOKENS = 1 << 16  # ...and about this many tokens beyond what a request needs, at most.
 ROW_KEYS = ("tokens", "segment_ids", "positions")
 LOOP_BOUNDARIES = 16  # Up to this many documents starting inside a batch's rows, loop.
 
@@ -48,11 +49,13 @@ class PackedStream:
     self._documents, self._eos_id = documents, eos_id
     self._stride, self._length = seq_len, seq_len + 1
     self._seed, self._endless = shuffle_seed, endless
+    self._tokens_read, self._documents_read = 0, 0  # For the size of the next read.
     self._orders: dict[int, np.ndarray] = {}  # epoch -> document order (the last few).
     self._epoch_ends: dict[int, np.ndarray] = {}  # epoch -> cumulative stream ends.
     if documents.lengths is not None:  # Stream tokens per document (with EOS) and per epoch.
       self._sizes = documents.lengths + 1
       self._epoch_tokens = int(self._sizes.sum())
+      self._tokens_read, self._documents_read = self._epoch_tokens, len(documents)
     self._restart(document=0, start=0)
 
   @property
@@ -85,16 +88,28 @@ class PackedStream:
         self._orders[epoch] = np.random.default_rng([self._seed, epoch]).permutation(count)
     return self._orders[epoch]
 
-  def _read_more(self) -> bool:
-    """Appends the next few documents to the window; False at the end of a finite stream."""
+  def _read_count(self, until: int) -> int:
+    """How many documents the next read takes: enough for stream position `until` plus
+    _READ_TOKENS, by the mean document size so far (one, before any is known), so memory stays
+    a small multiple of the largest document, however large."""
+    if not self._documents_read:
+      return 1
+    wanted = max(until - int(self._starts[-1]), 0) + _READ_TOKENS
+    mean = self._tokens_read / self._documents_read
+    return int(min(_READ_DOCUMENTS, max(1, np.ceil(wanted / mean))))
+
+  def _read_more(self, until: int) -> bool:
+    """Appends the next documents to the window, towards stream position `until`; False at
+    the end of a finite stream."""
     count = len(self._documents)
     ordinal = self._base + len(self._starts) - 1
+    reads = self._read_count(until)
     if not self._endless:
       if ordinal >= count:
         return False
-      ordinals = np.arange(ordinal, min(ordinal + _READ_DOCUMENTS, count))
+      ordinals = np.arange(ordinal, min(ordinal + reads, count))
     else:
-      ordinals = np.arange(ordinal, ordinal + _READ_DOCUMENTS)
+      ordinals = np.arange(ordinal, ordinal + reads)
     epochs, within = np.divmod(ordinals, count)
     indices = [int(self._order(int(e))[i]) for e, i in zip(epochs, within)]
     eos = np.array([self._eos_id], np.int32)
@@ -103,6 +118,9 @@ class PackedStream:
     for tokens in self._documents.read(indices):
       pieces += [np.asarray(tokens, np.int32), eos]
       sizes.append(len(tokens) + 1)
+    if self._documents.lengths is None:
+      self._tokens_read += sum(sizes)
+      self._documents_read += len(sizes)
     self._buffer = np.concatenate(pieces)
     self._starts = np.concatenate([self._starts[self._front:],
                                    self._starts[-1] + np.cumsum(sizes, dtype=np.int64)])
@@ -135,7 +153,7 @@ class PackedStream:
       self._restart(*self._locate(position))
     while True:
       self._front = int(np.searchsorted(self._starts, position, side="right")) - 1
-      if position < self._starts[-1] or not self._read_more():
+      if position < self._starts[-1] or not self._read_more(position + 1):
         return
 
   def rows(self, first: int, count: int) -> dict[str, np.ndarray]:
@@ -153,7 +171,7 @@ class PackedStream:
     start = first * self._stride
     end = (first + count - 1) * self._stride + self._length
     self._seek(start)
-    while self._starts[-1] < end and self._read_more():
+    while self._starts[-1] < end and self._read_more(end):
       pass
     buffer, offset = self._buffer, start - self._starts[0]
     if len(buffer) < offset + end - start:  # Past the end of a finite stream: padding.

@@ -14,6 +14,7 @@ import ml_collections
 
 from cpt_jax import corpora
 from cpt_jax import input_pipeline
+from cpt_jax import paths
 from cpt_jax import run_directory
 from cpt_jax import token_cache
 
@@ -26,6 +27,7 @@ def _encode_in_batches(tokenizer, texts, batch_size: int = 64):
 
 
 def prepare(config: ml_collections.ConfigDict) -> list[dict]:
+  config = paths.resolve_config(config)
   cache_dir = config.data.token_cache_dir
   if not cache_dir:
     raise ValueError("data.token_cache_dir is empty: set where `prepare` writes the shards, "
@@ -33,15 +35,21 @@ def prepare(config: ml_collections.ConfigDict) -> list[dict]:
   os.makedirs(cache_dir, exist_ok=True)
   # The cache directory doubles as the tokenizer's home: trained once, reused by every run.
   tokenizer = run_directory.tokenizer_for_run(config, cache_dir)
+  run_directory.save_tokenizer(cache_dir, tokenizer)
   summaries = []
   for name in input_pipeline.source_names(config.data):
     for split in corpora.SPLITS:
+      definition = corpora.definition(config.data.sources[name])
       if token_cache.exists(cache_dir, name, split):
-        print(f"{name}/{split}: already prepared")
-        continue
+        reason = token_cache.mismatch(cache_dir, name, split, definition, tokenizer.fingerprint)
+        if reason is None:
+          print(f"{name}/{split}: already prepared")
+          continue
+        print(f"{name}/{split}: {reason}; preparing it again")
       texts = corpora.documents(name, config.data.sources[name], split)
       token_arrays = _encode_in_batches(tokenizer, texts)
-      summary = token_cache.write(cache_dir, name, split, token_arrays, tokenizer.fingerprint)
+      summary = token_cache.write(cache_dir, name, split, token_arrays, tokenizer.fingerprint,
+                                  definition)
       print(f"{name}/{split}: {summary['documents']} documents, {summary['tokens']:,} tokens")
       summaries.append(summary)
   return summaries

@@ -1,10 +1,10 @@
 """A run directory's identity: its resolved config and its tokenizer.
 
-Owns `RUN_DIR/config.json` (written at the first start, compared at every resume),
-`RUN_DIR/data_splits.json` (which documents each source holds out for validation) and
-`RUN_DIR/tokenizer.json` (or `.model`): trained or copied once, then reused by every resume
-and every later stage. A resume whose config differs in a field that matters, or whose
-tokenizer differs, is refused with the differences listed.
+Owns `RUN_DIR/config.json` (compared at every resume), `RUN_DIR/data_splits.json` (which
+documents each source holds out for validation) and `RUN_DIR/tokenizer.json` (or `.model`):
+written with a run's first checkpoint (a start that fails earlier leaves none of them), then
+reused by every resume and every later stage. A resume whose config differs in a field that
+matters, or whose tokenizer differs, is refused with the differences listed.
 """
 
 from __future__ import annotations
@@ -44,34 +44,58 @@ def config_as_json(config: ml_collections.ConfigDict) -> dict:
 
 
 def fields_that_matter(config_json: dict, stages_done: int) -> dict[str, object]:
-  """Model shape, tokenizer, data layout, optimizer, schedules, and the stages up to and
-  including the current one: changing these mid-run silently changes the experiment."""
+  """Model shape, tokenizer, data sources and layout, optimizer, schedules, and the stages up
+  to and including the current one: changing these mid-run silently changes the experiment."""
   selected = {key: config_json.get(key) for key in ("model", "optimizer", "schedule", "seed")}
   data = config_json.get("data", {})
   selected["data"] = {key: data.get(key) for key in ("tokenizer", "seq_len", "global_batch_size",
-                                                     "shuffle_seed")}
+                                                     "shuffle_seed", "sources")}
   selected["stages"] = config_json.get("stages", [])[:stages_done + 1]
   return _flatten(selected)
 
 
-def check_and_store_config(workdir: str, config: ml_collections.ConfigDict, current_stage: int,
-                           allow_change: bool, write: bool = True) -> None:
-  """Writes config.json at a first start; on a resume, refuses changed fields that matter
-  (listing them) unless `allow_change`, and then records the new config. Every process of a
-  run checks (so all of them stop on a mismatch); one writes."""
+def stored_config(workdir: str) -> dict | None:
+  """The run's config.json, or None if it has none; a garbled one is named."""
   path = epath.Path(workdir) / CONFIG_FILE
-  new = config_as_json(config)
-  if path.exists():
-    old = json.loads(path.read_text())
-    before, after = fields_that_matter(old, current_stage), fields_that_matter(new, current_stage)
-    changed = sorted(key for key in set(before) | set(after) if before.get(key) != after.get(key))
-    if changed and not allow_change:
-      diff = "; ".join(f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in changed)
-      raise ConfigMismatchError(
-          f"{path} differs in fields that matter: {diff}. Use another --workdir, or pass "
-          "--allow_config_change if the change is intended (e.g. a longer last stage)")
-  if write:
-    _write_atomically(path, json.dumps(new, indent=1, sort_keys=True).encode())
+  if not path.exists():
+    return None
+  try:
+    return json.loads(path.read_text())
+  except (ValueError, UnicodeDecodeError) as error:
+    raise ValueError(f"{path}: not valid JSON ({str(error)[:100]}); it records the run's "
+                     "config: restore it, or start the run in another --workdir") from None
+
+
+def check_config(workdir: str, config: ml_collections.ConfigDict, current_stage: int,
+                 allow_change: bool) -> None:
+  """On a resume, refuses changed fields that matter (listing them) unless `allow_change`.
+  Every process of a run checks, so all of them stop on a mismatch. Nothing is written: the
+  config is stored with the run's next checkpoint (`store_identity`)."""
+  old = stored_config(workdir)
+  if old is None:
+    return
+  before = fields_that_matter(old, current_stage)
+  after = fields_that_matter(config_as_json(config), current_stage)
+  changed = sorted(key for key in set(before) | set(after) if before.get(key) != after.get(key))
+  if changed and not allow_change:
+    diff = "; ".join(f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in changed)
+    raise ConfigMismatchError(
+        f"{epath.Path(workdir) / CONFIG_FILE} differs in fields that matter: {diff}. Use another "
+        "--workdir, or pass --allow_config_change if the change is intended (e.g. a longer "
+        "last stage)")
+
+
+def store_identity(workdir: str, config: ml_collections.ConfigDict,
+                   tokenizer: tokenizer_lib.Tokenizer) -> None:
+  """Writes config.json, the tokenizer and data_splits.json: called with a run's first
+  checkpoint, so a start that fails before it leaves nothing that refuses the next start."""
+  _write_atomically(epath.Path(workdir) / CONFIG_FILE,
+                    json.dumps(config_as_json(config), indent=1, sort_keys=True).encode())
+  save_tokenizer(workdir, tokenizer)
+  record = {name: corpora.split_record(name, source) for name, source in
+            sorted(config.data.sources.items())}
+  _write_atomically(epath.Path(workdir) / "data_splits.json",
+                    json.dumps(record, indent=1).encode())
 
 
 def _write_atomically(path: epath.Path, content: bytes) -> None:
@@ -87,40 +111,36 @@ def _first_stage_source(config: ml_collections.ConfigDict) -> str:
   return config.data.tokenizer.train_source or sorted(config.stages[0].mixture.keys())[0]
 
 
-def tokenizer_for_run(config: ml_collections.ConfigDict, workdir: str,
+def tokenizer_for_run(config: ml_collections.ConfigDict, workdir: str, *,
+                      reuse_saved: bool = True,
                       inherit_from: str = "") -> tokenizer_lib.Tokenizer:
-  """The run's tokenizer: its saved copy if there is one; else the tokenizer of the run it
-  starts from (`inherit_from`); else trained ("bpe") or loaded from data.tokenizer.path.
-  The result is saved into `workdir` for every later resume and stage."""
+  """The run's tokenizer: its saved copy if `reuse_saved` (a run with checkpoints) and there
+  is one; else the tokenizer of the run it starts from (`inherit_from`); else trained ("bpe")
+  or loaded from data.tokenizer.path. Writing it is `store_identity`'s job."""
   settings = config.data.tokenizer
   file_name = tokenizer_lib.saved_file_name(settings.kind)
   saved = epath.Path(workdir) / file_name
+  loaded_kind = "hf_json" if settings.kind == "bpe" else settings.kind
   if settings.kind == "bytes":
     return tokenizer_lib.bytes_tokenizer()
-  if saved.exists():
-    return tokenizer_lib.load(settings.kind if settings.kind != "bpe" else "hf_json",
-                              str(saved), settings.eos_token)
+  if reuse_saved and saved.exists():
+    return tokenizer_lib.load(loaded_kind, str(saved), settings.eos_token)
   if inherit_from and (epath.Path(inherit_from) / file_name).exists():
-    result = tokenizer_lib.load("hf_json" if settings.kind == "bpe" else settings.kind,
-                                str(epath.Path(inherit_from) / file_name), settings.eos_token)
-  elif settings.kind == "bpe":
+    return tokenizer_lib.load(loaded_kind, str(epath.Path(inherit_from) / file_name),
+                              settings.eos_token)
+  if settings.kind == "bpe":
     cache_copy = os.path.join(config.data.token_cache_dir, "tokenizer.json")
     if config.data.token_cache_dir and os.path.exists(cache_copy):
-      result = tokenizer_lib.load("hf_json", cache_copy, settings.eos_token)
-    else:
-      source = _first_stage_source(config)
-      texts = corpora.documents(source, config.data.sources[source], "train")
-      result = tokenizer_lib.train_bpe(texts, settings.vocab_size, settings.train_megabytes)
-  else:
-    result = tokenizer_lib.load(settings.kind, settings.path, settings.eos_token)
-  _write_atomically(saved, result.serialized)
-  return result
+      return tokenizer_lib.load("hf_json", cache_copy, settings.eos_token)
+    source = _first_stage_source(config)
+    texts = corpora.documents(source, config.data.sources[source], "train")
+    return tokenizer_lib.train_bpe(texts, settings.vocab_size, settings.train_megabytes)
+  return tokenizer_lib.load(settings.kind, settings.path, settings.eos_token)
 
 
-def record_data_splits(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Writes `RUN_DIR/data_splits.json`: how each source was split and which documents were
-  held out for validation, so an experiment's evaluation data can be audited later."""
-  record = {name: corpora.split_record(name, source) for name, source in
-            sorted(config.data.sources.items())}
-  _write_atomically(epath.Path(workdir) / "data_splits.json",
-                    json.dumps(record, indent=1).encode())
+def save_tokenizer(directory: str, tokenizer: tokenizer_lib.Tokenizer) -> None:
+  """The tokenizer's file in `directory` (a run's, or the token cache's); none for bytes."""
+  if tokenizer.kind == "bytes":
+    return
+  _write_atomically(epath.Path(directory) / tokenizer_lib.saved_file_name(tokenizer.kind),
+                    tokenizer.serialized)

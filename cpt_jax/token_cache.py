@@ -3,8 +3,9 @@
 `cpt-jax prepare` writes `<cache_dir>/<source>/<split>.array_record` (one record per
 document: int32 token ids), `<split>.lengths.npy` (tokens per document, so packing can seek
 anywhere without reading what lies before) and `<split>.json` naming the tokenizer's
-fingerprint. Readers check that fingerprint, so a cache made with another vocabulary is
-refused. Records are written with `group_size:1`, which keeps random access fast (64 reads
+fingerprint and the source's full definition (kind, corpus, globs, split settings). Readers
+check both, so a cache made from other files or with another vocabulary is refused, never
+silently trained on. Records are written with `group_size:1`, which keeps random access fast (64 reads
 ~8x slower).
 """
 
@@ -30,8 +31,26 @@ def exists(cache_dir: str, source: str, split: str) -> bool:
   return bool(cache_dir) and all(os.path.exists(p) for p in paths(cache_dir, source, split))
 
 
+def mismatch(cache_dir: str, source: str, split: str, definition: dict,
+             fingerprint: str) -> str | None:
+  """Why the prepared split does not hold `definition`'s documents tokenized with
+  `fingerprint` (None if it does)."""
+  with open(paths(cache_dir, source, split)[1]) as f:
+    meta = json.load(f)
+  if meta.get("tokenizer_fingerprint") != fingerprint:
+    return "tokenized with another tokenizer than this run's"
+  prepared = meta.get("source_definition") or {}
+  changed = sorted(key for key in set(prepared) | set(definition)
+                   if prepared.get(key) != definition.get(key))
+  if changed:
+    differences = ", ".join(f"{key}: {prepared.get(key)!r} vs {definition.get(key)!r}"
+                            for key in changed)
+    return f"prepared from another definition of source {source!r} ({differences})"
+  return None
+
+
 def write(cache_dir: str, source: str, split: str, token_arrays: Iterable[np.ndarray],
-          fingerprint: str) -> dict:
+          fingerprint: str, definition: dict) -> dict:
   """Writes one split atomically (temp files, then rename) and returns its summary."""
   from array_record.python import array_record_module  # Deferred: only `prepare` writes.
 
@@ -46,7 +65,8 @@ def write(cache_dir: str, source: str, split: str, token_arrays: Iterable[np.nda
   with open(lengths_path + ".tmp", "wb") as f:
     np.save(f, np.asarray(lengths, np.int64))
   meta = {"source": source, "split": split, "tokenizer_fingerprint": fingerprint,
-          "documents": len(lengths), "tokens": int(sum(lengths))}
+          "source_definition": definition, "documents": len(lengths),
+          "tokens": int(sum(lengths))}
   with open(meta_path + ".tmp", "w") as f:
     json.dump(meta, f, indent=1)
   os.replace(records_path + ".tmp", records_path)
@@ -72,14 +92,17 @@ class CachedDocuments:
     return [_decode(self._records[int(index)]) for index in indices]
 
 
-def read(cache_dir: str, source: str, split: str, fingerprint: str) -> CachedDocuments:
-  """The split's documents, checked against the meta data and this run's tokenizer."""
+def read(cache_dir: str, source: str, split: str, fingerprint: str,
+         definition: dict) -> CachedDocuments:
+  """The split's documents, checked against the source's definition, this run's tokenizer
+  and the meta data."""
   records_path, meta_path, lengths_path = paths(cache_dir, source, split)
+  reason = mismatch(cache_dir, source, split, definition, fingerprint)
+  if reason:
+    raise ValueError(f"{records_path}: {reason}; re-run `cpt-jax prepare` with this config or "
+                     "point data.token_cache_dir elsewhere")
   with open(meta_path) as f:
     meta = json.load(f)
-  if meta.get("tokenizer_fingerprint") != fingerprint:
-    raise ValueError(f"{records_path}: tokenized with another tokenizer than this run's; "
-                     "re-run `cpt-jax prepare` or point data.token_cache_dir elsewhere")
   try:
     records = grain.sources.ArrayRecordDataSource([records_path])
     if len(records) != meta["documents"]:

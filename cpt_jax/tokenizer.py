@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Callable, Iterable
+import re
+from typing import Callable, Iterable, Sequence
 
 from etils import epath
 import ml_collections
@@ -18,6 +19,11 @@ import numpy as np
 KINDS = ("bytes", "bpe", "hf_json", "sentencepiece")
 EOS_TOKEN = "<|endoftext|>"
 _BYTES_EOS = 256
+# Texts are encoded in pieces of about this many characters: HF tokenizers hold ~300 bytes per
+# token while encoding, so one 15 MB document would take ~3 GB in a single call.
+PIECE_CHARS = 1 << 20
+_BATCH_CHARS = 4 * PIECE_CHARS  # Characters encoded per call (across documents).
+_CUT = re.compile(r"(?<=\S) (?=\S)")  # A lone space between words: pre-tokenizers split there.
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -39,7 +45,7 @@ class Tokenizer:
   vocab_size: int
   eos_id: int
   fingerprint: str  # sha256 of the vocabulary's serialized form.
-  encode_batch: Callable[[list[str]], list[list[int]]]
+  encode_batch: Callable[[list[str]], list[np.ndarray]]  # int32 ids per text, no EOS.
   decode: Callable[[list[int]], str]
   serialized: bytes  # What `save` writes into a run directory.
 
@@ -50,13 +56,56 @@ class Tokenizer:
     epath.Path(path).write_bytes(self.serialized)
 
 
+def _pieces(text: str) -> list[str]:
+  """`text` cut before single spaces between words into pieces of at most PIECE_CHARS (where a
+  piece has no such space, at PIECE_CHARS). Byte-level BPE pre-tokenizes at those spaces, so
+  encoding the pieces gives the tokens of encoding the whole."""
+  pieces, start = [], 0
+  while len(text) - start > PIECE_CHARS:
+    window = text[start + PIECE_CHARS // 2:start + PIECE_CHARS]
+    last = None
+    for last in _CUT.finditer(window):
+      pass
+    cut = start + (PIECE_CHARS // 2 + last.start() if last else PIECE_CHARS)
+    pieces.append(text[start:cut])
+    start = cut
+  pieces.append(text[start:])
+  return pieces
+
+
+def _in_pieces(encode: Callable[[list[str]], Sequence[Sequence[int]]]):
+  """Wraps a batch encoder so that memory stays bounded by the piece and batch sizes, and
+  ids come back as int32 arrays (a Python list of ints takes 7x the memory)."""
+
+  def encode_batch(texts: list[str]) -> list[np.ndarray]:
+    owners, pieces = [], []
+    for index, text in enumerate(texts):
+      for piece in _pieces(text):
+        owners.append(index)
+        pieces.append(piece)
+    encoded, batch, size = [], [], 0
+    for piece in pieces + [None]:
+      if piece is None or (batch and size + len(piece) > _BATCH_CHARS):
+        encoded += [np.asarray(ids, np.int32) for ids in encode(batch)]
+        batch, size = [], 0
+      if piece is not None:
+        batch.append(piece)
+        size += len(piece)
+    result = [[] for _ in texts]
+    for owner, ids in zip(owners, encoded):
+      result[owner].append(ids)
+    return [parts[0] if len(parts) == 1 else np.concatenate(parts) for parts in result]
+
+  return encode_batch
+
+
 def _fingerprint(kind: str, serialized: bytes) -> str:
   return hashlib.sha256(kind.encode() + b"\0" + serialized).hexdigest()
 
 
 def bytes_tokenizer() -> Tokenizer:
   def encode_batch(texts):
-    return [list(text.encode("utf-8")) for text in texts]
+    return [np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32) for text in texts]
 
   def decode(ids):
     return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
@@ -79,20 +128,21 @@ def _from_hf(kind: str, serialized: bytes, eos_token: str, where: str) -> Tokeni
 
   # "hf" for both kinds: a trained BPE reloaded from its tokenizer.json is the same vocabulary.
   return Tokenizer(kind, hf.get_vocab_size(), eos_id, _fingerprint("hf", serialized),
-                   encode_batch, lambda ids: hf.decode(ids), serialized)
+                   _in_pieces(encode_batch), lambda ids: hf.decode(list(ids)), serialized)
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, megabytes: float) -> Tokenizer:
   """A byte-level BPE trained on up to `megabytes` of `texts` (deterministic for fixed input)."""
   import tokenizers
 
-  def limited():
+  def limited():  # At most `megabytes`, in pieces (one huge document trains in bounded memory).
     budget = int(megabytes * 2**20)
     for text in texts:
+      for piece in _pieces(text[:budget]):
+        yield piece
+      budget -= len(text)
       if budget <= 0:
         return
-      budget -= len(text)
-      yield text
 
   hf = tokenizers.Tokenizer(tokenizers.models.BPE())
   hf.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -117,7 +167,8 @@ def _sentencepiece(serialized: bytes, path: str) -> Tokenizer:
     raise ValueError(f"data.tokenizer.path={path!r}: the sentencepiece model has no EOS id")
   return Tokenizer("sentencepiece", processor.get_piece_size(), eos_id,
                    _fingerprint("sentencepiece", serialized),
-                   lambda texts: processor.encode(texts), processor.decode, serialized)
+                   _in_pieces(processor.encode), lambda ids: processor.decode(list(ids)),
+                   serialized)
 
 
 def load(kind: str, path: str, eos_token: str = EOS_TOKEN) -> Tokenizer:

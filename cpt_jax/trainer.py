@@ -13,6 +13,7 @@ uninterrupted run's computation exactly.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import signal
 import time
@@ -34,8 +35,10 @@ from cpt_jax import model_config
 from cpt_jax import optimizer as optimizer_lib
 from cpt_jax import packing
 from cpt_jax import parallel
+from cpt_jax import paths
 from cpt_jax import report
 from cpt_jax import run_directory
+from cpt_jax import run_lock
 from cpt_jax import run_plan
 from cpt_jax import train_step as train_step_lib
 
@@ -44,31 +47,42 @@ class TrainingDiverged(RuntimeError):
   pass
 
 
-class _Preemption:
-  """SIGTERM (how TPU VMs and schedulers announce preemption) ends the run after a checkpoint.
+class Interrupted(KeyboardInterrupt):
+  """Ctrl-C ended the run after it saved the current step."""
 
-  One process: a flag the loop checks every step. Several: JAX's preemption sync manager
-  (which catches SIGTERM itself) names one step at which every process saves together, since
-  a save is collective and processes receive the signal at different steps."""
+
+class _Preemption:
+  """SIGTERM (how TPU VMs and schedulers announce preemption) and Ctrl-C (SIGINT) end the run
+  after a checkpoint of the current step.
+
+  One process: a flag the loop checks every step; a second Ctrl-C interrupts at once. Several:
+  JAX's preemption sync manager (which catches SIGTERM itself) names one step at which every
+  process saves together, since a save is collective and processes receive the signal at
+  different steps."""
+
+  _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
-    self.received = False
+    self.received = None  # The signal that asked the run to stop.
     self._synced = jax.process_count() > 1
+    self._previous = {}
     if not self._synced:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      for signum in self._SIGNALS:
+        self._previous[signum] = signal.signal(signum, self._handle)
 
   def _handle(self, signum, frame):
-    self.received = True
+    self.received = signum
+    signal.signal(signum, self._previous[signum])  # A second signal acts at once.
 
   def check(self, step: int) -> bool:
     """Called by every process at every step, with the same steps."""
     if self._synced and multihost_utils.reached_preemption_sync_point(step):
-      self.received = True
-    return self.received
+      self.received = signal.SIGTERM
+    return self.received is not None
 
   def restore(self):
-    if not self._synced:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
 
 
 @dataclasses.dataclass
@@ -112,11 +126,9 @@ class _Run:
   """One run's mutable state: the train state, the step, counters, and where output goes."""
 
   def __init__(self, config, workdir, allow_config_change):
-    experiment_config.validate(config)
     self.config, self.workdir = config, workdir
     self.shard = input_pipeline.ProcessShard(jax.process_index(), jax.process_count())
     self.lead = self.shard.index == 0
-    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     model = model_config.from_config_dict(config.model)
     self.optimizer = optimizer_lib.make(config.optimizer)
     graphdef, state = train_step_lib.init_state(model, self.optimizer, config.seed)
@@ -129,11 +141,10 @@ class _Run:
       # Every process reads and checks: Orbax reads are collective, and all must stop alike.
       metadata = self.checkpointer.read_metadata(latest)
       plans = run_plan.plan(config, start_step=metadata["step_offset"])
-      run_directory.check_and_store_config(
-          workdir, config, run_plan.stage_at(plans, metadata["step"]).index, allow_config_change,
-          write=self.lead)
+      run_directory.check_config(workdir, config, run_plan.stage_at(plans, metadata["step"]).index,
+                                 allow_config_change)
     self.resume_step, resume, init_dir, init = None, None, "", None
-    restored = self.checkpointer.restore_latest(abstract)
+    restored = self.checkpointer.restore_latest(abstract, with_data=True)
     if restored is not None:
       self.resume_step, arrays, resume = restored
       if self.lead:
@@ -145,8 +156,9 @@ class _Run:
         raise ValueError(f"init.from_checkpoint={config.init.from_checkpoint!r}: no step "
                          f"{init_step} there (steps: {source.steps()})")
       keep = config.init.optimizer_state == "keep"
+      continue_data = config.init.data == "continue"
       if init_step is None:  # Skips corrupt steps; names the error if none restores.
-        restored = source.restore_latest(abstract, with_optimizer=keep)
+        restored = source.restore_latest(abstract, with_optimizer=keep, with_data=continue_data)
       else:
         restored = (init_step, *_restore(lambda: source.restore(
             init_step, abstract, with_optimizer=keep), config.init.from_checkpoint))
@@ -166,11 +178,8 @@ class _Run:
     else:
       self.step_offset = self.step = 0
     self.plans = run_plan.plan(config, start_step=self.step_offset)
-    if latest is None and self.lead:
-      run_directory.check_and_store_config(workdir, config, 0, allow_config_change)
-      run_directory.record_data_splits(workdir, config)
-
-    self.tokenizer = run_directory.tokenizer_for_run(config, workdir, inherit_from=init_dir)
+    self.tokenizer = run_directory.tokenizer_for_run(config, workdir, inherit_from=init_dir,
+                                                     reuse_saved=resume is not None)
     if self.tokenizer.vocab_size > model.vocab_size:
       raise ValueError(f"model.vocab_size={model.vocab_size}: smaller than the tokenizer's "
                        f"vocabulary of {self.tokenizer.vocab_size}")
@@ -197,7 +206,8 @@ class _Run:
         name: input_pipeline.validation_batches(name, config.data, self.tokenizer,
                                                 config.eval.max_batches, self.shard)
         for name in experiment_config.evaluation_sources(config)}
-    self.writer = metrics_writer.MetricsWriter(workdir, enabled=self.lead)
+    self.writer = metrics_writer.MetricsWriter(workdir, enabled=self.lead, fresh=resume is None)
+    self.identity_stored = False  # config.json and the tokenizer go with the first checkpoint.
 
   def evaluate(self, stage_plan) -> None:
     losses = evaluation.evaluate(self.executor.eval_step, self.state.params, self.eval_batches)
@@ -209,16 +219,22 @@ class _Run:
                          self.config)
     self.checkpointer.save(self.step, self.executor.for_checkpoint(self.state), metadata,
                            data_iterator)
+    if self.lead and not self.identity_stored:
+      run_directory.store_identity(self.workdir, self.config, self.tokenizer)
+    self.identity_stored = True
     self.writer.flush()  # Records up to a checkpoint are never lost (object stores).
 
   def _log(self, pending, stage_plan, bar) -> None:
     """Writes a train record from metrics fetched now, one step after they were computed."""
     step, metrics, tokens = pending
     metrics = {key: float(value) for key, value in jax.device_get(metrics).items()}
-    if not np.isfinite(metrics["loss"]):
-      raise TrainingDiverged(
-          f"loss is {metrics['loss']} at step {step} (stage {stage_plan.name!r}); stopping. "
-          f"Checkpoints up to step {self.checkpointer.steps()[-1:] or 'none'} are intact")
+    for name in ("loss", "grad_norm"):  # A non-finite gradient makes the new params NaN.
+      if not np.isfinite(metrics[name]):
+        saved = self.checkpointer.steps()
+        raise TrainingDiverged(
+            f"{name} is {metrics[name]} at step {step} (stage {stage_plan.name!r}); stopping. "
+            + (f"Checkpoints up to step {saved[-1]} are intact" if saved else
+               "No checkpoint was saved"))
     now = time.perf_counter()
     previous_tokens, previous_clock = self._last_log
     tokens_per_second = (sum(tokens.values()) - previous_tokens) / max(now - previous_clock, 1e-9)
@@ -259,6 +275,7 @@ class _Run:
       self.progress.add(rows, self.names, config.data.seq_len)
       self.state, metrics = self.executor.train_step(self.state, packing.to_model_batch(rows))
       self.step += 1
+      self.checkpointer.check_background_save()  # A lost save stops the run now.
       if pending is not None:
         self._log(pending, stage_plan, bar)
         pending = None
@@ -283,7 +300,35 @@ class _Run:
 
 def train(config: ml_collections.ConfigDict, workdir: str, *,
           allow_config_change: bool = False) -> dict:
-  """Runs (or resumes) the experiment in `workdir`; returns the run's summary."""
+  """Runs (or resumes) the experiment in `workdir`; returns the run's summary.
+
+  Local paths (relative ones, `~`) are resolved first. Process 0 holds the run directory's
+  lock for the whole run. SIGTERM saves the current step and returns {}; Ctrl-C saves it and
+  raises `Interrupted`."""
+  config, workdir = paths.resolve_config(config), paths.resolve(workdir)
+  experiment_config.validate(config)
+  if config.data.global_batch_size % jax.device_count():
+    raise ValueError(f"data.global_batch_size={config.data.global_batch_size}: expected a "
+                     f"multiple of the {jax.device_count()} devices")
+  run_dir = epath.Path(workdir)
+  created = not run_dir.exists()
+  try:
+    run_dir.mkdir(parents=True, exist_ok=True)
+  except (FileExistsError, NotADirectoryError):
+    raise ValueError(f"--workdir={workdir!r}: it, or a directory above it, is a file; expected "
+                     "a directory") from None
+  lock = run_lock.RunLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+  try:
+    with lock:
+      return _train_locked(config, workdir, allow_config_change)
+  except ValueError:  # Bad input: a new run directory is removed again, untouched.
+    if created and jax.process_index() == 0 and not any(
+        (run_dir / checkpoint_lib.directory("")).glob("[0-9]*")):
+      run_dir.rmtree()
+    raise
+
+
+def _train_locked(config, workdir, allow_config_change) -> dict:
   run = _Run(config, workdir, allow_config_change)
   preemption = _Preemption()
   bar = tqdm.tqdm(total=run.plans[-1].end_step, initial=run.step, dynamic_ncols=True,
@@ -298,6 +343,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     bar.close()
     preemption.restore()
     run.close()
+  if preemption.received == signal.SIGINT:
+    raise Interrupted(f"interrupted (Ctrl-C): saved step {run.step}; rerun the same command "
+                      "to resume")
   if preemption.received:
     print(f"preempted (SIGTERM): saved step {run.step}; rerun the same command to resume")
     return {}

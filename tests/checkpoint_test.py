@@ -2,6 +2,10 @@
 
 import dataclasses
 import os
+import time
+
+import grain
+import ml_collections
 
 import jax
 import numpy as np
@@ -21,6 +25,42 @@ def _replicated_state():
   optimizer = optimizer_lib.make(optimizer_lib.default_config())
   _, state = train_step_lib.init_state(CONFIG, optimizer, seed=0)
   return jax.device_put(state, data_parallel.replicated_sharding())
+
+
+class _CountingIterator(grain.DatasetIterator):
+
+  def __init__(self):
+    super().__init__()
+    self._batch = 0
+
+  def __next__(self):
+    self._batch += 1
+    return self._batch
+
+  def get_state(self):
+    return {"batch": self._batch, "streams": []}
+
+  def set_state(self, state):
+    self._batch = state["batch"]
+
+
+class _CountingDataset(grain.IterDataset):
+
+  def __iter__(self):
+    return _CountingIterator()
+
+
+def _garble(directory):
+  for parent, _, files in os.walk(directory):
+    for name in files:
+      if not name.startswith("_"):
+        with open(os.path.join(parent, name), "wb") as f:
+          f.write(b"garbage")
+
+
+def _tree_listing(root):
+  return sorted((os.path.relpath(os.path.join(d, f), root), os.path.getmtime(os.path.join(d, f)))
+                for d, _, files in os.walk(root) for f in files)
 
 
 def _bytes_under(path):
@@ -62,7 +102,8 @@ def test_failed_save_is_named_and_keeps_the_previous_checkpoint(tmp_path, monkey
 
   monkeypatch.setattr(ocp.CheckpointManager, "save", disk_full)
   with pytest.raises(checkpoint_lib.CheckpointError,
-                     match=r"saving step 2 .* No space left on device.*step 1\) is intact"):
+                     match=r"saving step 2 .* No space left on device; the last checkpoint on "
+                           r"disk is step 1$"):
     checkpointer.save(2, state, {"step": 2}, None)
   monkeypatch.undo()
   abstract = checkpoint_lib.abstract_like(state, data_parallel.replicated_sharding())
@@ -71,11 +112,60 @@ def test_failed_save_is_named_and_keeps_the_previous_checkpoint(tmp_path, monkey
   jax.tree.map(np.testing.assert_array_equal, arrays["params"], state.params)
 
 
+def test_a_failed_background_save_is_noticed_at_the_next_step_boundary(tmp_path, monkeypatch):
+  # A relative directory makes Orbax's background write fail (the trainer resolves paths).
+  monkeypatch.chdir(tmp_path)
+  settings = ml_collections.ConfigDict({"keep": 3, "keep_every": 0, "async_save": True})
+  checkpointer = checkpoint_lib.Checkpointer("relative_run", settings)
+  checkpointer.save(100, _replicated_state(), {"step": 100}, None)
+  deadline = time.time() + 60
+  with pytest.raises(checkpoint_lib.CheckpointError,
+                     match=r"saving step 100 to relative_run/checkpoints failed in the background: "
+                           r".*should be absolute.*; no checkpoint yet$"):
+    while time.time() < deadline:
+      checkpointer.check_background_save()  # Never blocks: polled once per step.
+      time.sleep(0.01)
+  assert checkpointer.steps() == []
+
+
+def test_a_read_only_source_falls_back_without_writing(tmp_path):
+  state = _replicated_state()
+  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path))
+  for step in (1, 2):
+    checkpointer.save(step, state, {"step": step}, None)
+  checkpointer.wait()
+  _garble(tmp_path / "checkpoints" / "2" / "params")
+  before = _tree_listing(tmp_path)
+  abstract = checkpoint_lib.abstract_like(state, data_parallel.replicated_sharding())
+  source = checkpoint_lib.Checkpointer(str(tmp_path), read_only=True)
+  step, _, _ = source.restore_latest(abstract)
+  assert step == 1 and _tree_listing(tmp_path) == before  # Nothing moved or written.
+  step, _, _ = checkpointer.restore_latest(abstract)  # The run itself sets the step aside.
+  assert step == 1 and os.listdir(tmp_path / "checkpoints.corrupt") == ["2"]
+
+
+def test_a_garbled_data_iterator_state_falls_back_to_the_previous_step(tmp_path):
+  state = _replicated_state()
+  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path))
+  iterator = iter(_CountingDataset())
+  for step in (1, 2):
+    next(iterator)
+    checkpointer.save(step, state, {"step": step, "process_count": 1}, iterator)
+  checkpointer.wait()
+  data_file = tmp_path / "checkpoints" / "2" / "data" / "process_0-of-1.json"
+  data_file.write_text("{garbled")
+  abstract = checkpoint_lib.abstract_like(state, data_parallel.replicated_sharding())
+  step, _, _ = checkpointer.restore_latest(abstract, with_data=True)
+  assert step == 1
+
+
 def test_unwritable_checkpoint_directory_is_named(tmp_path):
   blocker = tmp_path / "a_file"
   blocker.write_text("not a directory")
-  with pytest.raises(checkpoint_lib.CheckpointError, match="cannot create checkpoint directory"):
-    checkpoint_lib.Checkpointer(str(blocker / "run"))
+  checkpointer = checkpoint_lib.Checkpointer(str(blocker / "run"))
+  with pytest.raises(checkpoint_lib.CheckpointError,
+                     match=r"saving step 1 to .*a_file/run/checkpoints failed: .*; no checkpoint yet"):
+    checkpointer.save(1, _replicated_state(), {"step": 1}, None)
 
 
 def test_a_step_already_saved_is_not_saved_again(tmp_path):

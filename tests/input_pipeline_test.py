@@ -167,7 +167,8 @@ def test_token_cache_round_trip_gives_the_same_batches(data_config, tmp_path):
   for name in ("old", "new"):
     live = input_pipeline.tokenized_documents(name, data_config, "train", TOKENIZER)
     arrays = live.read(range(len(live)))
-    meta = token_cache.write(str(tmp_path), name, "train", arrays, TOKENIZER.fingerprint)
+    meta = token_cache.write(str(tmp_path), name, "train", arrays, TOKENIZER.fingerprint,
+                             corpora.definition(data_config.sources[name]))
     assert meta["documents"] == len(live)
   cached = input_pipeline.tokenized_documents("new", cached_config, "train", TOKENIZER)
   np.testing.assert_array_equal(cached.lengths, [len(a) for a in arrays])
@@ -178,18 +179,27 @@ def test_token_cache_round_trip_gives_the_same_batches(data_config, tmp_path):
 
 
 def test_token_cache_of_another_tokenizer_is_refused(data_config, tmp_path):
-  token_cache.write(str(tmp_path), "old", "train", [np.arange(5)], "someone-else")
+  token_cache.write(str(tmp_path), "old", "train", [np.arange(5)], "someone-else", {})
   with pytest.raises(ValueError, match="tokenized with another tokenizer"):
-    token_cache.read(str(tmp_path), "old", "train", TOKENIZER.fingerprint)
+    token_cache.read(str(tmp_path), "old", "train", TOKENIZER.fingerprint, {})
+
+
+def test_token_cache_of_another_source_definition_is_refused(data_config, tmp_path):
+  definition = corpora.definition(data_config.sources["old"])
+  token_cache.write(str(tmp_path), "old", "train", [np.arange(5)], "fp", definition)
+  token_cache.read(str(tmp_path), "old", "train", "fp", definition)
+  moved = dict(definition, glob="/elsewhere/*.txt")
+  with pytest.raises(ValueError, match="prepared from another definition of source 'old'"):
+    token_cache.read(str(tmp_path), "old", "train", "fp", moved)
 
 
 def test_corrupt_token_cache_shard_is_named(tmp_path):
-  token_cache.write(str(tmp_path), "old", "train", [np.arange(500)] * 20, "fp")
+  token_cache.write(str(tmp_path), "old", "train", [np.arange(500)] * 20, "fp", {})
   records_path = token_cache.paths(str(tmp_path), "old", "train")[0]
   with open(records_path, "r+b") as f:
     f.truncate(os.path.getsize(records_path) // 2)
   with pytest.raises(ValueError, match=r"train.array_record: corrupt or truncated"):
-    token_cache.read(str(tmp_path), "old", "train", "fp")
+    token_cache.read(str(tmp_path), "old", "train", "fp", {})
 
 
 def test_background_prefetch_gives_the_same_batches_and_state(data_config):

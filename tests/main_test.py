@@ -1,6 +1,10 @@
 """Tests for cpt_jax/main.py (the `cpt-jax` command line) and cpt_jax/info.py."""
 
 import os
+import shlex
+import shutil
+import subprocess
+import sys
 
 import run_helpers as helpers
 
@@ -44,7 +48,7 @@ def test_missing_config_and_unknown_command():
   result = helpers.run("info", config=None, check=False)
   assert result.returncode == 2 and "--config is required" in result.stderr
   result = helpers.run("fly", config=None, check=False)
-  assert result.returncode == 2 and "cpt-jax train" in result.stderr
+  assert result.returncode == 2 and "unknown command 'fly'" in result.stderr
 
 
 def test_plot_schedule_writes_an_image(tmp_path):
@@ -69,3 +73,27 @@ def test_prepare_writes_shards_that_training_reads(tmp_path):
   helpers.run("train", f"--workdir={workdir}", f"--config.data.token_cache_dir={cache}",
               "--config.stages[0].steps=3", "--config.stages[1].steps=3")
   assert os.path.exists(os.path.join(workdir, "summary.json"))
+
+
+def test_the_readme_main_command_runs_as_a_user_types_it(tmp_path):
+  """README's install-and-run line, from a fresh working directory with its relative
+  --workdir, on the demo's smoke variant (the install is this test run's own)."""
+  with open(os.path.join(helpers.ROOT, "README.md")) as f:
+    line = next(line for line in f if line.startswith("python3 -m venv .venv") and
+                "cpt-jax train" in line)
+  install, _, train = line.strip().rpartition(" && ")
+  assert install == "python3 -m venv .venv && .venv/bin/pip install -q -e ."
+  program, *args = shlex.split(train)
+  assert program == ".venv/bin/cpt-jax" and "--config=configs/demo.py" in args
+  args = [arg + ":smoke" if arg == "--config=configs/demo.py" else arg for arg in args]
+  workdir = next(arg.split("=", 1)[1] for arg in args if arg.startswith("--workdir="))
+  assert not os.path.isabs(workdir)
+  shutil.copytree(os.path.join(helpers.ROOT, "configs"), tmp_path / "configs")
+  environment = helpers.environment()
+  del environment["XLA_FLAGS"]  # A user's machine: one CPU device.
+  executable = os.path.join(os.path.dirname(sys.executable), "cpt-jax")
+  result = subprocess.run([executable, *args], cwd=tmp_path, env=environment,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert os.path.exists(tmp_path / workdir / "summary.json")
+  assert "60" in os.listdir(tmp_path / workdir / "checkpoints")

@@ -131,3 +131,21 @@ def test_document_starts_are_marked_alike_by_the_loop_and_the_scan(monkeypatch, 
   for key in packing.ROW_KEYS:
     np.testing.assert_array_equal(packed["loop"][key], packed["scan"][key], err_msg=key)
   assert packed["loop"]["segment_ids"].max() > 2  # Several documents start inside rows.
+
+
+def test_a_huge_document_is_read_once_per_need_not_thirty_two_times():
+  # One 1M-token document, endless: each epoch is that document again. Rows need only a few
+  # thousand tokens at a time, so a read takes one copy, not a batch of 32.
+  documents = _documents([1_000_000])
+  stream = packing.PackedStream(documents, 128, EOS, shuffle_seed=0)
+  stream.rows(0, 32)
+  assert documents.reads == 1
+  stream.rows(7_800, 32)  # Crosses into the second epoch.
+  assert documents.reads == 2
+  assert stream._buffer.size <= 2 * 1_000_001
+
+
+def test_small_documents_are_still_read_in_groups():
+  documents = _documents([50] * 1000)
+  packing.PackedStream(documents, 128, EOS, shuffle_seed=0).rows(0, 64)
+  assert documents.reads >= 32 and documents.reads < 1000

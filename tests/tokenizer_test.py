@@ -2,6 +2,7 @@
 
 import os
 
+import numpy as np
 import pytest
 
 from cpt_jax import tokenizer as tokenizer_lib
@@ -80,3 +81,15 @@ def test_corrupt_sentencepiece_model_is_named(tmp_path):
   path.write_bytes(b"not a model")
   with pytest.raises(ValueError, match="not a valid sentencepiece model"):
     tokenizer_lib.load("sentencepiece", str(path))
+
+
+def test_a_huge_document_is_encoded_in_pieces_to_the_same_tokens(monkeypatch):
+  tokenizer = tokenizer_lib.train_bpe(TEXTS, vocab_size=300, megabytes=1)
+  words = ["To", "be,", "or", "not", "to", "be", "question.", "x", "+", "1\n", "def"]
+  text = " ".join(words[(i * 7) % len(words)] for i in range(30_000))
+  whole = tokenizer.encode(text)
+  monkeypatch.setattr(tokenizer_lib, "PIECE_CHARS", 1000)  # ~150 pieces instead of one.
+  pieces = tokenizer_lib._pieces(text)
+  assert len(pieces) > 100 and "".join(pieces) == text
+  assert all(len(piece) <= 1000 for piece in pieces)
+  np.testing.assert_array_equal(tokenizer.encode(text), whole)

@@ -2,8 +2,10 @@
 
 import json
 import os
+import re
 import shutil
 import signal
+import time
 
 import jax
 import numpy as np
@@ -111,6 +113,8 @@ def test_corrupt_latest_checkpoint_falls_back_with_a_warning(reference_run, tmp_
           f.write(b"garbage")
   result = helpers.run("train", f"--workdir={workdir}")
   assert "checkpoint step 60" in result.stdout and "falling back to step 55" in result.stdout
+  warnings = [line for line in (result.stdout + result.stderr).splitlines() if "step 60" in line]
+  assert len(warnings) == 1 and len(result.stderr.splitlines()) < 20  # Not thousands of lines.
   assert helpers.train_losses(workdir)[60] == helpers.train_losses(reference_run)[60]
 
 
@@ -168,17 +172,54 @@ def test_anneal_branches_off_without_touching_the_source(reference_run, tmp_path
     assert record["learning_rate"] == pytest.approx(float(expected(record["step"] - 1)), rel=1e-5)
 
 
-def test_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_a_diverging_run_never_checkpoints_nan_parameters(tmp_path):
+  # Stage 1 trains normally and is checkpointed at steps 5 and 10; stage 2's LR blows the
+  # parameters up at its first step, and its checkpoint steps 15 and 20 come after that.
   workdir = str(tmp_path / "diverged")
-  result = helpers.run("train", f"--workdir={workdir}",
-                       "--config.stages[0].schedule.peak_value=1e12",
-                       "--config.stages[0].schedule.end_value=1e11", check=False)
-  assert result.returncode == 1
-  assert "cpt-jax: error: loss is" in result.stderr
-  steps = [int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit()]
-  for step in steps:
-    _, params = helpers.final_params(workdir)
-    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(params))
+  result = helpers.run("train", f"--workdir={workdir}", "--config.stages[0].steps=10",
+                       "--config.stages[1].steps=10", "--config.stages[1].schedule.warmup=0",
+                       "--config.stages[1].schedule.peak_value=1e30",
+                       "--config.stages[1].schedule.end_value=1e30", check=False)
+  assert result.returncode == 1, result.stderr[-2000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert re.match(r"cpt-jax: error: (loss|grad_norm) is (nan|inf) at step 1[1-5] ", last), last
+  assert last.endswith("Checkpoints up to step 10 are intact"), last
+  steps = sorted(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit())
+  assert steps == [5, 10]
+  _, params = helpers.final_params(workdir)
+  assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(params))
+
+
+def test_ctrl_c_saves_the_current_step_and_exits_130(reference_run, tmp_path):
+  workdir = str(tmp_path / "interrupted")
+  process = helpers.start("train", f"--workdir={workdir}")
+  returncode, output = helpers.kill_when(process, workdir, 7, sig=signal.SIGINT)
+  assert returncode == 130, output[-2000:]
+  assert "Traceback" not in output
+  saved = int(output.split("interrupted (Ctrl-C): saved step ")[1].split(";")[0])
+  assert str(saved) in os.listdir(os.path.join(workdir, "checkpoints"))
+  assert not os.path.exists(os.path.join(workdir, "run.lock"))
+  helpers.run("train", f"--workdir={workdir}")
+  assert helpers.train_losses(workdir) == helpers.train_losses(reference_run)
+
+
+def test_a_second_run_on_the_same_directory_is_refused_while_the_first_trains(tmp_path):
+  workdir = str(tmp_path / "shared")
+  first = helpers.start("train", f"--workdir={workdir}")
+  try:
+    while helpers.last_train_step(workdir) < 2:
+      assert first.poll() is None, first.stdout.read()[-2000:]
+      time.sleep(0.05)
+    second = helpers.run("train", f"--workdir={workdir}", check=False)
+    assert second.returncode == 2
+    assert second.stderr.strip().splitlines()[-1] == (
+        f"cpt-jax: error: {workdir} is in use by process {first.pid} on this host "
+        f"({workdir}/run.lock); wait for it to end or use another --workdir")
+  finally:
+    first.kill()
+    first.communicate()
+  helpers.run("train", f"--workdir={workdir}")  # SIGKILL left a stale lock: taken over.
+  assert max(helpers.train_losses(workdir)) == 60
 
 
 def test_pmap_checkpoint_continues_in_fsdp_mode(reference_run, tmp_path):

@@ -1,0 +1,280 @@
+"""Bad input to the `cpt-jax` command line (cpt_jax/main.py), tried as a new user would.
+
+Every case runs in-process through `main.main` and must end with exit 2, exactly one line on
+stderr (`cpt-jax: error: ...` naming the problem) and the run directory as it was: a finished
+run is untouched, a new one is not left behind.
+"""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import run_helpers as helpers
+from cpt_jax import main
+
+DEMO = f"--config={helpers.DEMO}:smoke"
+
+
+def _cli(capsys, *args):
+  """(exit code, stdout, stderr lines) of `cpt-jax ARGS` run in this process."""
+  capsys.readouterr()
+  code = main.main(["cpt-jax", *args])
+  out, err = capsys.readouterr()
+  return code, out, [line for line in err.splitlines() if line.strip()]
+
+
+def _snapshot(directory):
+  """Every file under `directory` with its size and modification time."""
+  if not os.path.exists(directory):
+    return None
+  return sorted((os.path.relpath(os.path.join(d, f), directory),
+                 os.path.getsize(os.path.join(d, f)), os.path.getmtime(os.path.join(d, f)))
+                for d, _, files in os.walk(directory) for f in files)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  """A finished small run, to resume, start from and anneal from."""
+  workdir = str(tmp_path_factory.mktemp("finished") / "run")
+  assert main.main(["cpt-jax", "train", DEMO, *helpers.SMALL, f"--workdir={workdir}",
+                    "--config.stages[0].steps=5", "--config.stages[1].steps=5"]) == 0
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+  """Data and config files with something wrong in each."""
+  root = tmp_path_factory.mktemp("files")
+  (root / "text").mkdir()
+  for index in range(30):
+    (root / "text" / f"doc{index}.txt").write_text(f"plain text document {index} " * 20)
+  (root / "with_binary").mkdir()
+  for index in range(30):
+    (root / "with_binary" / f"doc{index}.txt").write_text(f"text {index} " * 20)
+  (root / "with_binary" / "image.txt").write_bytes(bytes(range(256)) * 4)
+  (root / "latin1").mkdir()
+  (root / "latin1" / "doc.txt").write_bytes("Grüße aus Köln".encode("latin-1"))
+  (root / "bad.jsonl").write_text('{"body": "no text field"}\n')
+  (root / "syntax_error.py").write_text("def get_config(:\n  pass\n")
+  (root / "no_get_config.py").write_text("X = 1\n")
+  (root / "a_file").write_text("not a directory")
+  return root
+
+
+def _train(workdir, *overrides):
+  return ("train", DEMO, *helpers.SMALL, f"--workdir={workdir}", *overrides)
+
+
+def _cases(run, files, fresh):
+  """(name, args, expected message part, run directory that must stay as it was)."""
+  source = "--config.data.sources.code"
+  return [
+      # Config files and overrides.
+      ("missing config file", ("info", "--config=configs/nothere.py"), "no such config file",
+       None),
+      ("syntax error in config", ("info", f"--config={files}/syntax_error.py"),
+       "syntax_error.py:1: syntax error", None),
+      ("config without get_config", ("info", f"--config={files}/no_get_config.py"),
+       "defines no get_config()", None),
+      ("unknown variant", ("info", f"--config={helpers.DEMO}:smok"),
+       "unknown variant 'smok'; this config's variants: smoke", None),
+      ("stage index out of range", ("info", DEMO, "--config.stages[5].steps=3"),
+       "config.stages has no element [5]", None),
+      ("misspelt field", ("info", DEMO, "--config.stages[1].schedul.peak_value=1"),
+       "did you mean config.stages[1].schedule", None),
+      ("unparsable value", ("info", DEMO, "--config.data.seq_len=abc"), "seq_len", None),
+      ("no --config", ("info",), "--config is required", None),
+      ("sequence longer than context", ("info", DEMO, "--config.data.seq_len=1000"),
+       "exceeds the model's context", None),
+      ("unknown parallel mode", ("info", DEMO, "--config.parallel=tensor"), "parallel='tensor'",
+       None),
+      ("weights not summing to 1", ("info", DEMO, "--config.stages[0].mixture.prose=0.5"),
+       "weights sum to 0.5; expected 1", None),
+      ("unknown tokenizer kind", ("info", DEMO, "--config.data.tokenizer.kind=word"),
+       "data.tokenizer.kind='word'", None),
+      ("unknown source kind", ("info", DEMO, f"{source}.kind=web"),
+       "data.sources.code.kind='web'", None),
+      ("heads not dividing the width", ("info", DEMO, "--config.model.num_heads=3"),
+       "model.num_heads=3", None),
+      ("Adam beta out of range", ("info", DEMO, "--config.optimizer.b1=1.5"),
+       "optimizer.b1=1.5", None),
+      ("evaluation never", ("info", DEMO, "--config.eval.every=0"), "eval.every=0", None),
+      ("unknown init policy", ("info", DEMO, "--config.init.optimizer_state=maybe"),
+       "init.optimizer_state='maybe'", None),
+      # Paths.
+      ("no --workdir", ("train", DEMO), "--workdir is required", None),
+      ("workdir is a file", _train(files / "a_file"), "is a file", None),
+      ("workdir under a file", _train(files / "a_file" / "run"), "is a file", None),
+      ("plot into a missing directory",
+       ("plot-schedule", DEMO, f"--out={files}/missing/lr.png"), "does not exist", None),
+      ("glob matching nothing", _train(fresh, f"{source}.kind=text_files",
+                                       f"{source}.glob={files}/none/*.txt"),
+       "no files match", fresh),
+      ("missing tokenizer file", _train(fresh, "--config.data.tokenizer.kind=hf_json",
+                                        "--config.data.tokenizer.path=/nonexistent.json"),
+       "tokenizer file not found", fresh),
+      # Data.
+      ("binary file among text", _train(fresh, f"{source}.kind=text_files",
+                                         f"{source}.glob={files}/with_binary/*.txt"),
+       "image.txt: a binary file", fresh),
+      ("non-UTF-8 text", _train(fresh, f"{source}.kind=text_files",
+                                f"{source}.glob={files}/latin1/*.txt",
+                                f"{source}.validation_glob={files}/latin1/*.txt"),
+       "doc.txt: not UTF-8 text", fresh),
+      ("JSONL without the text field", _train(fresh, f"{source}.kind=text_files",
+                                               f"{source}.glob={files}/bad.jsonl",
+                                               f"{source}.validation_glob={files}/bad.jsonl"),
+       "bad.jsonl:1: expected a JSON object with a string field 'text'", fresh),
+      ("batch not divisible by devices", _train(fresh, "--config.data.global_batch_size=12"),
+       "expected a multiple of the 8 devices", fresh),
+      ("tokenizer larger than the model", _train(fresh, "--config.model.vocab_size=200"),
+       "smaller than the tokenizer's vocabulary", fresh),
+      ("prepare without a cache directory", ("prepare", DEMO), "data.token_cache_dir is empty",
+       None),
+      # Resume.
+      ("resume with another model", _train(run, "--config.model.num_layers=3"),
+       "model.num_layers: 2 -> 3", run),
+      ("resume with another data source", _train(run, f"{source}.corpus=shakespeare"),
+       "data.sources.code.corpus: 'python_stdlib' -> 'shakespeare'", run),
+      ("resume with another tokenizer, change allowed",
+       _train(run, "--config.data.tokenizer.kind=bpe", "--config.data.tokenizer.vocab_size=300",
+              "--allow_config_change"), "another tokenizer", run),
+      # Start from another run.
+      ("init from a missing run", _train(fresh, "--config.init.from_checkpoint=/nonexistent/run"),
+       "init.from_checkpoint='/nonexistent/run'", fresh),
+      ("init from a missing step", _train(fresh, f"--config.init.from_checkpoint={run}:999"),
+       "no step 999", fresh),
+      ("init with another tokenizer",
+       _train(fresh, f"--config.init.from_checkpoint={run}", "--config.data.tokenizer.kind=bpe",
+              "--config.data.tokenizer.vocab_size=300"), "another tokenizer", fresh),
+      # Anneal.
+      ("anneal from a missing run", ("anneal", "--from=/nonexistent/run", f"--workdir={fresh}",
+                                     "--steps=5"), "no config.json there", fresh),
+      ("anneal from a missing step", ("anneal", f"--from={run}:999", f"--workdir={fresh}",
+                                      "--steps=5"), "no such checkpoint", fresh),
+      ("anneal into its source", ("anneal", f"--from={run}", f"--workdir={run}", "--steps=5"),
+       "must differ from the source run directory", run),
+      ("anneal of zero steps", ("anneal", f"--from={run}", f"--workdir={fresh}", "--steps=0"),
+       "expected a positive number of anneal steps", fresh),
+      ("anneal without --steps", ("anneal", f"--from={run}", f"--workdir={fresh}"),
+       "--steps is required", fresh),
+      ("unknown command", ("fly",), "unknown command 'fly'", None),
+  ]
+
+
+def test_bad_input_is_one_line_exit_2_and_leaves_run_directories_as_they_were(
+    capsys, finished_run, files, tmp_path):
+  fresh = str(tmp_path / "new_run")
+  cases = _cases(finished_run, files, fresh)
+  assert len(cases) >= 30
+  for name, args, expected, directory in cases:
+    before = _snapshot(directory) if directory else None
+    code, _, err = _cli(capsys, *args)
+    assert code == 2, (name, code, err[-5:])
+    assert len(err) == 1 and err[0].startswith("cpt-jax: error: "), (name, err[-5:])
+    assert expected in err[0], (name, err[0])
+    if directory:
+      assert _snapshot(directory) == before, name  # None: a new directory is not left behind.
+
+
+def test_garbled_config_json_is_named(capsys, finished_run, tmp_path):
+  workdir = str(tmp_path / "garbled")
+  shutil.copytree(finished_run, workdir)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write("{not json")
+  before = _snapshot(workdir)
+  code, _, err = _cli(capsys, *_train(workdir))
+  assert code == 2 and len(err) == 1, err
+  assert f"{workdir}/config.json: not valid JSON" in err[0]
+  assert _snapshot(workdir) == before
+
+
+def test_a_run_directory_in_use_is_refused(capsys, finished_run, tmp_path):
+  workdir = str(tmp_path / "in_use")
+  shutil.copytree(finished_run, workdir)
+  with open(os.path.join(workdir, "run.lock"), "w") as f:
+    json.dump({"host": os.uname().nodename, "pid": os.getppid()}, f)  # A live process.
+  code, _, err = _cli(capsys, *_train(workdir))
+  assert code == 2 and len(err) == 1, err
+  assert f"is in use by process {os.getppid()} on this host" in err[0]
+
+
+def test_a_stale_lock_is_taken_over(capsys, finished_run, tmp_path):
+  workdir = str(tmp_path / "stale")
+  shutil.copytree(finished_run, workdir)
+  with open(os.path.join(workdir, "run.lock"), "w") as f:
+    json.dump({"host": os.uname().nodename, "pid": 2**22 + 12345}, f)  # No such process.
+  code, _, err = _cli(capsys, *_train(workdir, "--config.stages[0].steps=5",
+                                      "--config.stages[1].steps=6", "--allow_config_change"))
+  assert code == 0, err[-5:]
+  assert not os.path.exists(os.path.join(workdir, "run.lock"))  # Released at the end.
+  assert max(helpers.train_losses(workdir)) == 11
+
+
+def test_a_failed_first_start_does_not_block_the_corrected_command(capsys, tmp_path):
+  workdir = str(tmp_path / "first")
+  code, _, err = _cli(capsys, *_train(workdir, "--config.data.tokenizer.kind=bpe",
+                                      "--config.data.tokenizer.vocab_size=500"))
+  assert code == 2 and "smaller than the tokenizer's vocabulary" in err[0]
+  assert not os.path.exists(workdir)
+  os.makedirs(workdir)  # An existing empty directory: the failed start writes nothing there.
+  assert _cli(capsys, *_train(workdir, "--config.data.tokenizer.kind=bpe",
+                              "--config.data.tokenizer.vocab_size=500"))[0] == 2
+  assert os.listdir(workdir) == []
+  code, _, err = _cli(capsys, *_train(workdir, "--config.stages[0].steps=2",
+                                      "--config.stages[1].steps=2"))
+  assert code == 0, err[-5:]
+
+
+def test_starting_from_a_run_with_a_corrupt_latest_step_leaves_it_untouched(
+    capsys, finished_run, tmp_path):
+  source = str(tmp_path / "source")
+  shutil.copytree(finished_run, source)
+  for directory, _, names in os.walk(os.path.join(source, "checkpoints", "10", "params")):
+    for name in names:
+      if not name.startswith("_"):
+        with open(os.path.join(directory, name), "wb") as f:
+          f.write(b"garbage")
+  before = _snapshot(source)
+  code, out, err = _cli(capsys, *_train(str(tmp_path / "new"),
+                                        f"--config.init.from_checkpoint={source}",
+                                        "--config.stages[0].steps=2", "--config.stages[1].steps=2"))
+  assert code == 0, err[-5:]
+  assert "checkpoint step 10" in out and "falling back to step 5" in out
+  assert _snapshot(source) == before
+
+
+def test_a_changed_source_definition_prepares_the_cache_again(capsys, files, tmp_path):
+  cache = str(tmp_path / "tokens")
+  code_source = "--config.data.sources.code"
+  held_out = f"{code_source}.validation_glob={files}/text/doc3.txt"
+  first = (f"{code_source}.kind=text_files", f"{code_source}.glob={files}/text/doc1*.txt",
+           held_out)
+  second = (f"{code_source}.kind=text_files", f"{code_source}.glob={files}/text/doc2*.txt",
+            held_out)
+  assert _cli(capsys, "prepare", DEMO, *helpers.SMALL, f"--config.data.token_cache_dir={cache}",
+              *first)[0] == 0
+  code, out, _ = _cli(capsys, "prepare", DEMO, *helpers.SMALL,
+                      f"--config.data.token_cache_dir={cache}", *second)
+  assert code == 0 and "code/train: prepared from another definition of source 'code' (glob: " in out
+  assert "prose/train: already prepared" in out
+  meta = json.load(open(os.path.join(cache, "code", "train.json")))
+  assert meta["source_definition"]["glob"] == f"{files}/text/doc2*.txt"
+  # Training with the first definition now refuses the cache rather than using B's tokens.
+  code, _, err = _cli(capsys, *_train(str(tmp_path / "run"), *first,
+                                      f"--config.data.token_cache_dir={cache}"))
+  assert code == 2 and "prepared from another definition of source 'code'" in err[0]
+
+
+def test_help_prints_usage_and_exits_zero(capsys):
+  for args in (("--help",), ("-h",), ("help",), ("train", "--help"), ("anneal", "-h"),
+               ("info", "--help")):
+    code, out, err = _cli(capsys, *args)
+    assert code == 0 and not err, args
+    assert "cpt-jax" in out
+  assert "--workdir" in _cli(capsys, "train", "--help")[1]
+  assert "--steps" in _cli(capsys, "anneal", "--help")[1]
+  np.testing.assert_equal(_cli(capsys)[0], 2)  # No command at all: usage, exit 2.

@@ -190,21 +190,8 @@ def test_a_diverging_run_never_checkpoints_nan_parameters(tmp_path):
   assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(params))
 
 
-def test_ctrl_c_saves_the_current_step_and_exits_130(reference_run, tmp_path):
+def test_a_second_run_is_refused_and_ctrl_c_saves_and_exits_130(reference_run, tmp_path):
   workdir = str(tmp_path / "interrupted")
-  process = helpers.start("train", f"--workdir={workdir}")
-  returncode, output = helpers.kill_when(process, workdir, 7, sig=signal.SIGINT)
-  assert returncode == 130, output[-2000:]
-  assert "Traceback" not in output
-  saved = int(output.split("interrupted (Ctrl-C): saved step ")[1].split(";")[0])
-  assert str(saved) in os.listdir(os.path.join(workdir, "checkpoints"))
-  assert not os.path.exists(os.path.join(workdir, "run.lock"))
-  helpers.run("train", f"--workdir={workdir}")
-  assert helpers.train_losses(workdir) == helpers.train_losses(reference_run)
-
-
-def test_a_second_run_on_the_same_directory_is_refused_while_the_first_trains(tmp_path):
-  workdir = str(tmp_path / "shared")
   first = helpers.start("train", f"--workdir={workdir}")
   try:
     while helpers.last_train_step(workdir) < 2:
@@ -215,11 +202,16 @@ def test_a_second_run_on_the_same_directory_is_refused_while_the_first_trains(tm
     assert second.stderr.strip().splitlines()[-1] == (
         f"cpt-jax: error: {workdir} is in use by process {first.pid} on this host "
         f"({workdir}/run.lock); wait for it to end or use another --workdir")
+    returncode, output = helpers.kill_when(first, workdir, 7, sig=signal.SIGINT)
   finally:
     first.kill()
-    first.communicate()
-  helpers.run("train", f"--workdir={workdir}")  # SIGKILL left a stale lock: taken over.
-  assert max(helpers.train_losses(workdir)) == 60
+  assert returncode == 130, output[-2000:]
+  assert "Traceback" not in output
+  saved = int(output.split("interrupted (Ctrl-C): saved step ")[1].split(";")[0])
+  assert str(saved) in os.listdir(os.path.join(workdir, "checkpoints"))
+  assert not os.path.exists(os.path.join(workdir, "run.lock"))  # Released.
+  helpers.run("train", f"--workdir={workdir}")
+  assert helpers.train_losses(workdir) == helpers.train_losses(reference_run)
 
 
 def test_pmap_checkpoint_continues_in_fsdp_mode(reference_run, tmp_path):

@@ -31,6 +31,8 @@ def get_config(variant: str = ""):
   base_config.check_variant(variant, ("infinite", "replay0"))
   config = base_config.base_config()
   config.model = model_config.preset_config_dict("pythia-410m", compute_dtype="bfloat16")
+  # GPT-NeoX (the code the paper ran) decays every weight but norms and biases.
+  config.optimizer.decay_embeddings = True
   config.data.seq_len = SEQ_LEN
   config.data.global_batch_size = BATCH
   config.data.tokenizer.kind = "hf_json"

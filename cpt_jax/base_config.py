@@ -39,6 +39,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.every = 100  # Evaluate every this many steps (and at every stage's end).
   config.eval.max_batches = 8  # Validation batches per source; the same batches every time.
   config.eval.sources = ()  # Sources evaluated; () = every source in config.data.sources.
+  # True: a target counts only within its document (as training). False: each row is one plain
+  # causal window (GPT-NeoX's and transformers' evaluation), to compare with their losses.
+  config.eval.document_masking = True
 
   config.log = ml_collections.ConfigDict()
   config.log.every = 10  # Write a train record every this many steps.
@@ -53,6 +56,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Start this run from another run's checkpoint (e.g. a pretrained model).
   config.init = ml_collections.ConfigDict()
   config.init.from_checkpoint = ""  # "RUN_DIR" (its latest step) or "RUN_DIR:STEP"; "" = fresh.
+  # "source": the architecture comes from that run's config.json (e.g. an imported Hugging Face
+  # model; compute_dtype and remat stay this config's); "config": this config's model block,
+  # which must fit the checkpoint.
+  config.init.model = "source"
   config.init.optimizer_state = "reset"  # "reset" (fresh Adam moments) or "keep" them.
   config.init.step = "reset"  # "reset" the step counter to 0 or "continue" from the checkpoint's.
   # "fresh": the first stage's data starts anew; "continue": it resumes the checkpoint's data

@@ -81,10 +81,8 @@ class Checkpointer:
     self._path = directory(workdir)
     self._read_only = read_only
     self._in_flight = None  # The step an async save is writing, until it is checked.
-    try:
+    with _quiet_logs():  # Read-only managers warn about the options they turn off.
       self._manager = ocp.CheckpointManager(self._path, item_names=ITEMS, options=options)
-    except OSError as error:
-      raise CheckpointError(f"cannot create checkpoint directory {self._path}: {error}") from None
 
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -109,6 +107,14 @@ class Checkpointer:
       raise CheckpointError(f"saving step {step} to {self._path} failed: "
                             f"{_first_line(error)}; {self._on_disk()}") from None
     self._in_flight = step
+
+  def save_params(self, step: int, params, metadata: dict) -> None:
+    """A step with parameters and metadata only (an imported model: no optimizer state, no
+    data position), written synchronously."""
+    epath.Path(self._path).mkdir(parents=True, exist_ok=True)
+    self._manager.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params), metadata=ocp.args.JsonSave(metadata)), force=True)
+    self.wait()
 
   def _on_disk(self) -> str:
     """What really is on disk, for messages after a failed save."""
@@ -147,6 +153,12 @@ class Checkpointer:
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     arrays = {key: restored[key] for key in ("params", "opt_state") if key in items}
     return arrays, dict(restored["metadata"])
+
+  def restore_params(self, step: int, abstract_params):
+    """The parameters of `step` alone (exporting, scoring)."""
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract_params)))
+    return restored["params"]
 
   def restore_data(self, step: int, data_iterator: grain.DatasetIterator) -> None:
     """Positions `data_iterator` where it was when `step` was saved."""

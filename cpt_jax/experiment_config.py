@@ -61,8 +61,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     section, key = field.split(".")
     _check_int(field, config[section][key], 1)
   _check_int("checkpoint.keep_every", config.checkpoint.keep_every, 0)
+  if not isinstance(config.eval.document_masking, bool):
+    raise ValueError(f"eval.document_masking={config.eval.document_masking!r}: expected true or "
+                     "false")
   for field, allowed in (("optimizer_state", ("reset", "keep")), ("step", ("reset", "continue")),
-                         ("data", ("fresh", "continue"))):
+                         ("data", ("fresh", "continue")), ("model", ("source", "config"))):
     if config.init[field] not in allowed:
       raise ValueError(f"init.{field}={config.init[field]!r}: expected one of {allowed}")
   run_plan.plan(config)

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import ml_collections
 
+from cpt_jax import checkpoint as checkpoint_lib
 from cpt_jax import model as model_lib
 from cpt_jax import model_config
+from cpt_jax import paths
+from cpt_jax import run_directory
 from cpt_jax import run_plan
 
 
@@ -19,18 +22,38 @@ def _schedule_summary(schedule: ml_collections.ConfigDict | None) -> str:
   return f"{schedule.name}({fields})"
 
 
+def _model_lines(model: model_config.ModelConfig, seq_len: int) -> tuple[list[str], float]:
+  total, non_embedding = model_lib.parameter_counts(model)
+  flops = model_config.flops_per_token(model, seq_len, non_embedding)
+  return [f"parameters: {total} (non-embedding {non_embedding})",
+          f"model: {model.family}, {model.num_layers} layers, dim {model.model_dim}, "
+          f"{model.num_heads} heads ({model.num_kv_heads} kv), mlp {model.mlp_dim}, "
+          f"vocab {model.vocab_size}, {model.compute_dtype}"], flops
+
+
+def describe_run(run_dir: str) -> str:
+  """A run directory's model and checkpoints (an imported Hugging Face model included)."""
+  run_dir = paths.resolve(run_dir)
+  stored = run_directory.stored_config(run_dir)
+  if stored is None:
+    raise ValueError(f"--from={run_dir}: no config.json there; expected a cpt-jax run directory")
+  config = ml_collections.ConfigDict(stored)
+  lines, flops = _model_lines(model_config.from_config_dict(config.model), config.data.seq_len)
+  steps = checkpoint_lib.Checkpointer(run_dir, read_only=True).steps()
+  return "\n".join(lines + [
+      f"flops per token: {flops:.4g} (training, seq_len {config.data.seq_len})",
+      f"tokenizer: {config.data.tokenizer.kind}, end of document {config.data.tokenizer.eos_token!r}",
+      f"checkpoints: {steps or 'none'}"])
+
+
 def describe(config: ml_collections.ConfigDict) -> str:
   model = model_config.from_config_dict(config.model)
-  total, non_embedding = model_lib.parameter_counts(model)
   seq_len = config.data.seq_len
-  flops = model_config.flops_per_token(model, seq_len, non_embedding)
+  model_lines, flops = _model_lines(model, seq_len)
   per_step = run_plan.tokens_per_step(config)
   plans = run_plan.plan(config)
   lines = [
-      f"parameters: {total} (non-embedding {non_embedding})",
-      f"model: {model.family}, {model.num_layers} layers, dim {model.model_dim}, "
-      f"{model.num_heads} heads ({model.num_kv_heads} kv), mlp {model.mlp_dim}, "
-      f"vocab {model.vocab_size}, {model.compute_dtype}",
+      *model_lines,
       f"flops per token: {flops:.4g} (training, seq_len {seq_len}); "
       f"per step: {flops * per_step:.4g}",
       f"batch: {config.data.global_batch_size} x {seq_len} = {per_step} tokens per step; "

@@ -205,11 +205,20 @@ def skip_to_batch(iterator: grain.DatasetIterator, batch: int) -> None:
   iterator.set_state({**state, "batch": batch})
 
 
+def _plain_windows(rows: dict) -> dict:
+  """Rows as plain causal windows: one segment, positions from the row's start; only padding
+  is masked. How GPT-NeoX and transformers score a sequence."""
+  real = (rows["segment_ids"] != 0).astype(np.int32)
+  ramp = np.arange(rows["tokens"].shape[1], dtype=np.int32)
+  return {**rows, "segment_ids": real, "positions": ramp * real}
+
+
 def validation_batches(name: str, data_config: ml_collections.ConfigDict,
                        tokenizer: tokenizer_lib.Tokenizer, max_batches: int,
-                       shard: ProcessShard = ProcessShard()) -> list[dict]:
+                       shard: ProcessShard = ProcessShard(), *,
+                       document_masking: bool = True) -> list[dict]:
   """This process's rows of the first `max_batches` global batches of the source's validation
-  split, as model batches.
+  split, as model batches; without `document_masking`, each row is one plain window.
 
   Rows past the split's end are padding (all masked out), so every batch has the per-process
   batch size and every evaluation sees exactly the same tokens."""
@@ -223,5 +232,5 @@ def validation_batches(name: str, data_config: ml_collections.ConfigDict,
     if index and not stream.rows(first, 1)["segment_ids"].any():
       break  # The previous batch reached the end of the split.
     rows = stream.rows(first + shard.index * local_size, local_size)
-    batches.append(packing.to_model_batch(rows))
+    batches.append(packing.to_model_batch(rows if document_masking else _plain_windows(rows)))
   return batches

@@ -5,6 +5,10 @@
   cpt-jax plot-schedule  --config=configs/demo.py --out=lr.png
   cpt-jax prepare        --config=configs/demo.py            tokenize sources into the cache
   cpt-jax anneal         --from=RUN_DIR[:STEP] --workdir=NEW_DIR --steps=N [--shape=1-sqrt]
+  cpt-jax import-hf      --from=HF_DIR --workdir=RUN_DIR     a Hugging Face model as a run
+  cpt-jax export-hf      --from=RUN_DIR[:STEP] --out=HF_DIR [--dtype=bfloat16]
+  cpt-jax score          --from=RUN_DIR[:STEP] --file=PATH [--seq_len=N]
+  cpt-jax info           --from=RUN_DIR                      a run's model and checkpoints
 
 Also `python -m cpt_jax ...`; `cpt-jax COMMAND --help` lists a command's flags. Bad input ends
 with one line `cpt-jax: error: ...` and exit 2; a failed save or a diverged run with one line
@@ -23,18 +27,28 @@ from ml_collections import config_flags
 COMMANDS = {
     "train": ("config", "workdir", "allow_config_change", "coordinator_address",
               "num_processes", "process_id"),
-    "info": ("config",),
+    "info": ("config", "from"),
     "plot-schedule": ("config", "out"),
     "prepare": ("config",),
     "anneal": ("from", "workdir", "steps", "shape", "end_value"),
+    "import-hf": ("from", "workdir"),
+    "export-hf": ("from", "out", "dtype"),
+    "score": ("from", "file", "seq_len"),
 }
+_WITHOUT_CONFIG = ("anneal", "import-hf", "export-hf", "score")
 _HELP = ("--help", "-h", "help", "--helpfull")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (local path or gs://).")
-_OUT = flags.DEFINE_string("out", "lr.png", "plot-schedule: the image to write.")
-_FROM = flags.DEFINE_string("from", None, "anneal: the source run, RUN_DIR or RUN_DIR:STEP.")
+_OUT = flags.DEFINE_string("out", None, "plot-schedule: the image (default lr.png); "
+                           "export-hf: the Hugging Face directory to write.")
+_FROM = flags.DEFINE_string("from", None, "anneal, export-hf, score, info: the run, RUN_DIR or "
+                            "RUN_DIR:STEP; import-hf: the Hugging Face model directory.")
+_DTYPE = flags.DEFINE_string("dtype", "float32", "export-hf: float32 or bfloat16 tensors.")
+_FILE = flags.DEFINE_string("file", None, "score: the text file to score.")
+_SEQ_LEN = flags.DEFINE_integer("seq_len", None, "score: window length (default: the run's "
+                                "data.seq_len).")
 _STEPS = flags.DEFINE_integer("steps", None, "anneal: steps of the anneal.")
 _SHAPE = flags.DEFINE_string("shape", "1-sqrt", "anneal: decay shape.")
 _END_VALUE = flags.DEFINE_float("end_value", 0.0, "anneal: the final learning rate.")
@@ -137,19 +151,20 @@ def _require(flag, name: str):
 
 def _command_info(config) -> None:
   from cpt_jax import info
-  print(info.describe(config))
+  print(info.describe(config) if config is not None else info.describe_run(_FROM.value))
 
 
 def _command_plot_schedule(config) -> None:
   from cpt_jax import plots
   from cpt_jax import run_plan
-  directory = os.path.dirname(os.path.abspath(_OUT.value))
-  if "://" not in _OUT.value and not os.path.isdir(directory):
-    raise UsageError(f"--out={_OUT.value}: directory {directory} does not exist")
+  out = _OUT.value or "lr.png"
+  directory = os.path.dirname(os.path.abspath(out))
+  if "://" not in out and not os.path.isdir(directory):
+    raise UsageError(f"--out={out}: directory {directory} does not exist")
   plans = run_plan.plan(config)
-  plots.plot_schedule(run_plan.learning_rate_schedule(config), plans, _OUT.value,
+  plots.plot_schedule(run_plan.learning_rate_schedule(config), plans, out,
                       title=flags.FLAGS["config"].config_filename)
-  print(f"wrote {_OUT.value}")
+  print(f"wrote {out}")
 
 
 def _command_prepare(config) -> None:
@@ -171,6 +186,23 @@ def _command_anneal() -> None:
                 _require(_STEPS, "steps"), _SHAPE.value, _END_VALUE.value)
 
 
+def _command_import_hf() -> None:
+  from cpt_jax import hf_checkpoint
+  workdir = _require(_WORKDIR, "workdir")
+  hf_checkpoint.import_hf(_require(_FROM, "from"), workdir)
+  print(f"imported into {workdir}; continue it with --config.init.from_checkpoint={workdir}")
+
+
+def _command_export_hf() -> None:
+  from cpt_jax import hf_checkpoint
+  print(f"wrote {hf_checkpoint.export_hf(_require(_FROM, 'from'), _require(_OUT, 'out'), _DTYPE.value)}")
+
+
+def _command_score() -> None:
+  from cpt_jax import score
+  print(score.score(_require(_FROM, "from"), _require(_FILE, "file"), _SEQ_LEN.value))
+
+
 def main(argv: list[str]) -> int:
   if len(argv) < 2 or argv[1] in _HELP:
     print(_usage(None), file=sys.stdout if len(argv) >= 2 else sys.stderr)
@@ -186,10 +218,14 @@ def main(argv: list[str]) -> int:
   from cpt_jax import checkpoint, trainer
   try:
     _parse([argv[0]] + argv[2:])
-    if command == "anneal":
-      _command_anneal()
+    if command in _WITHOUT_CONFIG:
+      {"anneal": _command_anneal, "import-hf": _command_import_hf,
+       "export-hf": _command_export_hf, "score": _command_score}[command]()
       return 0
     config = _CONFIG.value
+    if command == "info" and config is None and _FROM.value:
+      _command_info(None)
+      return 0
     if config is None:
       raise UsageError("--config is required, e.g. --config=configs/demo.py")
     from cpt_jax import experiment_config

@@ -2,7 +2,9 @@
 
 Owns the forward pass: token ids in, float32 logits out. Rows may hold several packed
 documents: `segment_ids` keep attention inside a document and `positions` (restarting at
-every document) drive rotary embeddings. Shapes use suffixes: B batch, T time, D model dim,
+every document) drive rotary embeddings. Numerics follow the Hugging Face implementations the
+weights come from (`hf_convert.py`): LayerNorm's two-pass variance, Llama 3.1's rotary
+scaling, and the output head in float32 whatever the compute dtype. Shapes use suffixes: B batch, T time, D model dim,
 N query heads, K key/value heads, H head dim, V vocabulary.
 """
 
@@ -26,20 +28,37 @@ def _linear(config: ModelConfig, in_dim: int, out_dim: int, *, rngs: nnx.Rngs,
 
 def _norm(config: ModelConfig, *, rngs: nnx.Rngs) -> nnx.Module:
   dtype = jnp.dtype(config.compute_dtype)
-  if config.family == "pythia":
+  if config.family == "pythia":  # Two-pass variance, as torch computes it.
     return nnx.LayerNorm(config.model_dim, epsilon=config.norm_eps, dtype=dtype,
-                         param_dtype=jnp.float32, rngs=rngs)
+                         param_dtype=jnp.float32, use_fast_variance=False, rngs=rngs)
   return nnx.RMSNorm(config.model_dim, epsilon=config.norm_eps, dtype=dtype,
                      param_dtype=jnp.float32, rngs=rngs)
 
 
-def apply_rotary(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, rotary_dims: int,
-                 base: float) -> jax.Array:
-  """GPT-NeoX rotary embedding (rotate-half layout) on the first `rotary_dims` of each head."""
+def rotary_inverse_frequencies(config: ModelConfig) -> jax.Array:
+  """Each rotated pair's angular frequency; Llama 3.1's scaling slows the low frequencies
+  (long wavelengths) by `rope_scaling_factor` and blends the middle band smoothly."""
+  dims = config.rotary_dims
+  inv_freq = 1.0 / config.rotary_base ** (jnp.arange(0, dims, 2, dtype=jnp.float32) / dims)
+  if config.rope_scaling != "llama3":
+    return inv_freq
+  factor, context = config.rope_scaling_factor, config.rope_original_context
+  low, high = config.rope_low_freq_factor, config.rope_high_freq_factor
+  wavelength = 2 * jnp.pi / inv_freq
+  scaled = jnp.where(wavelength > context / low, inv_freq / factor, inv_freq)
+  smooth = (context / wavelength - low) / (high - low)
+  blended = (1 - smooth) * scaled / factor + smooth * scaled
+  middle = (wavelength >= context / high) & (wavelength <= context / low)
+  return jnp.where(middle, blended, scaled)
+
+
+def apply_rotary(x_BxTxNxH: jax.Array, positions_BxT: jax.Array,
+                 inv_freq_R: jax.Array) -> jax.Array:
+  """GPT-NeoX rotary embedding (rotate-half layout) on the first 2R dims of each head."""
+  rotary_dims = 2 * inv_freq_R.shape[0]
   if rotary_dims == 0:
     return x_BxTxNxH
-  inv_freq = 1.0 / base ** (jnp.arange(0, rotary_dims, 2, dtype=jnp.float32) / rotary_dims)
-  angles_BxTxR = positions_BxT[..., None].astype(jnp.float32) * inv_freq
+  angles_BxTxR = positions_BxT[..., None].astype(jnp.float32) * inv_freq_R
   angles_BxTx1xR = jnp.concatenate([angles_BxTxR, angles_BxTxR], axis=-1)[:, :, None, :]
   rotated = x_BxTxNxH[..., :rotary_dims].astype(jnp.float32)
   first, second = jnp.split(rotated, 2, axis=-1)
@@ -74,8 +93,9 @@ class Attention(nnx.Module):
     q_BxTxNxH = qkv[:, :, :c.num_heads]
     k_BxTxKxH = qkv[:, :, c.num_heads:c.num_heads + c.num_kv_heads]
     v_BxTxKxH = qkv[:, :, c.num_heads + c.num_kv_heads:]
-    q_BxTxNxH = apply_rotary(q_BxTxNxH, positions_BxT, c.rotary_dims, c.rotary_base)
-    k_BxTxKxH = apply_rotary(k_BxTxKxH, positions_BxT, c.rotary_dims, c.rotary_base)
+    inv_freq_R = rotary_inverse_frequencies(c)
+    q_BxTxNxH = apply_rotary(q_BxTxNxH, positions_BxT, inv_freq_R)
+    k_BxTxKxH = apply_rotary(k_BxTxKxH, positions_BxT, inv_freq_R)
     # XLA on CPU/TPU; cuDNN flash attention is picked on GPU when shapes and dtypes allow.
     y_BxTxNxH = jax.nn.dot_product_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask=mask_Bx1xTxT)
     return self.out(y_BxTxNxH.reshape(batch, length, c.num_heads * c.head_dim))
@@ -102,7 +122,7 @@ class Block(nnx.Module):
   """Pythia: x + attn(norm1 x) + mlp(norm2 x). Llama: h = x + attn(norm1 x); h + mlp(norm2 h)."""
 
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
-    self.parallel_residual = config.family == "pythia"
+    self.parallel_residual = config.family == "pythia" and not config.sequential_residual
     self.attention_norm = _norm(config, rngs=rngs)
     self.attention = Attention(config, rngs=rngs)
     self.mlp_norm = _norm(config, rngs=rngs)
@@ -127,9 +147,9 @@ class Transformer(nnx.Module):
                            embedding_init=nnx.initializers.normal(_INIT_STDDEV), rngs=rngs)
     self.blocks = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
     self.final_norm = _norm(config, rngs=rngs)
-    if not config.tie_embeddings:
-      self.unembed = nnx.Linear(config.model_dim, config.vocab_size, use_bias=False, dtype=dtype,
-                                param_dtype=jnp.float32,
+    if not config.tie_embeddings:  # In float32: logits and the loss keep their precision.
+      self.unembed = nnx.Linear(config.model_dim, config.vocab_size, use_bias=False,
+                                dtype=jnp.float32, param_dtype=jnp.float32,
                                 kernel_init=nnx.initializers.normal(_INIT_STDDEV), rngs=rngs)
 
   def __call__(self, tokens_BxT, positions_BxT=None, segment_ids_BxT=None):
@@ -144,12 +164,10 @@ class Transformer(nnx.Module):
         x_BxTxD = nnx.remat(lambda blk, x: blk(x, positions_BxT, mask_Bx1xTxT))(block, x_BxTxD)
       else:
         x_BxTxD = block(x_BxTxD, positions_BxT, mask_Bx1xTxT)
-    x_BxTxD = self.final_norm(x_BxTxD)
+    x_BxTxD = self.final_norm(x_BxTxD).astype(jnp.float32)
     if self.config.tie_embeddings:
-      logits_BxTxV = self.embed.attend(x_BxTxD)
-    else:
-      logits_BxTxV = self.unembed(x_BxTxD)
-    return logits_BxTxV.astype(jnp.float32)
+      return x_BxTxD @ self.embed.embedding[...].T
+    return self.unembed(x_BxTxD)
 
 
 def parameter_counts(config: ModelConfig) -> tuple[int, int]:

@@ -15,16 +15,19 @@ import ml_collections
 Family = Literal["pythia", "llama"]
 FAMILIES = ("pythia", "llama")
 COMPUTE_DTYPES = ("float32", "bfloat16")
+ROPE_SCALINGS = ("", "llama3")
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """A decoder-only Transformer. `family` picks the block design:
 
-  - "pythia" (GPT-NeoX): LayerNorm with bias, parallel attention + MLP residual, GELU MLP,
-    biases everywhere, rotary on `rotary_pct` of each head's dims, untied embeddings.
-  - "llama": RMSNorm, sequential residual, SwiGLU MLP, no biases, rotary on all dims,
-    grouped-query attention (`num_kv_heads` < `num_heads`), optionally tied embeddings.
+  - "pythia" (GPT-NeoX): LayerNorm with bias, parallel attention + MLP residual (sequential
+    with `sequential_residual`), GELU MLP, biases everywhere, rotary on `rotary_pct` (default
+    0.25) of each head's dims, untied embeddings.
+  - "llama": RMSNorm, sequential residual, SwiGLU MLP, no biases, rotary on all dims by
+    default, grouped-query attention (`num_kv_heads` < `num_heads`), optionally tied
+    embeddings, optionally Llama 3.1's rotary scaling (`rope_scaling="llama3"`).
   """
 
   family: Family = "pythia"
@@ -35,21 +38,34 @@ class ModelConfig:
   num_kv_heads: int = 4
   mlp_dim: int = 512
   max_seq_len: int = 256
-  rotary_pct: float = 0.25
+  rotary_pct: float | None = None  # Share of each head's dims rotated; None: the family's.
   rotary_base: float = 10000.0
   tie_embeddings: bool = False
   norm_eps: float = 1e-5
   compute_dtype: str = "float32"
   remat: bool = False
+  attention_head_dim: int = 0  # Dims per head; 0: model_dim // num_heads (Llama's head_dim).
+  sequential_residual: bool = False  # pythia: GPT-NeoX's use_parallel_residual=False.
+  rope_scaling: str = ""  # "" or "llama3" (Llama 3.1+: the four rope_* fields below).
+  rope_scaling_factor: float = 8.0  # llama3: how much longer the context became.
+  rope_low_freq_factor: float = 1.0  # llama3: wavelengths beyond context / this are scaled.
+  rope_high_freq_factor: float = 4.0  # llama3: wavelengths below context / this are kept.
+  rope_original_context: int = 8192  # llama3: the context before scaling.
 
   @property
   def head_dim(self) -> int:
-    return self.model_dim // self.num_heads
+    return self.attention_head_dim or self.model_dim // self.num_heads
+
+  @property
+  def rotary_fraction(self) -> float:
+    if self.rotary_pct is None:
+      return 0.25 if self.family == "pythia" else 1.0
+    return self.rotary_pct
 
   @property
   def rotary_dims(self) -> int:
     """Rotated dims per head; even, since rotary pairs dims."""
-    return int(self.head_dim * self.rotary_pct) // 2 * 2
+    return int(self.head_dim * self.rotary_fraction) // 2 * 2
 
   @property
   def use_bias(self) -> bool:
@@ -66,12 +82,18 @@ class ModelConfig:
       value = getattr(self, field)
       if not isinstance(value, int) or value <= 0:
         fail(field, "a positive integer")
-    if self.model_dim % self.num_heads:
+    if not self.attention_head_dim and self.model_dim % self.num_heads:
       fail("num_heads", f"a divisor of model_dim={self.model_dim}")
+    if not isinstance(self.attention_head_dim, int) or self.attention_head_dim < 0:
+      fail("attention_head_dim", "an integer >= 0 (0: model_dim // num_heads)")
     if self.num_heads % self.num_kv_heads:
       fail("num_kv_heads", f"a divisor of num_heads={self.num_heads}")
-    if not 0.0 <= self.rotary_pct <= 1.0:
+    if not 0.0 <= self.rotary_fraction <= 1.0:
       fail("rotary_pct", "a fraction in [0, 1]")
+    if self.rope_scaling not in ROPE_SCALINGS:
+      fail("rope_scaling", f"one of {ROPE_SCALINGS}")
+    if self.sequential_residual and self.family != "pythia":
+      fail("sequential_residual", "False outside the pythia family (Llama is sequential)")
     if self.compute_dtype not in COMPUTE_DTYPES:
       fail("compute_dtype", f"one of {COMPUTE_DTYPES}")
     if self.tie_embeddings and self.family == "pythia":
@@ -107,7 +129,8 @@ def preset(name: str) -> ModelConfig:
 
 def preset_config_dict(name: str, **overrides) -> ml_collections.ConfigDict:
   """A preset as the `config.model` block of an experiment config (every field declared)."""
-  fields = dataclasses.asdict(dataclasses.replace(preset(name), **overrides))
+  model = dataclasses.replace(preset(name), **overrides)
+  fields = dataclasses.asdict(dataclasses.replace(model, rotary_pct=model.rotary_fraction))
   return ml_collections.ConfigDict(fields)
 
 
@@ -128,4 +151,5 @@ def flops_per_token(config: ModelConfig, seq_len: int, non_embedding_params: int
   for the attention scores and values (counted over the full square, as PaLM does).
   """
   matmul_weights = non_embedding_params + config.model_dim * config.vocab_size
-  return 6 * matmul_weights + 12 * config.num_layers * config.model_dim * seq_len
+  attention_width = config.num_heads * config.head_dim
+  return 6 * matmul_weights + 12 * config.num_layers * attention_width * seq_len

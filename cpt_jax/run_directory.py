@@ -9,6 +9,7 @@ matters, or whose tokenizer differs, is refused with the differences listed.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 
@@ -107,6 +108,24 @@ def _write_atomically(path: epath.Path, content: bytes) -> None:
   temporary.replace(path)
 
 
+def with_source_model(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """With `init.model="source"`, `config` with the architecture of the run it starts from
+  (its compute_dtype and remat kept): weights fix the shape, so a continued model (an
+  imported Hugging Face one included) needs no restated architecture."""
+  if not config.init.from_checkpoint or config.init.model != "source":
+    return config
+  from cpt_jax import checkpoint as checkpoint_lib  # Deferred: checkpoint pulls in the model.
+  stored = stored_config(checkpoint_lib.parse_reference(config.init.from_checkpoint)[0])
+  if stored is None:
+    return config  # Not a run directory: the trainer names the problem.
+  model = {**stored["model"], "compute_dtype": config.model.compute_dtype,
+           "remat": config.model.remat}
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config.model = ml_collections.ConfigDict(model)
+  return config
+
+
 def _first_stage_source(config: ml_collections.ConfigDict) -> str:
   return config.data.tokenizer.train_source or sorted(config.stages[0].mixture.keys())[0]
 
@@ -126,8 +145,9 @@ def tokenizer_for_run(config: ml_collections.ConfigDict, workdir: str, *,
   if reuse_saved and saved.exists():
     return tokenizer_lib.load(loaded_kind, str(saved), settings.eos_token)
   if inherit_from and (epath.Path(inherit_from) / file_name).exists():
-    return tokenizer_lib.load(loaded_kind, str(epath.Path(inherit_from) / file_name),
-                              settings.eos_token)
+    source = stored_config(inherit_from) or {}  # Its end-of-document token comes along.
+    eos = source.get("data", {}).get("tokenizer", {}).get("eos_token", settings.eos_token)
+    return tokenizer_lib.load(loaded_kind, str(epath.Path(inherit_from) / file_name), eos)
   if settings.kind == "bpe":
     cache_copy = os.path.join(config.data.token_cache_dir, "tokenizer.json")
     if config.data.token_cache_dir and os.path.exists(cache_copy):

@@ -154,17 +154,17 @@ def train_bpe(texts: Iterable[str], vocab_size: int, megabytes: float) -> Tokeni
   return _from_hf("bpe", hf.to_str().encode("utf-8"), EOS_TOKEN, "data.tokenizer")
 
 
-def _sentencepiece(serialized: bytes, path: str) -> Tokenizer:
+def _sentencepiece(serialized: bytes, where: str) -> Tokenizer:
   import sentencepiece  # Deferred: only sentencepiece runs pay its import.
 
   processor = sentencepiece.SentencePieceProcessor()
   try:
     processor.LoadFromSerializedProto(serialized)
   except RuntimeError:
-    raise ValueError(f"data.tokenizer.path={path!r}: not a valid sentencepiece model") from None
+    raise ValueError(f"{where}: not a valid sentencepiece model") from None
   eos_id = processor.eos_id()
   if eos_id < 0:
-    raise ValueError(f"data.tokenizer.path={path!r}: the sentencepiece model has no EOS id")
+    raise ValueError(f"{where}: the sentencepiece model has no EOS id")
   return Tokenizer("sentencepiece", processor.get_piece_size(), eos_id,
                    _fingerprint("sentencepiece", serialized),
                    _in_pieces(processor.encode), lambda ids: processor.decode(list(ids)),
@@ -179,16 +179,20 @@ def load(kind: str, path: str, eos_token: str = EOS_TOKEN) -> Tokenizer:
     return bytes_tokenizer()
   if not path or not epath.Path(path).is_file():
     raise ValueError(f"data.tokenizer.path={path!r}: tokenizer file not found")
-  serialized = epath.Path(path).read_bytes()
+  return from_serialized(kind, epath.Path(path).read_bytes(), eos_token,
+                         f"data.tokenizer.path={path!r}")
+
+
+def from_serialized(kind: str, serialized: bytes, eos_token: str, where: str) -> Tokenizer:
+  """A tokenizer from a file's bytes; `where` names the file in errors."""
   if kind == "sentencepiece":
-    return _sentencepiece(serialized, path)
+    return _sentencepiece(serialized, where)
   try:
-    return _from_hf(kind, serialized, eos_token, f"data.tokenizer.path={path!r}")
+    return _from_hf(kind, serialized, eos_token, where)
   except Exception as error:  # tokenizers raises its own exception types on bad JSON.
-    if isinstance(error, ValueError) and "data.tokenizer" in str(error):
+    if isinstance(error, ValueError) and where in str(error):
       raise
-    raise ValueError(f"data.tokenizer.path={path!r}: not a valid HF tokenizer.json "
-                     f"({type(error).__name__})") from None
+    raise ValueError(f"{where}: not a valid HF tokenizer.json ({type(error).__name__})") from None
 
 
 def saved_file_name(kind: str) -> str:

@@ -157,6 +157,13 @@ class _Run:
                          f"{init_step} there (steps: {source.steps()})")
       keep = config.init.optimizer_state == "keep"
       continue_data = config.init.data == "continue"
+      latest_source = source.latest_restorable() if init_step is None else init_step
+      imported = latest_source is not None and "imported_from" in source.read_metadata(
+          latest_source)
+      if imported and (keep or continue_data):
+        raise ValueError(f"init.from_checkpoint={config.init.from_checkpoint!r} was imported "
+                         "from Hugging Face: it has no optimizer state or data position; use "
+                         "init.optimizer_state=reset and init.data=fresh")
       if init_step is None:  # Skips corrupt steps; names the error if none restores.
         restored = source.restore_latest(abstract, with_optimizer=keep, with_data=continue_data)
       else:
@@ -204,7 +211,8 @@ class _Run:
     self.state = self.executor.place(state)
     self.eval_batches = {
         name: input_pipeline.validation_batches(name, config.data, self.tokenizer,
-                                                config.eval.max_batches, self.shard)
+                                                config.eval.max_batches, self.shard,
+                                                document_masking=config.eval.document_masking)
         for name in experiment_config.evaluation_sources(config)}
     self.writer = metrics_writer.MetricsWriter(workdir, enabled=self.lead, fresh=resume is None)
     self.identity_stored = False  # config.json and the tokenizer go with the first checkpoint.
@@ -306,6 +314,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   lock for the whole run. SIGTERM saves the current step and returns {}; Ctrl-C saves it and
   raises `Interrupted`."""
   config, workdir = paths.resolve_config(config), paths.resolve(workdir)
+  config = run_directory.with_source_model(config)
   experiment_config.validate(config)
   if config.data.global_batch_size % jax.device_count():
     raise ValueError(f"data.global_batch_size={config.data.global_batch_size}: expected a "

@@ -161,6 +161,19 @@ def _cases(run, files, fresh):
        "expected a positive number of anneal steps", fresh),
       ("anneal without --steps", ("anneal", f"--from={run}", f"--workdir={fresh}"),
        "--steps is required", fresh),
+      # Hugging Face interop and scoring.
+      ("export with an unknown dtype", ("export-hf", f"--from={run}", f"--out={fresh}",
+                                        "--dtype=float16"), "expected float32 or bfloat16", fresh),
+      ("export of a bytes-tokenizer run", ("export-hf", f"--from={run}", f"--out={fresh}"),
+       "export needs an HF tokenizer.json", fresh),
+      ("export without --out", ("export-hf", f"--from={run}"), "--out is required", run),
+      ("import from a directory that is no model", ("import-hf", f"--from={files}/text",
+                                                    f"--workdir={fresh}"), "no config.json",
+       fresh),
+      ("score a missing file", ("score", f"--from={run}", "--file=/nonexistent.txt"),
+       "--file=/nonexistent.txt: no such file", run),
+      ("score with too long windows", ("score", f"--from={run}", f"--file={files}/text/doc1.txt",
+                                       "--seq_len=100000"), "--seq_len=100000", run),
       ("unknown command", ("fly",), "unknown command 'fly'", None),
   ]
 

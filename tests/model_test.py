@@ -50,13 +50,34 @@ def test_two_packed_documents_give_the_logits_of_each_alone(config):
   assert not np.allclose(unmasked[:, 7:], model(second), atol=1e-3)
 
 
+def _inv_freq(rotary_dims, head_dim=16):
+  config = model_config.ModelConfig(model_dim=head_dim, num_heads=1, num_kv_heads=1,
+                                    rotary_pct=rotary_dims / head_dim)
+  return model_lib.rotary_inverse_frequencies(config)
+
+
+def test_llama3_rope_scaling_slows_only_the_long_wavelengths():
+  base = model_config.ModelConfig(family="llama", model_dim=128, num_heads=1, num_kv_heads=1,
+                                  rotary_base=500000.0)
+  plain = model_lib.rotary_inverse_frequencies(base)
+  scaled = model_lib.rotary_inverse_frequencies(dataclasses.replace(
+      base, rope_scaling="llama3", rope_scaling_factor=8.0, rope_original_context=8192))
+  wavelength = 2 * np.pi / np.asarray(plain)
+  short, long = wavelength < 8192 / 4, wavelength > 8192 / 1
+  np.testing.assert_array_equal(scaled[short], plain[short])
+  np.testing.assert_allclose(scaled[long], plain[long] / 8, rtol=1e-6)
+  middle = ~short & ~long
+  assert middle.any() and np.all((scaled[middle] < plain[middle]) &
+                                 (scaled[middle] > plain[middle] / 8))
+
+
 def test_rotary_depends_only_on_relative_position():
   q = jax.random.normal(jax.random.key(4), (1, 1, 1, 16))
   k = jax.random.normal(jax.random.key(5), (1, 1, 1, 16))
 
   def score(q_pos, k_pos):
-    rq = model_lib.apply_rotary(q, jnp.array([[q_pos]]), 16, 10000.0)
-    rk = model_lib.apply_rotary(k, jnp.array([[k_pos]]), 16, 10000.0)
+    rq = model_lib.apply_rotary(q, jnp.array([[q_pos]]), _inv_freq(16))
+    rk = model_lib.apply_rotary(k, jnp.array([[k_pos]]), _inv_freq(16))
     return float(jnp.sum(rq * rk))
 
   assert score(5, 2) == pytest.approx(score(13, 10), rel=1e-5)
@@ -65,7 +86,7 @@ def test_rotary_depends_only_on_relative_position():
 
 def test_partial_rotary_leaves_the_remaining_dims_untouched():
   x = jax.random.normal(jax.random.key(6), (1, 3, 2, 16))
-  rotated = model_lib.apply_rotary(x, jnp.array([[0, 4, 9]]), 4, 10000.0)
+  rotated = model_lib.apply_rotary(x, jnp.array([[0, 4, 9]]), _inv_freq(4))
   np.testing.assert_array_equal(rotated[..., 4:], x[..., 4:])
   assert not np.allclose(rotated[0, 1:, :, :4], x[0, 1:, :, :4])
 

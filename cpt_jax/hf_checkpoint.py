@@ -1,0 +1,277 @@
+"""`cpt-jax import-hf` / `export-hf`: Hugging Face model directories in and out of run directories.
+
+Import reads a local HF directory (config.json; model.safetensors or shards with
+model.safetensors.index.json; tokenizer.json) and writes a run directory every other command
+takes as a source: an Orbax step 0 with the parameters (no optimizer state: an HF checkpoint
+has none, so continue it with `init.optimizer_state=reset`), its metadata, config.json with
+the model block, and the tokenizer. Everything is checked (architecture, names, shapes,
+tokenizer size) before anything is written. Tensors are read one at a time with safetensors
+(no torch) and placed on the devices at once, so the host never holds two copies of the model.
+
+Export writes what `transformers.AutoModelForCausalLM.from_pretrained` and
+`AutoTokenizer.from_pretrained` load with no missing or unexpected keys: config.json,
+safetensors (sharded past `max_shard_bytes`, with the index), tokenizer.json with
+tokenizer_config.json and special_tokens_map.json, and generation_config.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+from etils import epath
+import jax
+import ml_collections
+import numpy as np
+
+from cpt_jax import base_config
+from cpt_jax import checkpoint as checkpoint_lib
+from cpt_jax import data_parallel
+from cpt_jax import hf_convert
+from cpt_jax import model_config as model_config_lib
+from cpt_jax import paths
+from cpt_jax import run_directory
+from cpt_jax import run_lock
+from cpt_jax import tokenizer as tokenizer_lib
+
+_INDEX = "model.safetensors.index.json"
+_SINGLE = "model.safetensors"
+# Buffers older GPT-NeoX checkpoints saved beside the weights: masks and rotary tables that
+# the model recomputes, not parameters.
+_BUFFER_SUFFIXES = (".attention.bias", ".attention.masked_bias", ".rotary_emb.inv_freq")
+
+
+def _read_json(path: epath.Path) -> dict:
+  try:
+    return json.loads(path.read_text())
+  except (OSError, ValueError) as error:
+    raise ValueError(f"{path}: unreadable JSON ({str(error).splitlines()[0][:120]})") from None
+
+
+class _Tensors:
+  """The HF directory's tensors by name, across shards, read one at a time."""
+
+  def __init__(self, hf_dir: epath.Path):
+    if (hf_dir / _INDEX).exists():
+      weight_map = _read_json(hf_dir / _INDEX).get("weight_map", {})
+      self._files = {name: str(hf_dir / file) for name, file in weight_map.items()}
+    elif (hf_dir / _SINGLE).exists():
+      from safetensors import safe_open
+      with safe_open(str(hf_dir / _SINGLE), framework="numpy") as f:
+        self._files = {name: str(hf_dir / _SINGLE) for name in f.keys()}
+    else:
+      raise ValueError(f"{hf_dir}: no {_SINGLE} or {_INDEX}; expected safetensors weights")
+
+  def names(self) -> set[str]:
+    return set(self._files)
+
+  def shape(self, name: str) -> tuple[int, ...]:
+    from safetensors import safe_open
+    with safe_open(self._files[name], framework="numpy") as f:
+      return tuple(f.get_slice(name).get_shape())
+
+  def read(self, name: str) -> np.ndarray:
+    """As float32 on the host; bfloat16 (which numpy lacks) goes through JAX."""
+    from safetensors import safe_open
+    with safe_open(self._files[name], framework="numpy") as f:
+      dtype = f.get_slice(name).get_dtype()
+    framework = "flax" if dtype in ("BF16", "bfloat16") else "numpy"
+    with safe_open(self._files[name], framework=framework) as f:
+      return np.asarray(f.get_tensor(name), np.float32)
+
+
+def _resolve_names(tensors: _Tensors, model: model_config_lib.ModelConfig,
+                   where: str) -> list[tuple[hf_convert.Correspondence, tuple[str, ...]]]:
+  """Each correspondence with the names its tensors have in this directory; checks that
+  none is missing and none is left over."""
+  available, used, result = tensors.names(), set(), []
+  for item in hf_convert.correspondences(model):
+    names = []
+    for name in item.hf_names:
+      found = [n for n in (name, *hf_convert.HF_ALIASES.get(name, ())) if n in available]
+      if not found:
+        raise ValueError(f"{where}: tensor {name!r} is missing from the safetensors files")
+      names.append(found[0])
+    used.update(names)
+    result.append((item, tuple(names)))
+  leftover = sorted(n for n in available - used if not n.endswith(_BUFFER_SUFFIXES))
+  if leftover:
+    raise ValueError(f"{where}: tensors cpt_jax would not use: {leftover[:5]}"
+                     f"{' ...' if len(leftover) > 5 else ''}; is config.json the right one?")
+  return result
+
+
+def _check_shapes(tensors, resolved, model, where: str) -> None:
+  """Shapes through the converter on abstract stand-ins: no tensor is read."""
+  expected = hf_convert.shapes(model)
+  for item, names in resolved:
+    stand_ins = [jax.ShapeDtypeStruct(tensors.shape(n), np.float32) for n in names]
+    try:
+      shape = tuple(jax.eval_shape(item.to_cpt, *stand_ins).shape)
+    except (TypeError, ValueError):
+      shape = None
+    if shape != expected[item.path]:
+      raise ValueError(f"{where}: tensor {names[0]!r} has shape {tensors.shape(names[0])}, "
+                       f"which does not fit config.json (parameter {item.path} needs "
+                       f"{expected[item.path]})")
+
+
+def _hf_tokenizer(hf_dir: epath.Path, hf: dict, vocab_size: int) -> tuple[tokenizer_lib.Tokenizer, str]:
+  """The directory's tokenizer.json and its end-of-text token."""
+  import tokenizers
+  path = hf_dir / "tokenizer.json"
+  if not path.exists():
+    raise ValueError(f"{hf_dir}: no tokenizer.json; expected a fast (HF tokenizers) tokenizer")
+  serialized = path.read_bytes()
+  settings = _read_json(hf_dir / "tokenizer_config.json") if (
+      hf_dir / "tokenizer_config.json").exists() else {}
+  eos = settings.get("eos_token")
+  if isinstance(eos, dict):
+    eos = eos.get("content")
+  if not eos and hf.get("eos_token_id") is not None:
+    eos_id = hf["eos_token_id"]
+    eos_id = eos_id[0] if isinstance(eos_id, list) else eos_id
+    eos = tokenizers.Tokenizer.from_str(serialized.decode()).id_to_token(eos_id)
+  eos = eos or tokenizer_lib.EOS_TOKEN
+  tokenizer = tokenizer_lib.from_serialized("hf_json", serialized, eos, str(path))
+  if tokenizer.vocab_size > vocab_size:
+    raise ValueError(f"{path}: a vocabulary of {tokenizer.vocab_size} exceeds the model's "
+                     f"embedding of {vocab_size} rows")
+  return tokenizer, eos
+
+
+def _run_config(model: model_config_lib.ModelConfig, workdir: str,
+                eos_token: str) -> ml_collections.ConfigDict:
+  config = base_config.base_config()
+  config.model = ml_collections.ConfigDict(dataclasses.asdict(
+      dataclasses.replace(model, rotary_pct=model.rotary_fraction)))
+  config.data.seq_len = min(config.data.seq_len, model.max_seq_len)
+  config.data.tokenizer.kind = "hf_json"
+  config.data.tokenizer.path = str(epath.Path(workdir) / "tokenizer.json")
+  config.data.tokenizer.eos_token = eos_token
+  return config
+
+
+def import_hf(hf_dir: str, workdir: str) -> dict:
+  """Writes run directory `workdir` from HF directory `hf_dir`; returns its metadata."""
+  hf_dir, workdir = paths.resolve(hf_dir), paths.resolve(workdir)
+  source = epath.Path(hf_dir)
+  if not (source / "config.json").exists():
+    raise ValueError(f"--from={hf_dir}: no config.json; expected a Hugging Face model directory")
+  hf = _read_json(source / "config.json")
+  model = hf_convert.model_config_from_hf(hf, where=str(source / "config.json"))
+  tensors = _Tensors(source)
+  resolved = _resolve_names(tensors, model, hf_dir)
+  _check_shapes(tensors, resolved, model, hf_dir)
+  tokenizer, eos_token = _hf_tokenizer(source, hf, model.vocab_size)
+  target = epath.Path(workdir)
+  if target.exists() and any(target.iterdir()):
+    raise ValueError(f"--workdir={workdir}: not empty; import into a new run directory")
+
+  target.mkdir(parents=True, exist_ok=True)
+  with run_lock.RunLock(workdir):
+    replicated = data_parallel.global_replicated_sharding()
+    flat = {}
+    for item, names in resolved:  # One HF tensor at a time, straight onto the devices.
+      flat[item.path] = jax.device_put(item.to_cpt(*(tensors.read(n) for n in names)),
+                                       replicated)
+    params = hf_convert.params_from_flat(model, flat)
+    config = _run_config(model, workdir, eos_token)
+    metadata = {"step": 0, "stage": 0, "stage_name": "imported", "tokens": {}, "rows": {},
+                "step_offset": 0, "tokenizer_fingerprint": tokenizer.fingerprint, "seed": 0,
+                "process_count": jax.process_count(), "imported_from": hf_dir,
+                "config": run_directory.config_as_json(config)}
+    checkpointer = checkpoint_lib.Checkpointer(workdir)
+    checkpointer.save_params(0, params, metadata)
+    checkpointer.close()
+    run_directory.store_identity(workdir, config, tokenizer)
+  return metadata
+
+
+def _hf_dtype(dtype: str):
+  if dtype == "float32":
+    return np.float32
+  if dtype == "bfloat16":
+    import ml_dtypes  # JAX's own dependency: numpy's bfloat16.
+    return ml_dtypes.bfloat16
+  raise ValueError(f"--dtype={dtype!r}: expected float32 or bfloat16")
+
+
+def _write_safetensors(out: epath.Path, tensors: dict[str, np.ndarray],
+                       max_shard_bytes: int) -> None:
+  """model.safetensors, or numbered shards and the index past `max_shard_bytes`, as
+  `save_pretrained` writes them."""
+  from safetensors.numpy import save_file
+  shards, current, size = [], {}, 0
+  for name, array in tensors.items():
+    if current and size + array.nbytes > max_shard_bytes:
+      shards.append(current)
+      current, size = {}, 0
+    current[name] = array
+    size += array.nbytes
+  shards.append(current)
+  if len(shards) == 1:
+    save_file(shards[0], str(out / _SINGLE), metadata={"format": "pt"})
+    return
+  weight_map = {}
+  for index, shard in enumerate(shards, start=1):
+    file = f"model-{index:05d}-of-{len(shards):05d}.safetensors"
+    save_file(shard, str(out / file), metadata={"format": "pt"})
+    weight_map.update({name: file for name in shard})
+  index = {"metadata": {"total_size": sum(a.nbytes for a in tensors.values())},
+           "weight_map": weight_map}
+  (out / _INDEX).write_text(json.dumps(index, indent=2))
+
+
+def export_hf(reference: str, out_dir: str, dtype: str = "float32",
+              max_shard_bytes: int = 5 * 2**30) -> str:
+  """Writes the parameters of `reference` (RUN_DIR[:STEP]) as an HF model directory."""
+  reference, out_dir = paths.resolve_reference(reference), paths.resolve(out_dir)
+  np_dtype = _hf_dtype(dtype)
+  run_dir, step = checkpoint_lib.parse_reference(reference)
+  stored = run_directory.stored_config(run_dir)
+  if stored is None:
+    raise ValueError(f"--from={run_dir}: no config.json there; expected a cpt-jax run directory")
+  model = model_config_lib.from_config_dict(ml_collections.ConfigDict(stored["model"]))
+  settings = stored["data"]["tokenizer"]
+  tokenizer_path = epath.Path(run_dir) / tokenizer_lib.saved_file_name(settings["kind"])
+  if settings["kind"] not in ("bpe", "hf_json") or not tokenizer_path.exists():
+    raise ValueError(f"--from={run_dir}: export needs an HF tokenizer.json (tokenizer kind "
+                     f"'bpe' or 'hf_json'); this run's is {settings['kind']!r}")
+  tokenizer = tokenizer_lib.load("hf_json", str(tokenizer_path), settings["eos_token"])
+  out = epath.Path(out_dir)
+  if out.exists() and any(out.iterdir()):
+    raise ValueError(f"--out={out_dir}: not empty; export into a new directory")
+
+  source = checkpoint_lib.Checkpointer(run_dir, read_only=True)
+  if step is None:
+    step = source.latest_restorable()
+  if step is None or step not in source.steps():
+    raise ValueError(f"--from={reference}: no such checkpoint (steps: {source.steps()})")
+  abstract = checkpoint_lib.abstract_like(hf_convert.abstract_params(model),
+                                          data_parallel.replicated_sharding())
+  flat = hf_convert.flat_from_params(source.restore_params(step, abstract))
+  tensors = {}
+  for item in hf_convert.correspondences(model):
+    for name, array in zip(item.hf_names, item.to_hf(flat[item.path])):
+      tensors[name] = np.ascontiguousarray(np.asarray(array, np.float32).astype(np_dtype))
+
+  out.mkdir(parents=True, exist_ok=True)
+  _write_safetensors(out, tensors, max_shard_bytes)
+  hf = hf_convert.hf_config_from_model(model, bos_token_id=tokenizer.eos_id,
+                                       eos_token_id=tokenizer.eos_id, dtype=dtype)
+  eos = settings["eos_token"]
+  files = {
+      "config.json": hf,
+      "generation_config.json": {"bos_token_id": tokenizer.eos_id,
+                                 "eos_token_id": tokenizer.eos_id, "_from_model_config": True},
+      "tokenizer_config.json": {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eos,
+                                "bos_token": eos, "model_max_length": model.max_seq_len,
+                                "clean_up_tokenization_spaces": False},
+      "special_tokens_map.json": {"eos_token": eos, "bos_token": eos},
+  }
+  for name, content in files.items():
+    (out / name).write_text(json.dumps(content, indent=2))
+  (out / "tokenizer.json").write_bytes(tokenizer.serialized)
+  return out_dir

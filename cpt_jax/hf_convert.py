@@ -1,0 +1,255 @@
+"""Hugging Face <-> cpt_jax: the configs and tensor layouts of GPT-NeoX (Pythia) and Llama.
+
+Owns the correspondence only, as pure functions over arrays (jax.numpy, so shapes can be
+checked with `jax.eval_shape` before any tensor is read); reading and writing model
+directories is `hf_checkpoint.py`'s. Checked against transformers' own modeling code:
+
+- torch Linear weights are (out, in); Flax kernels are (in, out): transposed both ways.
+- GPT-NeoX fuses q, k and v per head: `query_key_value` is (heads, 3, head_dim) x dim, while
+  cpt_jax's `qkv` kernel holds [all q heads | all k heads | all v heads].
+- Llama's q/k/v projections are separate (k and v with `num_key_value_heads`); HF's weights
+  are already in the rotate-half rotary layout cpt_jax uses.
+- Pythia's output head is `embed_out` on disk (transformers 5 calls it `lm_head` in memory).
+
+Anything the converter cannot express exactly (another architecture, activation, rotary
+scaling, biases where cpt_jax has none) is refused with a `ValueError` naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from cpt_jax import model as model_lib
+from cpt_jax.model_config import ModelConfig
+
+ARCHITECTURES = {"pythia": "GPTNeoXForCausalLM", "llama": "LlamaForCausalLM"}
+_MODEL_TYPES = {"gpt_neox": "pythia", "llama": "llama"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Correspondence:
+  """One cpt_jax parameter and the HF tensors it is made of."""
+  path: str  # "blocks.0.attention.qkv.kernel"
+  hf_names: tuple[str, ...]
+  to_cpt: Callable[..., jax.Array]  # HF tensors (in hf_names order) -> the parameter.
+  to_hf: Callable[[jax.Array], tuple[jax.Array, ...]]  # The parameter -> HF tensors.
+
+
+def _same(name: str, path: str) -> Correspondence:
+  return Correspondence(path, (name,), lambda x: x, lambda x: (x,))
+
+
+def _linear(name: str, path: str) -> Correspondence:
+  """torch (out, in) <-> Flax (in, out)."""
+  return Correspondence(path, (name,), lambda w: w.T, lambda k: (k.T,))
+
+
+def _fused_neox_qkv(name: str, path: str, heads: int, head_dim: int) -> Correspondence:
+  """HF rows (heads, 3, head_dim) <-> cpt_jax columns [q heads | k heads | v heads]."""
+
+  def to_cpt(w):
+    per_head = w.reshape(heads, 3, head_dim, *w.shape[1:])
+    q, k, v = (per_head[:, i].reshape(heads * head_dim, *w.shape[1:]) for i in range(3))
+    return jnp.concatenate([q, k, v], axis=0).T
+
+  def to_hf(x):
+    q, k, v = jnp.split(x.T, 3, axis=0)
+    parts = [part.reshape(heads, head_dim, *part.shape[1:]) for part in (q, k, v)]
+    return (jnp.stack(parts, axis=1).reshape(3 * heads * head_dim, *x.T.shape[1:]),)
+
+  return Correspondence(path, (name,), to_cpt, to_hf)
+
+
+def _split_llama_qkv(prefix: str, path: str, config: ModelConfig) -> Correspondence:
+  q_rows = config.num_heads * config.head_dim
+  kv_rows = config.num_kv_heads * config.head_dim
+
+  def to_hf(kernel):
+    q, k, v = jnp.split(kernel.T, [q_rows, q_rows + kv_rows], axis=0)
+    return q, k, v
+
+  return Correspondence(path, tuple(f"{prefix}.{p}_proj.weight" for p in "qkv"),
+                        lambda q, k, v: jnp.concatenate([q, k, v], axis=0).T, to_hf)
+
+
+def correspondences(config: ModelConfig) -> list[Correspondence]:
+  """Every parameter of `config`'s model with its HF tensors, in the model's order."""
+  result = []
+  if config.family == "pythia":
+    result.append(_same("gpt_neox.embed_in.weight", "embed.embedding"))
+    for i in range(config.num_layers):
+      hf, cpt = f"gpt_neox.layers.{i}", f"blocks.{i}"
+      for hf_norm, cpt_norm in (("input_layernorm", "attention_norm"),
+                                ("post_attention_layernorm", "mlp_norm")):
+        result += [_same(f"{hf}.{hf_norm}.weight", f"{cpt}.{cpt_norm}.scale"),
+                   _same(f"{hf}.{hf_norm}.bias", f"{cpt}.{cpt_norm}.bias")]
+      qkv = f"{hf}.attention.query_key_value"
+      result += [
+          _fused_neox_qkv(f"{qkv}.weight", f"{cpt}.attention.qkv.kernel", config.num_heads,
+                          config.head_dim),
+          _fused_neox_qkv(f"{qkv}.bias", f"{cpt}.attention.qkv.bias", config.num_heads,
+                          config.head_dim)]
+      for hf_linear, cpt_linear in (("attention.dense", "attention.out"),
+                                    ("mlp.dense_h_to_4h", "mlp.up"),
+                                    ("mlp.dense_4h_to_h", "mlp.down")):
+        result += [_linear(f"{hf}.{hf_linear}.weight", f"{cpt}.{cpt_linear}.kernel"),
+                   _same(f"{hf}.{hf_linear}.bias", f"{cpt}.{cpt_linear}.bias")]
+    result += [_same("gpt_neox.final_layer_norm.weight", "final_norm.scale"),
+               _same("gpt_neox.final_layer_norm.bias", "final_norm.bias"),
+               _linear("embed_out.weight", "unembed.kernel")]
+    return result
+  result.append(_same("model.embed_tokens.weight", "embed.embedding"))
+  for i in range(config.num_layers):
+    hf, cpt = f"model.layers.{i}", f"blocks.{i}"
+    result += [
+        _same(f"{hf}.input_layernorm.weight", f"{cpt}.attention_norm.scale"),
+        _same(f"{hf}.post_attention_layernorm.weight", f"{cpt}.mlp_norm.scale"),
+        _split_llama_qkv(f"{hf}.self_attn", f"{cpt}.attention.qkv.kernel", config),
+        _linear(f"{hf}.self_attn.o_proj.weight", f"{cpt}.attention.out.kernel"),
+        _linear(f"{hf}.mlp.gate_proj.weight", f"{cpt}.mlp.gate.kernel"),
+        _linear(f"{hf}.mlp.up_proj.weight", f"{cpt}.mlp.up.kernel"),
+        _linear(f"{hf}.mlp.down_proj.weight", f"{cpt}.mlp.down.kernel")]
+  result.append(_same("model.norm.weight", "final_norm.scale"))
+  if not config.tie_embeddings:
+    result.append(_linear("lm_head.weight", "unembed.kernel"))
+  return result
+
+
+# Names older and newer transformers write for the same tensor.
+HF_ALIASES = {"embed_out.weight": ("lm_head.weight",)}
+
+
+def _rope(hf: dict) -> dict:
+  """Rotary settings from transformers 5's `rope_parameters` or the older flat fields."""
+  rope = dict(hf.get("rope_parameters") or {})
+  legacy = hf.get("rope_scaling") or {}
+  rope.setdefault("rope_type", legacy.get("rope_type", legacy.get("type", "default")))
+  for key, value in legacy.items():
+    rope.setdefault(key, value)
+  rope.setdefault("rope_theta", hf.get("rope_theta", hf.get("rotary_emb_base", 10000.0)))
+  rope.setdefault("partial_rotary_factor", hf.get("partial_rotary_factor",
+                                                  hf.get("rotary_pct", None)))
+  return rope
+
+
+def _require(hf: dict, key: str, expected, default, where: str) -> None:
+  if hf.get(key, default) != expected:
+    raise ValueError(f"{where}: {key}={hf.get(key, default)!r} is not supported (cpt_jax "
+                     f"implements {expected!r})")
+
+
+def model_config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
+  """The ModelConfig of an HF `config.json` (as a dict); unsupported options are refused."""
+  model_type = hf.get("model_type")
+  if model_type not in _MODEL_TYPES:
+    raise ValueError(f"{where}: model_type={model_type!r} is not supported; expected one of "
+                     f"{sorted(_MODEL_TYPES)} (GPT-NeoX / Pythia, Llama)")
+  family = _MODEL_TYPES[model_type]
+  rope = _rope(hf)
+  try:
+    fields = dict(family=family, vocab_size=hf["vocab_size"],
+                  num_layers=hf["num_hidden_layers"], model_dim=hf["hidden_size"],
+                  num_heads=hf["num_attention_heads"], mlp_dim=hf["intermediate_size"],
+                  max_seq_len=hf.get("max_position_embeddings", 2048),
+                  rotary_base=float(rope["rope_theta"]))
+  except KeyError as error:
+    raise ValueError(f"{where}: no {error.args[0]!r}; expected a {model_type} config") from None
+  if family == "pythia":
+    _require(hf, "hidden_act", "gelu", "gelu", where)
+    _require(hf, "attention_bias", True, True, where)
+    _require(hf, "tie_word_embeddings", False, False, where)
+    if rope["rope_type"] != "default":
+      raise ValueError(f"{where}: rope_type={rope['rope_type']!r} is not supported for "
+                       "gpt_neox; expected 'default'")
+    fraction = rope["partial_rotary_factor"]
+    fields.update(num_kv_heads=hf["num_attention_heads"], norm_eps=hf.get("layer_norm_eps", 1e-5),
+                  rotary_pct=0.25 if fraction is None else float(fraction),
+                  sequential_residual=not hf.get("use_parallel_residual", True))
+  else:
+    _require(hf, "hidden_act", "silu", "silu", where)
+    _require(hf, "attention_bias", False, False, where)
+    _require(hf, "mlp_bias", False, False, where)
+    heads = hf["num_attention_heads"]
+    head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
+    fields.update(num_kv_heads=hf.get("num_key_value_heads") or heads,
+                  norm_eps=hf.get("rms_norm_eps", 1e-6), rotary_pct=1.0,
+                  tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+                  attention_head_dim=0 if head_dim * heads == hf["hidden_size"] else head_dim)
+    if rope["rope_type"] == "llama3":
+      fields.update(rope_scaling="llama3", rope_scaling_factor=float(rope["factor"]),
+                    rope_low_freq_factor=float(rope["low_freq_factor"]),
+                    rope_high_freq_factor=float(rope["high_freq_factor"]),
+                    rope_original_context=int(rope["original_max_position_embeddings"]))
+    elif rope["rope_type"] != "default":
+      raise ValueError(f"{where}: rope_type={rope['rope_type']!r} is not supported; expected "
+                       "none or 'llama3'")
+  return ModelConfig(**fields).validate()
+
+
+def hf_config_from_model(config: ModelConfig, *, bos_token_id: int, eos_token_id: int,
+                         dtype: str) -> dict:
+  """An HF `config.json` for `config`, with the fields of transformers 5 and older ones."""
+  base = {"architectures": [ARCHITECTURES[config.family]], "vocab_size": config.vocab_size,
+          "hidden_size": config.model_dim, "num_hidden_layers": config.num_layers,
+          "num_attention_heads": config.num_heads, "intermediate_size": config.mlp_dim,
+          "max_position_embeddings": config.max_seq_len, "bos_token_id": bos_token_id,
+          "eos_token_id": eos_token_id, "tie_word_embeddings": config.tie_embeddings,
+          "torch_dtype": dtype, "dtype": dtype, "initializer_range": 0.02, "use_cache": True}
+  rope = {"rope_type": "default", "rope_theta": config.rotary_base}
+  if config.family == "pythia":
+    rope["partial_rotary_factor"] = config.rotary_fraction
+    return {**base, "model_type": "gpt_neox", "hidden_act": "gelu", "attention_bias": True,
+            "layer_norm_eps": config.norm_eps, "rotary_pct": config.rotary_fraction,
+            "rotary_emb_base": config.rotary_base,
+            "use_parallel_residual": not config.sequential_residual, "rope_parameters": rope}
+  if config.rotary_dims != config.head_dim:
+    raise ValueError(f"model.rotary_pct={config.rotary_pct}: Llama rotates every dim; HF's "
+                     "LlamaForCausalLM cannot express partial rotary")
+  rope_scaling = None
+  if config.rope_scaling == "llama3":
+    rope_scaling = {"rope_type": "llama3", "factor": config.rope_scaling_factor,
+                    "low_freq_factor": config.rope_low_freq_factor,
+                    "high_freq_factor": config.rope_high_freq_factor,
+                    "original_max_position_embeddings": config.rope_original_context}
+    rope = {**rope, **rope_scaling}
+  return {**base, "model_type": "llama", "hidden_act": "silu", "attention_bias": False,
+          "mlp_bias": False, "num_key_value_heads": config.num_kv_heads,
+          "head_dim": config.head_dim, "rms_norm_eps": config.norm_eps,
+          "rope_theta": config.rotary_base, "rope_scaling": rope_scaling,
+          "rope_parameters": rope, "pretraining_tp": 1}
+
+
+def abstract_params(config: ModelConfig) -> nnx.State:
+  """The parameter state's shapes and dtypes, allocating nothing."""
+  abstract = nnx.eval_shape(lambda: model_lib.Transformer(config, rngs=nnx.Rngs(0)))
+  return nnx.state(abstract, nnx.Param)
+
+
+def shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+  """Each cpt_jax parameter's shape, by dotted path (from abstract shapes: no allocation)."""
+  return {".".join(map(str, path)): tuple(leaf.shape)
+          for path, leaf in nnx.to_flat_state(abstract_params(config))}
+
+
+def params_from_flat(config: ModelConfig, flat: dict[str, jax.Array]) -> nnx.State:
+  """The model's parameter state from arrays by dotted path."""
+  state = abstract_params(config)
+  pure = nnx.to_pure_dict(state)
+  for path in shapes(config):
+    node, keys = pure, path.split(".")
+    for key in keys[:-1]:
+      node = node[int(key) if key.isdigit() else key]
+    node[keys[-1]] = flat[path]
+  nnx.replace_by_pure_dict(state, pure)
+  return state
+
+
+def flat_from_params(params: nnx.State) -> dict[str, jax.Array]:
+  return {".".join(map(str, path)): leaf[...] if isinstance(leaf, nnx.Variable) else leaf
+          for path, leaf in nnx.to_flat_state(params)}
+

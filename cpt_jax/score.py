@@ -1,0 +1,83 @@
+"""`cpt-jax score`: a checkpoint's loss on a text file, the first check after an import or a stage.
+
+The file's text is encoded by the run's tokenizer without special tokens, and its tokens
+t_0 .. t_{n-1} are scored in windows t[i N : i N + N + 1] (stride N, the last one shorter), each
+one plain causal sequence with no document masking: every token after the first is a target
+exactly once. For an imported model this is what transformers computes on the same windows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from etils import epath
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from cpt_jax import checkpoint as checkpoint_lib
+from cpt_jax import data_parallel
+from cpt_jax import hf_convert
+from cpt_jax import model as model_lib
+from cpt_jax import model_config as model_config_lib
+from cpt_jax import paths
+from cpt_jax import run_directory
+from cpt_jax import train_step as train_step_lib
+
+
+def windows(ids: np.ndarray, seq_len: int) -> dict[str, np.ndarray]:
+  """Model batches of the windows of `ids`: (W, seq_len) inputs, targets and a loss mask."""
+  count = max(-(-(len(ids) - 1) // seq_len), 0)
+  padded = np.zeros(count * seq_len + 1, np.int32)
+  padded[:len(ids)] = ids
+  starts = np.arange(count)[:, None] * seq_len + np.arange(seq_len)
+  real = (starts + 1) < len(ids)
+  return {"inputs": padded[starts], "targets": padded[starts + 1],
+          "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), starts.shape),
+          "segment_ids": np.ones(starts.shape, np.int32), "loss_mask": real.astype(np.float32)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Score:
+  loss: float  # Mean next-token loss in nats.
+  tokens: int  # Targets scored: the file's token count minus one.
+
+  def __str__(self) -> str:
+    return f"loss: {self.loss:.6f} over {self.tokens} tokens"
+
+
+def score(reference: str, file: str, seq_len: int | None = None, batch_size: int = 8) -> Score:
+  reference, file = paths.resolve_reference(reference), paths.resolve(file)
+  run_dir, step = checkpoint_lib.parse_reference(reference)
+  stored = run_directory.stored_config(run_dir)
+  if stored is None:
+    raise ValueError(f"--from={run_dir}: no config.json there; expected a cpt-jax run directory")
+  if not epath.Path(file).is_file():
+    raise ValueError(f"--file={file}: no such file")
+  config = ml_collections.ConfigDict(stored)
+  model = model_config_lib.from_config_dict(config.model)
+  seq_len = seq_len or config.data.seq_len
+  if not 1 <= seq_len <= model.max_seq_len:
+    raise ValueError(f"--seq_len={seq_len}: expected 1 to the model's context {model.max_seq_len}")
+  tokenizer = run_directory.tokenizer_for_run(config, run_dir)
+  ids = tokenizer.encode(epath.Path(file).read_text())
+  if len(ids) < 2:
+    raise ValueError(f"--file={file}: fewer than two tokens; nothing to score")
+
+  source = checkpoint_lib.Checkpointer(run_dir, read_only=True)
+  step = source.latest_restorable() if step is None else step
+  if step is None or step not in source.steps():
+    raise ValueError(f"--from={reference}: no such checkpoint (steps: {source.steps()})")
+  params = source.restore_params(step, checkpoint_lib.abstract_like(
+      hf_convert.abstract_params(model), data_parallel.replicated_sharding()))
+  graphdef = nnx.split(nnx.eval_shape(lambda: model_lib.Transformer(model, rngs=nnx.Rngs(0))),
+                       nnx.Param)[0]
+  loss_sums = jax.jit(lambda p, batch: train_step_lib.loss_sums(graphdef, p, batch))
+  batches = windows(ids, seq_len)
+  total, count = 0.0, 0.0
+  for start in range(0, len(batches["inputs"]), batch_size):
+    batch = {key: value[start:start + batch_size] for key, value in batches.items()}
+    loss_sum, tokens = jax.device_get(loss_sums(params, batch))
+    total, count = total + float(loss_sum), count + float(tokens)
+  return Score(total / count, int(count))

@@ -1,0 +1,312 @@
+"""Tests for cpt_jax/hf_checkpoint.py and hf_convert.py, against the real transformers.
+
+Tiny random models of each family are built with transformers from a seed and saved with
+`save_pretrained` (nothing is downloaded), imported, trained, exported and loaded back.
+"""
+
+import json
+import os
+import shutil
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+import torch
+import transformers
+from flax import nnx
+
+import run_helpers as helpers
+from cpt_jax import checkpoint as checkpoint_lib
+from cpt_jax import data_parallel
+from cpt_jax import hf_checkpoint
+from cpt_jax import hf_convert
+from cpt_jax import input_pipeline
+from cpt_jax import main
+from cpt_jax import model as model_lib
+from cpt_jax import model_config
+from cpt_jax import run_directory
+from cpt_jax import score as score_lib
+from cpt_jax import tokenizer as tokenizer_lib
+
+VOCAB = 320
+TEXTS = ["To be, or not to be, that is the question.", "def f(x):\n    return x + 1\n"] * 50
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+FAMILIES = {
+    "pythia": lambda: transformers.GPTNeoXConfig(
+        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=256, rotary_pct=0.25, max_position_embeddings=128),
+    "pythia_sequential": lambda: transformers.GPTNeoXConfig(
+        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=256, rotary_pct=0.5, rotary_emb_base=500.0,
+        use_parallel_residual=False, max_position_embeddings=128),
+    "llama_gqa_untied": lambda: transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=128, max_position_embeddings=128,
+        tie_word_embeddings=False),
+    "llama_gqa_tied": lambda: transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=128, max_position_embeddings=128,
+        tie_word_embeddings=True, head_dim=32),
+    "llama3_rope_scaling": lambda: transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=128, max_position_embeddings=128,
+        rope_scaling=LLAMA3_ROPE, rope_theta=5000.0),
+}
+HF_CLASSES = {"gpt_neox": transformers.GPTNeoXForCausalLM, "llama": transformers.LlamaForCausalLM}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+  return tokenizer_lib.train_bpe(TEXTS, vocab_size=300, megabytes=1)
+
+
+def _save_hf(family, directory, tokenizer, max_shard_size=None):
+  """A seeded random HF model of `family` saved into `directory` with our tokenizer."""
+  torch.manual_seed(0)
+  config = FAMILIES[family]()
+  config.eos_token_id = config.bos_token_id = tokenizer.eos_id
+  model = HF_CLASSES[config.model_type](config).eval()
+  if max_shard_size:
+    model.save_pretrained(directory, max_shard_size=max_shard_size)
+  else:
+    model.save_pretrained(directory)
+  with open(os.path.join(directory, "tokenizer.json"), "wb") as f:
+    f.write(tokenizer.serialized)
+  return model
+
+
+def _our_logits(workdir, tokens, step=None):
+  stored = run_directory.stored_config(workdir)
+  model = model_config.from_config_dict(ml_collections.ConfigDict(stored["model"]))
+  checkpointer = checkpoint_lib.Checkpointer(workdir, read_only=True)
+  step = checkpointer.latest_restorable() if step is None else step
+  params = checkpointer.restore_params(step, checkpoint_lib.abstract_like(
+      hf_convert.abstract_params(model), data_parallel.replicated_sharding()))
+  graphdef = nnx.split(nnx.eval_shape(lambda: model_lib.Transformer(model, rngs=nnx.Rngs(0))),
+                       nnx.Param)[0]
+  return np.asarray(nnx.merge(graphdef, params)(tokens))
+
+
+def _their_logits(model, tokens):
+  with torch.no_grad():
+    return model(torch.tensor(np.asarray(tokens))).logits.numpy()
+
+
+def _tokens(seed=0, shape=(2, 40)):
+  return np.random.default_rng(seed).integers(0, VOCAB, shape).astype(np.int32)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_imported_model_gives_transformers_logits(family, tokenizer, tmp_path):
+  hf_model = _save_hf(family, str(tmp_path / "hf"), tokenizer)
+  hf_checkpoint.import_hf(str(tmp_path / "hf"), str(tmp_path / "run"))
+  assert sorted(os.listdir(tmp_path / "run")) == ["checkpoints", "config.json",
+                                                   "data_splits.json", "tokenizer.json"]
+  tokens = _tokens()
+  difference = np.abs(_our_logits(str(tmp_path / "run"), tokens) - _their_logits(hf_model, tokens))
+  assert difference.max() <= 1e-4, difference.max()
+
+
+@pytest.mark.parametrize("family", ["pythia", "llama3_rope_scaling"])
+def test_sharded_import_then_export_is_bit_identical(family, tokenizer, tmp_path):
+  hf_model = _save_hf(family, str(tmp_path / "hf"), tokenizer, max_shard_size="100KB")
+  assert os.path.exists(tmp_path / "hf" / "model.safetensors.index.json")
+  hf_checkpoint.import_hf(str(tmp_path / "hf"), str(tmp_path / "run"))
+  hf_checkpoint.export_hf(str(tmp_path / "run"), str(tmp_path / "out"), max_shard_bytes=60_000)
+  assert os.path.exists(tmp_path / "out" / "model.safetensors.index.json")
+  loaded, info = HF_CLASSES[hf_model.config.model_type].from_pretrained(
+      str(tmp_path / "out"), output_loading_info=True)
+  assert not info["missing_keys"] and not info["unexpected_keys"], info
+  original = hf_model.state_dict()
+  for name, tensor in loaded.state_dict().items():
+    assert torch.equal(tensor, original[name]), name
+
+
+@pytest.mark.parametrize("family", ["pythia", "llama_gqa_tied"])
+def test_trained_run_exports_to_transformers(family, tokenizer, tmp_path, capsys):
+  """cpt_jax -> HF: a few training steps, export, and transformers reproduces the logits,
+  loads the tokenizer and generates."""
+  _save_hf(family, str(tmp_path / "hf"), tokenizer)
+  hf_checkpoint.import_hf(str(tmp_path / "hf"), str(tmp_path / "imported"))
+  run = str(tmp_path / "run")
+  assert main.main(["cpt-jax", "train", f"--config={helpers.DEMO}:smoke", *helpers.SMALL[-4:],
+                    f"--workdir={run}", f"--config.init.from_checkpoint={tmp_path}/imported",
+                    "--config.data.tokenizer.kind=hf_json", "--config.data.seq_len=32",
+                    "--config.data.global_batch_size=8", "--config.stages[0].steps=3",
+                    "--config.stages[1].steps=3"]) == 0, capsys.readouterr().err[-2000:]
+  out = str(tmp_path / "out")
+  assert main.main(["cpt-jax", "export-hf", f"--from={run}", f"--out={out}"]) == 0
+  loaded, info = transformers.AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+  assert not info["missing_keys"] and not info["unexpected_keys"], info
+  tokens = _tokens(1)
+  difference = np.abs(_our_logits(run, tokens) - _their_logits(loaded.eval(), tokens))
+  assert difference.max() <= 1e-4, difference.max()
+  hf_tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+  assert hf_tokenizer.eos_token == tokenizer_lib.EOS_TOKEN
+  assert hf_tokenizer(TEXTS[0])["input_ids"] == list(tokenizer.encode(TEXTS[0]))
+  generated = loaded.generate(torch.tensor(tokens[:1, :5]), max_new_tokens=4, do_sample=False)
+  assert generated.shape == (1, 9)
+
+
+def test_bfloat16_export_loads_in_transformers(tokenizer, tmp_path):
+  _save_hf("pythia", str(tmp_path / "hf"), tokenizer)
+  hf_checkpoint.import_hf(str(tmp_path / "hf"), str(tmp_path / "run"))
+  hf_checkpoint.export_hf(str(tmp_path / "run"), str(tmp_path / "out"), dtype="bfloat16")
+  loaded = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "out"),
+                                                             dtype=torch.bfloat16)
+  assert loaded.gpt_neox.embed_in.weight.dtype == torch.bfloat16
+  assert json.load(open(tmp_path / "out" / "config.json"))["torch_dtype"] == "bfloat16"
+
+
+def test_continued_hf_model_eval_loss_equals_transformers_loss(tokenizer, tmp_path, capsys):
+  """Tiny HF model -> import -> two stages with 5% replay -> export: transformers' loss on
+  the validation batches equals the run's final eval loss on the same tokens."""
+  _save_hf("llama3_rope_scaling", str(tmp_path / "hf"), tokenizer)
+  assert main.main(["cpt-jax", "import-hf", f"--from={tmp_path}/hf",
+                    f"--workdir={tmp_path}/imported"]) == 0
+  data = tmp_path / "data"
+  for name, text in (("prose", TEXTS[0]), ("code", TEXTS[1])):
+    (data / name).mkdir(parents=True)
+    for index in range(40):
+      (data / name / f"{index}.txt").write_text(f"{text} {index}\n" * (1 + index % 4))
+  run = str(tmp_path / "run")
+  sources = [f"--config.data.sources.{name}.{field}" for name in ("prose", "code")
+             for field in ("kind=text_files", f"glob={data}/{name}/*.txt",
+                           "validation_fraction=0.2")]
+  overrides = ["--config.data.seq_len=32", "--config.data.global_batch_size=8",
+               "--config.eval.max_batches=2", "--config.eval.document_masking=false",
+               "--config.log.progress_bar=false", "--config.stages[0].steps=4",
+               "--config.stages[1].steps=4", "--config.data.tokenizer.kind=hf_json"]
+  assert main.main(["cpt-jax", "train", f"--config={helpers.DEMO}:smoke", *sources, *overrides,
+                    f"--workdir={run}", f"--config.init.from_checkpoint={tmp_path}/imported"]
+                   ) == 0, capsys.readouterr().err[-2000:]
+  records = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
+  final = [r for r in records if r["step"] == 8 and "eval/code/loss" in r][-1]
+  assert main.main(["cpt-jax", "export-hf", f"--from={run}", f"--out={tmp_path}/out"]) == 0
+  hf_model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "out")).eval()
+  config = ml_collections.ConfigDict(run_directory.stored_config(run))
+  for source in ("prose", "code"):
+    batches = input_pipeline.validation_batches(source, config.data, tokenizer, 2,
+                                                document_masking=False)
+    total = count = 0.0
+    for batch in batches:
+      logits = torch.tensor(_their_logits(hf_model, batch["inputs"]))
+      losses = torch.nn.functional.cross_entropy(
+          logits.reshape(-1, logits.shape[-1]), torch.tensor(batch["targets"]).reshape(-1).long(),
+          reduction="none").numpy()
+      total += float((losses * batch["loss_mask"].reshape(-1)).sum())
+      count += float(batch["loss_mask"].sum())
+    assert total / count == pytest.approx(final[f"eval/{source}/loss"], abs=1e-4), source
+
+
+def test_score_equals_transformers_on_the_same_windows(tokenizer, tmp_path):
+  hf_model = _save_hf("pythia", str(tmp_path / "hf"), tokenizer)
+  hf_checkpoint.import_hf(str(tmp_path / "hf"), str(tmp_path / "run"))
+  text = " ".join(TEXTS[:7])
+  (tmp_path / "text.txt").write_text(text)
+  result = score_lib.score(str(tmp_path / "run"), str(tmp_path / "text.txt"), seq_len=16)
+  ids = tokenizer.encode(text)
+  total = 0.0
+  for start in range(0, len(ids) - 1, 16):
+    window = torch.tensor(ids[start:start + 17]).long()[None]
+    with torch.no_grad():
+      total += float(hf_model(window, labels=window).loss) * (window.shape[1] - 1)
+  assert result.tokens == len(ids) - 1
+  assert result.loss == pytest.approx(total / (len(ids) - 1), abs=1e-5)
+  assert str(result).startswith("loss: ") and str(result).endswith(f"over {len(ids) - 1} tokens")
+
+
+def test_score_windows_make_every_token_after_the_first_a_target_once():
+  ids = np.arange(1, 38, dtype=np.int32)
+  batch = score_lib.windows(ids, 8)
+  targets = batch["targets"][batch["loss_mask"] > 0]
+  np.testing.assert_array_equal(targets, ids[1:])
+  assert batch["inputs"].shape == (5, 8)
+
+
+def _bad_hf_dirs(root, tokenizer):
+  """(name, HF directory, message part) for broken Hugging Face directories."""
+  cases = []
+
+  def variant(name, edit):
+    directory = root / name
+    _save_hf("pythia", str(directory), tokenizer)
+    edit(directory)
+    return str(directory)
+
+  def set_config(**fields):
+    def edit(directory):
+      config = json.load(open(directory / "config.json"))
+      config.update(fields)
+      json.dump(config, open(directory / "config.json", "w"))
+    return edit
+
+  def drop_tensor(directory):
+    from safetensors.numpy import load_file, save_file
+    tensors = load_file(str(directory / "model.safetensors"))
+    del tensors["gpt_neox.layers.1.mlp.dense_4h_to_h.weight"]
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+
+  cases.append(("missing config.json", variant("no_config", lambda d: os.remove(d / "config.json")),
+                "no config.json"))
+  cases.append(("unknown architecture", variant("arch", set_config(model_type="mamba")),
+                "model_type='mamba' is not supported"))
+  cases.append(("unsupported activation", variant("act", set_config(hidden_act="relu")),
+                "hidden_act='relu' is not supported"))
+  cases.append(("missing tensor", variant("tensor", drop_tensor),
+                "tensor 'gpt_neox.layers.1.mlp.dense_4h_to_h.weight' is missing"))
+  cases.append(("shape mismatch", variant("shape", set_config(intermediate_size=128)),
+                "does not fit config.json"))
+  cases.append(("vocabulary larger than the embedding", variant("vocab", set_config()),
+                "exceeds the model's embedding"))
+  big = tokenizer_lib.train_bpe(TEXTS * 4 + [" ".join(map(str, range(3000)))], 500, 1)
+  with open(root / "vocab" / "tokenizer.json", "wb") as f:
+    f.write(big.serialized)
+  cases.append(("no tokenizer", variant("no_tokenizer",
+                                        lambda d: os.remove(d / "tokenizer.json")),
+                "no tokenizer.json"))
+  return cases
+
+
+def test_bad_hugging_face_directories_are_one_line_and_write_nothing(tokenizer, tmp_path,
+                                                                      capsys):
+  for name, directory, expected in _bad_hf_dirs(tmp_path, tokenizer):
+    workdir = tmp_path / f"run_{os.path.basename(directory)}"
+    capsys.readouterr()
+    code = main.main(["cpt-jax", "import-hf", f"--from={directory}", f"--workdir={workdir}"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1, (name, err[-3:])
+    assert expected in err[0], (name, err[0])
+    assert not workdir.exists(), name
+
+
+def test_imported_run_refuses_keeping_its_missing_optimizer_state(tokenizer, tmp_path, capsys):
+  _save_hf("pythia", str(tmp_path / "hf"), tokenizer)
+  hf_checkpoint.import_hf(str(tmp_path / "hf"), str(tmp_path / "imported"))
+  capsys.readouterr()
+  code = main.main(["cpt-jax", "train", f"--config={helpers.DEMO}:smoke", *helpers.SMALL[-4:],
+                    f"--workdir={tmp_path}/run", "--config.data.tokenizer.kind=hf_json",
+                    f"--config.init.from_checkpoint={tmp_path}/imported",
+                    "--config.init.optimizer_state=keep"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 2 and "has no optimizer state" in err[-1] and len(err) == 1, err[-3:]
+  assert not os.path.exists(tmp_path / "run")
+
+
+def test_hf_config_round_trips_through_model_config():
+  for family, make in FAMILIES.items():
+    hf = make().to_dict()
+    model = hf_convert.model_config_from_hf(hf)
+    again = hf_convert.model_config_from_hf(hf_convert.hf_config_from_model(
+        model, bos_token_id=0, eos_token_id=0, dtype="float32"))
+    assert again == model, family
+
+
+def test_a_llama_model_config_rotates_every_dim_by_default():
+  assert model_config.ModelConfig(family="llama").rotary_dims == 32
+  assert model_config.ModelConfig(family="pythia").rotary_dims == 8
+  with pytest.raises(ValueError, match="rope_type='yarn' is not supported"):
+    hf_convert.model_config_from_hf({**FAMILIES["llama_gqa_untied"]().to_dict(),
+                                     "rope_parameters": {"rope_type": "yarn", "factor": 4.0}})

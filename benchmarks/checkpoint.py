@@ -1,6 +1,6 @@
 """Checkpoint cost: save, restore, and how long an async save blocks the training loop.
 
-  python benchmarks/checkpoint.py
+  python -m benchmarks.checkpoint
 
 For the tiny preset and a ~113M-parameter Pythia-shaped model on CPU: a synchronous save
 (call + commit), an async save (time the call blocks the loop, then time to commit in the

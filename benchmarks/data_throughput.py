@@ -1,6 +1,6 @@
 """Data pipeline speed: the full stage pipeline against the raw ArrayRecord read it sits on.
 
-  python benchmarks/data_throughput.py [--cache_dir=DIR] [--rounds=3] [--seq_lens=128,2048]
+  python -m benchmarks.data_throughput [--cache_dir=DIR] [--rounds=3] [--seq_lens=128,2048]
 
 Uses the demo's stage 2 (Python code 95% + Shakespeare replay 5%), pre-tokenized once with
 `cpt-jax prepare` into DIR (a temporary directory unless given). "raw" reads every record of
@@ -15,7 +15,6 @@ The last line reads `pipeline/raw ratio: <x>`, at the longest row length.
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 
@@ -30,10 +29,8 @@ import grain  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
-sys.path.insert(0, os.path.dirname(__file__))
-import demo  # noqa: E402
-from bare_step import BareStep  # noqa: E402
+from configs import demo  # noqa: E402
+from benchmarks.bare_step import BareStep  # noqa: E402
 
 from cpt_jax import input_pipeline, prepare, run_directory, run_plan, token_cache  # noqa: E402
 

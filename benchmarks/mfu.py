@@ -1,6 +1,6 @@
 """Training throughput per device and model FLOPs utilization (MFU).
 
-  python benchmarks/mfu.py [--presets=pythia-160m,pythia-410m] [--batch_per_device=8]
+  python -m benchmarks.mfu [--presets=pythia-160m,pythia-410m] [--batch_per_device=8]
       [--seq_len=2048] [--steps=20]
 
 On a GPU or TPU: the given presets at sequence length 2048 in bfloat16 (remat on), MFU =
@@ -12,7 +12,6 @@ The last line reads `mfu: <x>` for the last preset (or `mfu: n/a`).
 
 import argparse
 import os
-import sys
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--presets", default="")
@@ -23,11 +22,9 @@ args = parser.parse_args()
 
 import jax  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
-sys.path.insert(0, os.path.dirname(__file__))
-import demo  # noqa: E402
-import device_peaks  # noqa: E402
-from bare_step import BareStep  # noqa: E402
+from configs import demo  # noqa: E402
+from benchmarks import device_peaks  # noqa: E402
+from benchmarks.bare_step import BareStep  # noqa: E402
 
 from cpt_jax import model as model_lib  # noqa: E402
 from cpt_jax import model_config  # noqa: E402

@@ -1,6 +1,6 @@
 """Host overhead of the training loop: tokens/s of the bare compiled step vs the real loop.
 
-  python benchmarks/step_throughput.py [--devices=N] [--rounds=3] [--steps=30]
+  python -m benchmarks.step_throughput [--devices=N] [--rounds=3] [--steps=30]
       [--preset=tiny] [--batch=32] [--seq_len=128]
 
 Both run the same model, optimizer and batch shape on the same devices. The bare step feeds
@@ -14,7 +14,6 @@ reads `loop/step ratio: <x>`.
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 
@@ -38,11 +37,9 @@ jax.config.update("jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(
                                                             "cpt_jax_benchmark_cache"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
-sys.path.insert(0, os.path.dirname(__file__))
-import demo  # noqa: E402
-import device_peaks  # noqa: E402
-from bare_step import BareStep  # noqa: E402
+from configs import demo  # noqa: E402
+from benchmarks import device_peaks  # noqa: E402
+from benchmarks.bare_step import BareStep  # noqa: E402
 
 from cpt_jax import metrics_writer, model, model_config, trainer  # noqa: E402
 

@@ -14,17 +14,11 @@ Result:   the table at the end shows the German loss falling and the English los
           --config.stages[1].mixture.de=1.0 for the cost of no replay.
 """
 
-import importlib.util
-import os
-
+from configs import demo
 from cpt_jax import corpora
 
 
 def get_config(variant: str = ""):
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.py")
-  spec = importlib.util.spec_from_file_location("demo", path)
-  demo = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(demo)
   config = demo.get_config(variant)
   del config.data.sources["prose"]
   del config.data.sources["code"]

@@ -14,26 +14,13 @@ Result to compare with: Table 2 of the paper, rows for the German shift at 405M 
           and without replay (`:replay0`) the Pile loss rises markedly.
 """
 
-import importlib.util
-import os
-
+from configs import pythia_410m_pile_slimpajama as weak
 from cpt_jax import corpora
 
 GERMAN_TOKENS = 200_000_000_000
 
 
-def _weak_shift_config():
-  """The Pile -> SlimPajama config beside this file: same model, optimizer and schedule."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                      "pythia_410m_pile_slimpajama.py")
-  spec = importlib.util.spec_from_file_location("pythia_410m_pile_slimpajama", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def get_config(variant: str = ""):
-  weak = _weak_shift_config()
   config = weak.get_config(variant)
   del config.data.sources["slimpajama"]
   config.data.sources.german = corpora.source_config(

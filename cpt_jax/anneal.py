@@ -17,12 +17,13 @@ from cpt_jax import run_directory
 from cpt_jax import run_plan
 from cpt_jax import schedule_config
 from cpt_jax import trainer
+from cpt_jax.config_error import ConfigError
 
 
 def _load_config(run_dir: str) -> ml_collections.ConfigDict:
   stored = run_directory.stored_config(run_dir)
   if stored is None:
-    raise ValueError(f"--from={run_dir!r}: no config.json there; expected a cpt-jax run directory")
+    raise ConfigError(f"--from={run_dir!r}: no config.json there; expected a cpt-jax run directory")
   stages = [ml_collections.ConfigDict(stage) for stage in stored.pop("stages")]
   config = ml_collections.ConfigDict(stored)
   config.stages = stages
@@ -34,13 +35,13 @@ def anneal_config(source_reference: str, steps: int, shape: str,
   """The config of the annealing branch: the source run's, with one anneal stage."""
   run_dir, step = checkpoint_lib.parse_reference(source_reference)
   if steps <= 0:
-    raise ValueError(f"--steps={steps}: expected a positive number of anneal steps")
+    raise ConfigError(f"--steps={steps}: expected a positive number of anneal steps")
   config = _load_config(run_dir)
   source = checkpoint_lib.Checkpointer(run_dir, read_only=True)
   if step is None:
     step = source.latest_restorable()
   if step is None or step not in source.steps():
-    raise ValueError(f"--from={source_reference!r}: no such checkpoint (steps: {source.steps()})")
+    raise ConfigError(f"--from={source_reference!r}: no such checkpoint (steps: {source.steps()})")
   metadata = source.read_metadata(step)
   offset = metadata["step_offset"]
   start_value = float(run_plan.learning_rate_schedule(config, step_offset=offset)(step))
@@ -64,6 +65,6 @@ def anneal(source_reference: str, workdir: str, steps: int, shape: str = "1-sqrt
   config = anneal_config(source_reference, steps, shape, end_value)
   run_dir, _ = checkpoint_lib.parse_reference(source_reference)
   if workdir.rstrip("/") == run_dir.rstrip("/"):
-    raise ValueError("--workdir must differ from the source run directory: annealing never "
-                     "writes into the source run")
+    raise ConfigError("--workdir must differ from the source run directory: annealing never "
+                      "writes into the source run")
   return trainer.train(config, workdir)

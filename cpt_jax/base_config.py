@@ -12,6 +12,7 @@ import ml_collections
 from cpt_jax import input_pipeline
 from cpt_jax import model_config
 from cpt_jax import optimizer
+from cpt_jax.config_error import ConfigError
 
 PARALLEL_MODES = ("pmap", "fsdp")
 
@@ -20,8 +21,8 @@ def check_variant(variant: str, known: tuple[str, ...]) -> None:
   """A config's `get_config(variant)` calls this first: a misspelt variant is an error, not a
   silent default."""
   if variant not in ("", *known):
-    raise ValueError(f"unknown variant {variant!r}; this config's variants: "
-                     f"{', '.join(known) or 'none'} (or none, the default)")
+    raise ConfigError(f"unknown variant {variant!r}; this config's variants: "
+                      f"{', '.join(known) or 'none'} (or none, the default)")
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -25,6 +25,9 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from cpt_jax import train_step as train_step_lib
+from cpt_jax.config_error import ConfigError
+
+_log = logging.getLogger(__name__)
 
 ITEMS = ("params", "opt_state", "metadata", "data")
 
@@ -194,8 +197,8 @@ class Checkpointer:
         failed.append(step)
         continue
       if failed:
-        print(f"warning: checkpoint step {failed[0]} in {self._path} is corrupt or truncated "
-              f"({reason}); falling back to step {step}")
+        _log.warning("checkpoint step %d in %s is corrupt or truncated (%s); falling back to "
+                     "step %d", failed[0], self._path, reason, step)
         if not self._read_only:  # A run another run starts from is only read.
           self._set_aside(failed)
       return step, arrays, metadata
@@ -214,9 +217,9 @@ class Checkpointer:
     try:
       state = json.loads(path.read_text())
     except (OSError, ValueError) as error:
-      raise ValueError(f"{path}: unreadable data-iterator state ({_first_line(error)})") from None
+      raise ConfigError(f"{path}: unreadable data-iterator state ({_first_line(error)})") from None
     if not isinstance(state, dict) or not {"batch", "streams"} <= set(state):
-      raise ValueError(f"{path}: not a data-iterator state")
+      raise ConfigError(f"{path}: not a data-iterator state")
 
   def _set_aside(self, steps: list[int]) -> None:
     """Moves unrestorable steps to `checkpoints.corrupt/` (kept for inspection), so training

@@ -28,6 +28,8 @@ from typing import Sequence
 
 import ml_collections
 
+from cpt_jax.config_error import ConfigError
+
 KINDS = ("embedded", "text_files", "tfds")
 EMBEDDED = ("shakespeare", "python_stdlib", "manpages_en", "manpages_de")
 SPLITS = ("train", "validation")
@@ -103,8 +105,8 @@ def _manpage_files(corpus: str) -> list[str]:
   packages = _MANPAGE_PACKAGES[corpus]
   result = subprocess.run(["dpkg", "-L", *packages], capture_output=True, text=True)
   if result.returncode != 0:
-    raise ValueError(f"embedded corpus {corpus!r} needs the Debian packages "
-                     f"{' '.join(packages)}: apt-get install {' '.join(packages)}")
+    raise ConfigError(f"embedded corpus {corpus!r} needs the Debian packages "
+                      f"{' '.join(packages)}: apt-get install {' '.join(packages)}")
   return sorted(path for path in result.stdout.split() if path.endswith(".gz") and "/man/" in path
                 and os.path.isfile(path))
 
@@ -150,13 +152,13 @@ def _read_text(path: str, where: str) -> str:
   with open(path, "rb") as f:
     content = f.read()
   if b"\0" in content[:1 << 16]:
-    raise ValueError(f"{path}: a binary file (it holds NUL bytes), matched by {where}; "
-                     "expected UTF-8 text files only")
+    raise ConfigError(f"{path}: a binary file (it holds NUL bytes), matched by {where}; "
+                      "expected UTF-8 text files only")
   try:
     return content.decode("utf-8")
   except UnicodeDecodeError as error:
-    raise ValueError(f"{path}: not UTF-8 text (invalid byte at offset {error.start}), matched "
-                     f"by {where}; expected UTF-8 text files only") from None
+    raise ConfigError(f"{path}: not UTF-8 text (invalid byte at offset {error.start}), matched "
+                      f"by {where}; expected UTF-8 text files only") from None
 
 
 def _text_files(pattern: str, text_field: str, where: str) -> list[tuple[str, str]]:
@@ -165,7 +167,7 @@ def _text_files(pattern: str, text_field: str, where: str) -> list[tuple[str, st
   paths = sorted(path for path in glob_lib.glob(pattern, recursive=True) if os.path.isfile(path))
   root = _glob_root(pattern)
   if not paths:
-    raise ValueError(f"{where}={pattern!r}: no files match")
+    raise ConfigError(f"{where}={pattern!r}: no files match")
   documents = []
   for path in paths:
     text = _read_text(path, where)
@@ -179,13 +181,13 @@ def _text_files(pattern: str, text_field: str, where: str) -> list[tuple[str, st
           if not isinstance(document, str):
             raise TypeError
         except (json.JSONDecodeError, KeyError, TypeError):
-          raise ValueError(f"{path}:{line_number}: expected a JSON object with a string field "
-                           f"{text_field!r} (data.sources.*.text_field)") from None
+          raise ConfigError(f"{path}:{line_number}: expected a JSON object with a string field "
+                            f"{text_field!r} (data.sources.*.text_field)") from None
         documents.append((f"{os.path.relpath(path, root)}:{line_number}", document))
     else:
       documents.append((os.path.relpath(path, root), text))
   if not any(text.strip() for _, text in documents):
-    raise ValueError(f"{where}={pattern!r}: the matching files hold no text")
+    raise ConfigError(f"{where}={pattern!r}: the matching files hold no text")
   return documents
 
 
@@ -196,8 +198,8 @@ def _tfds(config, split: str, where: str):
   try:
     source = tfds.data_source(config.tfds_name, split=split_name, data_dir=config.data_dir or None)
   except Exception as error:  # TFDS raises many types for missing data.
-    raise ValueError(f"{where}: cannot open tfds {config.tfds_name!r} split {split_name!r} "
-                     f"in data_dir {config.data_dir!r}: {error}") from None
+    raise ConfigError(f"{where}: cannot open tfds {config.tfds_name!r} split {split_name!r} "
+                      f"in data_dir {config.data_dir!r}: {error}") from None
   return _TfdsTexts(source, config.text_field)
 
 
@@ -221,14 +223,14 @@ def _documents(name: str, config: ml_collections.ConfigDict, split: str):
   """(ids, texts) of a split; TFDS sources give (None, lazy texts)."""
   where = f"data.sources.{name}"
   if split not in SPLITS:
-    raise ValueError(f"split {split!r}: expected one of {SPLITS}")
+    raise ConfigError(f"split {split!r}: expected one of {SPLITS}")
   if config.kind not in KINDS:
-    raise ValueError(f"{where}.kind={config.kind!r}: expected one of {KINDS}")
+    raise ConfigError(f"{where}.kind={config.kind!r}: expected one of {KINDS}")
   if config.kind == "tfds":
     return None, _tfds(config, split, where)
   if config.kind == "embedded":
     if config.corpus not in EMBEDDED:
-      raise ValueError(f"{where}.corpus={config.corpus!r}: expected one of {EMBEDDED}")
+      raise ConfigError(f"{where}.corpus={config.corpus!r}: expected one of {EMBEDDED}")
     loader = {"shakespeare": _shakespeare, "python_stdlib": _python_stdlib}.get(
         config.corpus, lambda: _manpages(config.corpus))
     pool = _split(loader(), split, config.validation_fraction)
@@ -239,7 +241,7 @@ def _documents(name: str, config: ml_collections.ConfigDict, split: str):
     pool = _split(_text_files(config.glob, config.text_field, f"{where}.glob"), split,
                   config.validation_fraction)
   if not pool:
-    raise ValueError(f"{where}: the {split} split is empty")
+    raise ConfigError(f"{where}: the {split} split is empty")
   return [doc_id for doc_id, _ in pool], [text for _, text in pool]
 
 
@@ -247,7 +249,7 @@ def documents(name: str, config: ml_collections.ConfigDict, split: str) -> Seque
   """The texts of source `name`'s `split`, in a fixed order."""
   _, texts = _documents(name, config, split)
   if len(texts) == 0:
-    raise ValueError(f"data.sources.{name}: the {split} split is empty")
+    raise ConfigError(f"data.sources.{name}: the {split} split is empty")
   return texts
 
 

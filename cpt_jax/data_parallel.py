@@ -87,9 +87,6 @@ class DataParallel:
     self._eval_step = compile_eval_step(graphdef)
     self._local_sharding = replicated_sharding()  # What pmap takes and returns.
 
-  def state_shardings(self, tree):
-    return state_shardings(tree)
-
   def place(self, tree):
     """Host, single-device or restored global arrays -> replicated on every local device."""
     return jax.tree.map(lambda x: _to_process_local(x, self._local_sharding), tree)

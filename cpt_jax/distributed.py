@@ -10,14 +10,16 @@ import os
 
 import jax
 
+from cpt_jax.config_error import ConfigError
+
 
 def initialize(coordinator_address: str | None, num_processes: int | None,
                process_id: int | None) -> None:
   explicit = (coordinator_address, num_processes, process_id)
   if any(value is not None for value in explicit):
     if any(value is None for value in explicit):
-      raise ValueError("multi-process runs need all of --coordinator_address, "
-                       "--num_processes and --process_id")
+      raise ConfigError("multi-process runs need all of --coordinator_address, "
+                        "--num_processes and --process_id")
     jax.distributed.initialize(coordinator_address, num_processes=num_processes,
                                process_id=process_id)
   elif "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):  # A multi-host TPU slice.

@@ -17,57 +17,58 @@ from cpt_jax import model_config
 from cpt_jax import optimizer
 from cpt_jax import run_plan
 from cpt_jax import tokenizer as tokenizer_lib
+from cpt_jax.config_error import ConfigError
 
 
 def _check_int(field: str, value, minimum: int) -> None:
   if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-    raise ValueError(f"{field}={value!r}: expected an integer >= {minimum}")
+    raise ConfigError(f"{field}={value!r}: expected an integer >= {minimum}")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the first bad field."""
+  """Raises ConfigError naming the first bad field."""
   model = model_config.from_config_dict(config.model)
   optimizer.validate(config.optimizer)
   data = config.data
   _check_int("data.seq_len", data.seq_len, 1)
   _check_int("data.global_batch_size", data.global_batch_size, 1)
   if data.seq_len > model.max_seq_len:
-    raise ValueError(f"data.seq_len={data.seq_len}: exceeds the model's context "
-                     f"model.max_seq_len={model.max_seq_len}")
+    raise ConfigError(f"data.seq_len={data.seq_len}: exceeds the model's context "
+                      f"model.max_seq_len={model.max_seq_len}")
   if data.global_batch_size % config.optimizer.microbatches:
-    raise ValueError(f"optimizer.microbatches={config.optimizer.microbatches}: must divide "
-                     f"data.global_batch_size={data.global_batch_size}")
+    raise ConfigError(f"optimizer.microbatches={config.optimizer.microbatches}: must divide "
+                      f"data.global_batch_size={data.global_batch_size}")
   if data.tokenizer.kind not in tokenizer_lib.KINDS:
-    raise ValueError(f"data.tokenizer.kind={data.tokenizer.kind!r}: expected one of "
-                     f"{tokenizer_lib.KINDS}")
+    raise ConfigError(f"data.tokenizer.kind={data.tokenizer.kind!r}: expected one of "
+                      f"{tokenizer_lib.KINDS}")
   if not data.sources:
-    raise ValueError("data.sources is empty; expected {name: corpora.source_config(...)}")
+    raise ConfigError("data.sources is empty; expected {name: corpora.source_config(...)}")
   for name, source in data.sources.items():
     if source.kind not in corpora.KINDS:
-      raise ValueError(f"data.sources.{name}.kind={source.kind!r}: expected one of "
-                       f"{corpora.KINDS}")
+      raise ConfigError(f"data.sources.{name}.kind={source.kind!r}: expected one of "
+                        f"{corpora.KINDS}")
   if data.tokenizer.kind == "bpe" and data.tokenizer.train_source and (
       data.tokenizer.train_source not in data.sources):
-    raise ValueError(f"data.tokenizer.train_source={data.tokenizer.train_source!r}: expected "
-                     f"one of the sources {sorted(data.sources.keys())}")
+    raise ConfigError(f"data.tokenizer.train_source={data.tokenizer.train_source!r}: expected "
+                      f"one of the sources {sorted(data.sources.keys())}")
   for name in config.eval.sources:
     if name not in data.sources:
-      raise ValueError(f"eval.sources names unknown source {name!r}; known sources: "
-                       f"{sorted(data.sources.keys())}")
+      raise ConfigError(f"eval.sources names unknown source {name!r}; known sources: "
+                        f"{sorted(data.sources.keys())}")
   if config.parallel not in base_config.PARALLEL_MODES:
-    raise ValueError(f"parallel={config.parallel!r}: expected one of {base_config.PARALLEL_MODES}")
+    raise ConfigError(f"parallel={config.parallel!r}: expected one of {base_config.PARALLEL_MODES}")
   for field in ("eval.every", "log.every", "checkpoint.every", "eval.max_batches",
                 "checkpoint.keep"):
     section, key = field.split(".")
     _check_int(field, config[section][key], 1)
   _check_int("checkpoint.keep_every", config.checkpoint.keep_every, 0)
   if not isinstance(config.eval.document_masking, bool):
-    raise ValueError(f"eval.document_masking={config.eval.document_masking!r}: expected true or "
-                     "false")
+    raise ConfigError(f"eval.document_masking={config.eval.document_masking!r}: expected true or "
+                      "false")
   for field, allowed in (("optimizer_state", ("reset", "keep")), ("step", ("reset", "continue")),
                          ("data", ("fresh", "continue")), ("model", ("source", "config"))):
     if config.init[field] not in allowed:
-      raise ValueError(f"init.{field}={config.init[field]!r}: expected one of {allowed}")
+      raise ConfigError(f"init.{field}={config.init[field]!r}: expected one of {allowed}")
   run_plan.plan(config)
   run_plan.learning_rate_schedule(config)
 

@@ -34,6 +34,7 @@ from cpt_jax import paths
 from cpt_jax import run_directory
 from cpt_jax import run_lock
 from cpt_jax import tokenizer as tokenizer_lib
+from cpt_jax.config_error import ConfigError
 
 _INDEX = "model.safetensors.index.json"
 _SINGLE = "model.safetensors"
@@ -46,7 +47,7 @@ def _read_json(path: epath.Path) -> dict:
   try:
     return json.loads(path.read_text())
   except (OSError, ValueError) as error:
-    raise ValueError(f"{path}: unreadable JSON ({str(error).splitlines()[0][:120]})") from None
+    raise ConfigError(f"{path}: unreadable JSON ({str(error).splitlines()[0][:120]})") from None
 
 
 class _Tensors:
@@ -61,7 +62,7 @@ class _Tensors:
       with safe_open(str(hf_dir / _SINGLE), framework="numpy") as f:
         self._files = {name: str(hf_dir / _SINGLE) for name in f.keys()}
     else:
-      raise ValueError(f"{hf_dir}: no {_SINGLE} or {_INDEX}; expected safetensors weights")
+      raise ConfigError(f"{hf_dir}: no {_SINGLE} or {_INDEX}; expected safetensors weights")
 
   def names(self) -> set[str]:
     return set(self._files)
@@ -91,14 +92,14 @@ def _resolve_names(tensors: _Tensors, model: model_config_lib.ModelConfig,
     for name in item.hf_names:
       found = [n for n in (name, *hf_convert.HF_ALIASES.get(name, ())) if n in available]
       if not found:
-        raise ValueError(f"{where}: tensor {name!r} is missing from the safetensors files")
+        raise ConfigError(f"{where}: tensor {name!r} is missing from the safetensors files")
       names.append(found[0])
     used.update(names)
     result.append((item, tuple(names)))
   leftover = sorted(n for n in available - used if not n.endswith(_BUFFER_SUFFIXES))
   if leftover:
-    raise ValueError(f"{where}: tensors cpt_jax would not use: {leftover[:5]}"
-                     f"{' ...' if len(leftover) > 5 else ''}; is config.json the right one?")
+    raise ConfigError(f"{where}: tensors cpt_jax would not use: {leftover[:5]}"
+                      f"{' ...' if len(leftover) > 5 else ''}; is config.json the right one?")
   return result
 
 
@@ -112,17 +113,18 @@ def _check_shapes(tensors, resolved, model, where: str) -> None:
     except (TypeError, ValueError):
       shape = None
     if shape != expected[item.path]:
-      raise ValueError(f"{where}: tensor {names[0]!r} has shape {tensors.shape(names[0])}, "
-                       f"which does not fit config.json (parameter {item.path} needs "
-                       f"{expected[item.path]})")
+      raise ConfigError(f"{where}: tensor {names[0]!r} has shape {tensors.shape(names[0])}, "
+                        f"which does not fit config.json (parameter {item.path} needs "
+                        f"{expected[item.path]})")
 
 
-def _hf_tokenizer(hf_dir: epath.Path, hf: dict, vocab_size: int) -> tuple[tokenizer_lib.Tokenizer, str]:
+def _hf_tokenizer(hf_dir: epath.Path, hf: dict,
+                  vocab_size: int) -> tuple[tokenizer_lib.Tokenizer, str]:
   """The directory's tokenizer.json and its end-of-text token."""
   import tokenizers
   path = hf_dir / "tokenizer.json"
   if not path.exists():
-    raise ValueError(f"{hf_dir}: no tokenizer.json; expected a fast (HF tokenizers) tokenizer")
+    raise ConfigError(f"{hf_dir}: no tokenizer.json; expected a fast (HF tokenizers) tokenizer")
   serialized = path.read_bytes()
   settings = _read_json(hf_dir / "tokenizer_config.json") if (
       hf_dir / "tokenizer_config.json").exists() else {}
@@ -136,8 +138,8 @@ def _hf_tokenizer(hf_dir: epath.Path, hf: dict, vocab_size: int) -> tuple[tokeni
   eos = eos or tokenizer_lib.EOS_TOKEN
   tokenizer = tokenizer_lib.from_serialized("hf_json", serialized, eos, str(path))
   if tokenizer.vocab_size > vocab_size:
-    raise ValueError(f"{path}: a vocabulary of {tokenizer.vocab_size} exceeds the model's "
-                     f"embedding of {vocab_size} rows")
+    raise ConfigError(f"{path}: a vocabulary of {tokenizer.vocab_size} exceeds the model's "
+                      f"embedding of {vocab_size} rows")
   return tokenizer, eos
 
 
@@ -158,7 +160,7 @@ def import_hf(hf_dir: str, workdir: str) -> dict:
   hf_dir, workdir = paths.resolve(hf_dir), paths.resolve(workdir)
   source = epath.Path(hf_dir)
   if not (source / "config.json").exists():
-    raise ValueError(f"--from={hf_dir}: no config.json; expected a Hugging Face model directory")
+    raise ConfigError(f"--from={hf_dir}: no config.json; expected a Hugging Face model directory")
   hf = _read_json(source / "config.json")
   model = hf_convert.model_config_from_hf(hf, where=str(source / "config.json"))
   tensors = _Tensors(source)
@@ -167,7 +169,7 @@ def import_hf(hf_dir: str, workdir: str) -> dict:
   tokenizer, eos_token = _hf_tokenizer(source, hf, model.vocab_size)
   target = epath.Path(workdir)
   if target.exists() and any(target.iterdir()):
-    raise ValueError(f"--workdir={workdir}: not empty; import into a new run directory")
+    raise ConfigError(f"--workdir={workdir}: not empty; import into a new run directory")
 
   target.mkdir(parents=True, exist_ok=True)
   with run_lock.RunLock(workdir):
@@ -195,7 +197,7 @@ def _hf_dtype(dtype: str):
   if dtype == "bfloat16":
     import ml_dtypes  # JAX's own dependency: numpy's bfloat16.
     return ml_dtypes.bfloat16
-  raise ValueError(f"--dtype={dtype!r}: expected float32 or bfloat16")
+  raise ConfigError(f"--dtype={dtype!r}: expected float32 or bfloat16")
 
 
 def _write_safetensors(out: epath.Path, tensors: dict[str, np.ndarray],
@@ -232,23 +234,23 @@ def export_hf(reference: str, out_dir: str, dtype: str = "float32",
   run_dir, step = checkpoint_lib.parse_reference(reference)
   stored = run_directory.stored_config(run_dir)
   if stored is None:
-    raise ValueError(f"--from={run_dir}: no config.json there; expected a cpt-jax run directory")
+    raise ConfigError(f"--from={run_dir}: no config.json there; expected a cpt-jax run directory")
   model = model_config_lib.from_config_dict(ml_collections.ConfigDict(stored["model"]))
   settings = stored["data"]["tokenizer"]
   tokenizer_path = epath.Path(run_dir) / tokenizer_lib.saved_file_name(settings["kind"])
   if settings["kind"] not in ("bpe", "hf_json") or not tokenizer_path.exists():
-    raise ValueError(f"--from={run_dir}: export needs an HF tokenizer.json (tokenizer kind "
-                     f"'bpe' or 'hf_json'); this run's is {settings['kind']!r}")
+    raise ConfigError(f"--from={run_dir}: export needs an HF tokenizer.json (tokenizer kind "
+                      f"'bpe' or 'hf_json'); this run's is {settings['kind']!r}")
   tokenizer = tokenizer_lib.load("hf_json", str(tokenizer_path), settings["eos_token"])
   out = epath.Path(out_dir)
   if out.exists() and any(out.iterdir()):
-    raise ValueError(f"--out={out_dir}: not empty; export into a new directory")
+    raise ConfigError(f"--out={out_dir}: not empty; export into a new directory")
 
   source = checkpoint_lib.Checkpointer(run_dir, read_only=True)
   if step is None:
     step = source.latest_restorable()
   if step is None or step not in source.steps():
-    raise ValueError(f"--from={reference}: no such checkpoint (steps: {source.steps()})")
+    raise ConfigError(f"--from={reference}: no such checkpoint (steps: {source.steps()})")
   abstract = checkpoint_lib.abstract_like(hf_convert.abstract_params(model),
                                           data_parallel.replicated_sharding())
   flat = hf_convert.flat_from_params(source.restore_params(step, abstract))

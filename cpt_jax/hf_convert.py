@@ -26,6 +26,7 @@ from flax import nnx
 
 from cpt_jax import model as model_lib
 from cpt_jax.model_config import ModelConfig
+from cpt_jax.config_error import ConfigError
 
 ARCHITECTURES = {"pythia": "GPTNeoXForCausalLM", "llama": "LlamaForCausalLM"}
 _MODEL_TYPES = {"gpt_neox": "pythia", "llama": "llama"}
@@ -139,16 +140,16 @@ def _rope(hf: dict) -> dict:
 
 def _require(hf: dict, key: str, expected, default, where: str) -> None:
   if hf.get(key, default) != expected:
-    raise ValueError(f"{where}: {key}={hf.get(key, default)!r} is not supported (cpt_jax "
-                     f"implements {expected!r})")
+    raise ConfigError(f"{where}: {key}={hf.get(key, default)!r} is not supported (cpt_jax "
+                      f"implements {expected!r})")
 
 
 def model_config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
   """The ModelConfig of an HF `config.json` (as a dict); unsupported options are refused."""
   model_type = hf.get("model_type")
   if model_type not in _MODEL_TYPES:
-    raise ValueError(f"{where}: model_type={model_type!r} is not supported; expected one of "
-                     f"{sorted(_MODEL_TYPES)} (GPT-NeoX / Pythia, Llama)")
+    raise ConfigError(f"{where}: model_type={model_type!r} is not supported; expected one of "
+                      f"{sorted(_MODEL_TYPES)} (GPT-NeoX / Pythia, Llama)")
   family = _MODEL_TYPES[model_type]
   rope = _rope(hf)
   try:
@@ -158,14 +159,14 @@ def model_config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
                   max_seq_len=hf.get("max_position_embeddings", 2048),
                   rotary_base=float(rope["rope_theta"]))
   except KeyError as error:
-    raise ValueError(f"{where}: no {error.args[0]!r}; expected a {model_type} config") from None
+    raise ConfigError(f"{where}: no {error.args[0]!r}; expected a {model_type} config") from None
   if family == "pythia":
     _require(hf, "hidden_act", "gelu", "gelu", where)
     _require(hf, "attention_bias", True, True, where)
     _require(hf, "tie_word_embeddings", False, False, where)
     if rope["rope_type"] != "default":
-      raise ValueError(f"{where}: rope_type={rope['rope_type']!r} is not supported for "
-                       "gpt_neox; expected 'default'")
+      raise ConfigError(f"{where}: rope_type={rope['rope_type']!r} is not supported for "
+                        "gpt_neox; expected 'default'")
     fraction = rope["partial_rotary_factor"]
     fields.update(num_kv_heads=hf["num_attention_heads"], norm_eps=hf.get("layer_norm_eps", 1e-5),
                   rotary_pct=0.25 if fraction is None else float(fraction),
@@ -186,8 +187,8 @@ def model_config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
                     rope_high_freq_factor=float(rope["high_freq_factor"]),
                     rope_original_context=int(rope["original_max_position_embeddings"]))
     elif rope["rope_type"] != "default":
-      raise ValueError(f"{where}: rope_type={rope['rope_type']!r} is not supported; expected "
-                       "none or 'llama3'")
+      raise ConfigError(f"{where}: rope_type={rope['rope_type']!r} is not supported; expected "
+                        "none or 'llama3'")
   return ModelConfig(**fields).validate()
 
 
@@ -208,8 +209,8 @@ def hf_config_from_model(config: ModelConfig, *, bos_token_id: int, eos_token_id
             "rotary_emb_base": config.rotary_base,
             "use_parallel_residual": not config.sequential_residual, "rope_parameters": rope}
   if config.rotary_dims != config.head_dim:
-    raise ValueError(f"model.rotary_pct={config.rotary_pct}: Llama rotates every dim; HF's "
-                     "LlamaForCausalLM cannot express partial rotary")
+    raise ConfigError(f"model.rotary_pct={config.rotary_pct}: Llama rotates every dim; HF's "
+                      "LlamaForCausalLM cannot express partial rotary")
   rope_scaling = None
   if config.rope_scaling == "llama3":
     rope_scaling = {"rope_type": "llama3", "factor": config.rope_scaling_factor,

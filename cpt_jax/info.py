@@ -13,6 +13,7 @@ from cpt_jax import model_config
 from cpt_jax import paths
 from cpt_jax import run_directory
 from cpt_jax import run_plan
+from cpt_jax.config_error import ConfigError
 
 
 def _schedule_summary(schedule: ml_collections.ConfigDict | None) -> str:
@@ -36,13 +37,14 @@ def describe_run(run_dir: str) -> str:
   run_dir = paths.resolve(run_dir)
   stored = run_directory.stored_config(run_dir)
   if stored is None:
-    raise ValueError(f"--from={run_dir}: no config.json there; expected a cpt-jax run directory")
+    raise ConfigError(f"--from={run_dir}: no config.json there; expected a cpt-jax run directory")
   config = ml_collections.ConfigDict(stored)
   lines, flops = _model_lines(model_config.from_config_dict(config.model), config.data.seq_len)
   steps = checkpoint_lib.Checkpointer(run_dir, read_only=True).steps()
   return "\n".join(lines + [
       f"flops per token: {flops:.4g} (training, seq_len {config.data.seq_len})",
-      f"tokenizer: {config.data.tokenizer.kind}, end of document {config.data.tokenizer.eos_token!r}",
+      f"tokenizer: {config.data.tokenizer.kind}, "
+      f"end of document {config.data.tokenizer.eos_token!r}",
       f"checkpoints: {steps or 'none'}"])
 
 

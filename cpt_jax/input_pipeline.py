@@ -14,7 +14,9 @@ batch index and each stream's window) goes into the run's checkpoints.
 
 A replayed source starts from the beginning of its training split (data the model already
 saw, as in Ibrahim et al.), or with `replay_position="continue"` after the furthest row of it
-served in earlier stages. Validation batches are finite, unshuffled and the same every time.
+served in earlier stages. How many rows of each source were served by any step is closed form
+(`rows_served`, `stream_positions`): nothing is counted, saved or fed back. Validation batches
+are finite, unshuffled and the same every time.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from cpt_jax import packing
 from cpt_jax import run_plan
 from cpt_jax import token_cache
 from cpt_jax import tokenizer as tokenizer_lib
+from cpt_jax.config_error import ConfigError
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -80,7 +83,7 @@ def tokenized_documents(name: str, data_config: ml_collections.ConfigDict, split
                         tokenizer: tokenizer_lib.Tokenizer) -> packing.Documents:
   """A split's documents as token ids: from the token cache if `prepare` wrote it."""
   if name not in data_config.sources:
-    raise ValueError(f"data source {name!r} is unknown; known sources: {source_names(data_config)}")
+    raise ConfigError(f"data source {name!r} is unknown; known sources: {source_names(data_config)}")
   cache_dir = data_config.token_cache_dir
   if token_cache.exists(cache_dir, name, split):
     return token_cache.read(cache_dir, name, split, tokenizer.fingerprint,
@@ -92,7 +95,7 @@ def _stream(name: str, data_config: ml_collections.ConfigDict, split: str,
             tokenizer: tokenizer_lib.Tokenizer) -> packing.PackedStream:
   documents = tokenized_documents(name, data_config, split, tokenizer)
   if len(documents) == 0:
-    raise ValueError(f"data source {name!r}: its {split} split has no documents")
+    raise ConfigError(f"data source {name!r}: its {split} split has no documents")
   training = split == "train"
   return packing.PackedStream(documents, data_config.seq_len, tokenizer.eos_id,
                               shuffle_seed=data_config.shuffle_seed if training else None,
@@ -101,18 +104,18 @@ def _stream(name: str, data_config: ml_collections.ConfigDict, split: str,
 
 def per_process_batch_size(data_config: ml_collections.ConfigDict, shard: ProcessShard) -> int:
   if data_config.global_batch_size % shard.count:
-    raise ValueError(f"data.global_batch_size={data_config.global_batch_size}: expected a "
-                     f"multiple of the {shard.count} processes")
+    raise ConfigError(f"data.global_batch_size={data_config.global_batch_size}: expected a "
+                      f"multiple of the {shard.count} processes")
   return data_config.global_batch_size // shard.count
 
 
 class _StageIterator(grain.DatasetIterator):
   """This process's rows of the stage's global batches, in order."""
 
-  def __init__(self, streams, mixture, first_rows, source_ids, stream_rows, batch_size, shard):
+  def __init__(self, streams, mixture, first_rows, source_ids, batch_size, shard):
     super().__init__()
     self._streams, self._mixture, self._first_rows = streams, mixture, first_rows
-    self._source_ids, self._stream_rows = source_ids, stream_rows
+    self._source_ids = source_ids
     self._batch_size, self._shard = batch_size, shard
     self._batch = 0
 
@@ -129,25 +132,15 @@ class _StageIterator(grain.DatasetIterator):
       if len(at):
         stream.write_rows(int(self._first_rows[index] + before[index]), rows, at)
     self._batch += 1
-    # Over all processes: each source's rows in this global batch, and the furthest row of
-    # its stream served so far (replay "continue").
-    after = self._mixture.rows_before(self._batch * global_size)
-    global_rows = np.zeros_like(self._stream_rows)
-    global_rows[self._source_ids] = after - self._mixture.rows_before(
-        (self._batch - 1) * global_size)
-    stream_rows = self._stream_rows.copy()
-    stream_rows[self._source_ids] = np.maximum(stream_rows[self._source_ids],
-                                               self._first_rows + after)
-    return {**rows, "source_id": self._source_ids[sources], "global_rows": global_rows,
-            "stream_rows": stream_rows}
+    return {**rows, "source_id": self._source_ids[sources]}
 
   def get_state(self) -> dict:
     return {"batch": self._batch, "streams": [stream.get_state() for stream in self._streams]}
 
   def set_state(self, state: dict) -> None:
     if len(state["streams"]) != len(self._streams):
-      raise ValueError(f"data state for {len(state['streams'])} sources restored into a stage "
-                       f"with {len(self._streams)}")
+      raise ConfigError(f"data state for {len(state['streams'])} sources restored into a stage "
+                        f"with {len(self._streams)}")
     self._batch = state["batch"]
     for stream, stream_state in zip(self._streams, state["streams"]):
       stream.set_state(stream_state)
@@ -163,32 +156,65 @@ class _StageDataset(grain.IterDataset):
     return self._make_iterator()
 
 
+def _stage_sources(stage: run_plan.StagePlan) -> tuple[list[str], mixture_lib.RowMixture]:
+  """The stage's sources with a weight, in a fixed order, and their row mixture."""
+  names = sorted(name for name, weight in stage.mixture.items() if weight > 0)
+  return names, mixture_lib.RowMixture([stage.mixture[name] for name in names])
+
+
+def _first_rows(stage: run_plan.StagePlan, positions: dict[str, int]) -> dict[str, int]:
+  """Where each source's stream starts in `stage`: a replayed source with
+  replay_position="continue" after the furthest row served before; every other at 0."""
+  return {name: positions.get(name, 0) if name in stage.replayed_sources
+          and stage.replay_position == "continue" else 0 for name in _stage_sources(stage)[0]}
+
+
+def stream_positions(data_config: ml_collections.ConfigDict, plans: list[run_plan.StagePlan],
+                     stage_index: int) -> dict[str, int]:
+  """The furthest row of each source's stream served before stage `stage_index` begins, over
+  all processes: closed form from the plan (mixtures are fixed patterns), nothing carried."""
+  positions: dict[str, int] = {}
+  for stage in plans[:stage_index]:
+    names, mixture = _stage_sources(stage)
+    first = _first_rows(stage, positions)
+    served = mixture.rows_before(stage.steps * data_config.global_batch_size)
+    for name, rows in zip(names, served):
+      positions[name] = max(positions.get(name, 0), first[name] + int(rows))
+  return positions
+
+
+def rows_served(data_config: ml_collections.ConfigDict, plans: list[run_plan.StagePlan],
+                step: int) -> dict[str, int]:
+  """Training rows of each source up to global `step`, over all processes (every training
+  row holds seq_len targets)."""
+  served = {name: 0 for name in source_names(data_config)}
+  for stage in plans:
+    steps = min(max(step - stage.start_step, 0), stage.steps)
+    names, mixture = _stage_sources(stage)
+    for name, rows in zip(names, mixture.rows_before(steps * data_config.global_batch_size)):
+      served[name] += int(rows)
+  return served
+
+
 def stage_dataset(data_config: ml_collections.ConfigDict, stage: run_plan.StagePlan,
                   tokenizer: tokenizer_lib.Tokenizer, shard: ProcessShard = ProcessShard(),
-                  stream_rows: dict[str, int] | None = None) -> grain.IterDataset:
+                  positions: dict[str, int] | None = None) -> grain.IterDataset:
   """Batches of the stage's mixture: {tokens, segment_ids, positions: (B, L + 1),
-  source_id: (B,), global_rows, stream_rows: (sources,)}, B rows per process.
+  source_id: (B,)}, B rows per process; `source_id` indexes `source_names`.
 
-  `stream_rows` (per source, all processes) is how far each source's stream has been served
-  in earlier stages; a stage that continues a replayed source starts there. Each batch
-  reports the updated counts in its own `stream_rows`, and in `global_rows` how many rows of
-  each source the global batch holds (every training row has L targets), both ordered like
-  `source_names`."""
-  stream_rows = stream_rows or {}
+  `positions` (`stream_positions` of this stage) is how far each source's stream was served
+  in earlier stages; a stage that continues a replayed source starts there."""
   all_names = source_names(data_config)
-  names = sorted(name for name, weight in stage.mixture.items() if weight > 0)
-  first_rows = np.array([stream_rows.get(name, 0) if name in stage.replayed_sources
-                         and stage.replay_position == "continue" else 0 for name in names],
-                        np.int64)
+  names, mixture = _stage_sources(stage)
+  first = _first_rows(stage, positions or {})
+  first_rows = np.array([first[name] for name in names], np.int64)
   source_ids = np.array([all_names.index(name) for name in names], np.int32)
-  served = np.array([stream_rows.get(name, 0) for name in all_names], np.int64)
   batch_size = data_config.global_batch_size
   per_process_batch_size(data_config, shard)  # Checks that the batch divides.
-  mixture = mixture_lib.RowMixture([stage.mixture[name] for name in names])
 
   def make_iterator():  # Bad sources fail here, when the trainer calls iter().
     streams = [_stream(name, data_config, "train", tokenizer) for name in names]
-    return _StageIterator(streams, mixture, first_rows, source_ids, served, batch_size, shard)
+    return _StageIterator(streams, mixture, first_rows, source_ids, batch_size, shard)
 
   dataset = _StageDataset(make_iterator)
   if data_config.prefetch_batches:
@@ -225,7 +251,7 @@ def validation_batches(name: str, data_config: ml_collections.ConfigDict,
   stream = _stream(name, data_config, "validation", tokenizer)
   local_size = per_process_batch_size(data_config, shard)
   if not packing.to_model_batch(stream.rows(0, 1))["loss_mask"].any():
-    raise ValueError(f"data source {name!r}: the validation split yields no rows")
+    raise ConfigError(f"data source {name!r}: the validation split yields no rows")
   batches = []
   for index in range(max_batches):
     first = index * data_config.global_batch_size

@@ -17,11 +17,14 @@ and exit 1; Ctrl-C during training saves the current step and exits 130.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
 from absl import flags
 from ml_collections import config_flags
+
+from cpt_jax.config_error import ConfigError
 
 # Each command and the flags it reads.
 COMMANDS = {
@@ -60,7 +63,7 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process: pro
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
 
 
-class UsageError(ValueError):
+class UsageError(ConfigError):
   pass
 
 
@@ -78,6 +81,15 @@ def _usage(command: str | None) -> str:
   return "\n".join(lines)
 
 
+def _importable_config_package(path: str) -> None:
+  """Configs in a package (configs/) import each other through it: put its parent on the
+  import path, as running from the repository root would."""
+  directory = os.path.dirname(os.path.abspath(path))
+  root = os.path.dirname(directory)
+  if os.path.exists(os.path.join(directory, "__init__.py")) and root not in sys.path:
+    sys.path.insert(0, root)
+
+
 def _check_config_file(argv: list[str]) -> None:
   """Loads the --config file once before ml-collections does, so a missing file, a syntax
   error or an unknown variant is one line naming it."""
@@ -88,6 +100,7 @@ def _check_config_file(argv: list[str]) -> None:
     path, _, variant = arg[len("--config="):].partition(":")
     if not os.path.isfile(path):
       raise UsageError(f"--config={path}: no such config file")
+    _importable_config_package(path)
     spec = importlib.util.spec_from_file_location("_cpt_jax_config", path)
     module = importlib.util.module_from_spec(spec)
     try:
@@ -143,6 +156,29 @@ def _load_config_without_overrides(argv):
   return None
 
 
+class _Format(logging.Formatter):
+  def format(self, record: logging.LogRecord) -> str:
+    message = record.getMessage()
+    return f"warning: {message}" if record.levelno >= logging.WARNING else message
+
+
+def _show_library_logs() -> None:
+  """The library logs (`logging.getLogger("cpt_jax...")`); the command line shows its info
+  and warnings on the current stdout, one plain line each."""
+  handler = logging.StreamHandler(sys.stdout)
+  handler.setFormatter(_Format())
+  logger = logging.getLogger("cpt_jax")
+  logger.handlers = [handler]
+  logger.setLevel(logging.INFO)
+  logger.propagate = False
+
+
+def _print_summary(summary: dict) -> None:
+  from cpt_jax import report
+  if summary:
+    print(report.table(summary))
+
+
 def _require(flag, name: str):
   if flag.value is None:
     raise UsageError(f"--{name} is required")
@@ -176,14 +212,14 @@ def _command_train(config) -> None:
   from cpt_jax import distributed
   from cpt_jax import trainer
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  trainer.train(config, _require(_WORKDIR, "workdir"),
-                allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+  _print_summary(trainer.train(config, _require(_WORKDIR, "workdir"),
+                              allow_config_change=_ALLOW_CONFIG_CHANGE.value))
 
 
 def _command_anneal() -> None:
   from cpt_jax import anneal
-  anneal.anneal(_require(_FROM, "from"), _require(_WORKDIR, "workdir"),
-                _require(_STEPS, "steps"), _SHAPE.value, _END_VALUE.value)
+  _print_summary(anneal.anneal(_require(_FROM, "from"), _require(_WORKDIR, "workdir"),
+                              _require(_STEPS, "steps"), _SHAPE.value, _END_VALUE.value))
 
 
 def _command_import_hf() -> None:
@@ -195,7 +231,8 @@ def _command_import_hf() -> None:
 
 def _command_export_hf() -> None:
   from cpt_jax import hf_checkpoint
-  print(f"wrote {hf_checkpoint.export_hf(_require(_FROM, 'from'), _require(_OUT, 'out'), _DTYPE.value)}")
+  out = hf_checkpoint.export_hf(_require(_FROM, "from"), _require(_OUT, "out"), _DTYPE.value)
+  print(f"wrote {out}")
 
 
 def _command_score() -> None:
@@ -216,6 +253,7 @@ def main(argv: list[str]) -> int:
     print(_usage(command))
     return 0
   from cpt_jax import checkpoint, trainer
+  _show_library_logs()
   try:
     _parse([argv[0]] + argv[2:])
     if command in _WITHOUT_CONFIG:
@@ -232,7 +270,7 @@ def main(argv: list[str]) -> int:
     experiment_config.validate(config)
     {"train": _command_train, "info": _command_info, "plot-schedule": _command_plot_schedule,
      "prepare": _command_prepare}[command](config)
-  except ValueError as error:  # Includes UsageError: bad input, reported in one line.
+  except ConfigError as error:  # Bad input, named in one line; any other error is a bug.
     print(f"cpt-jax: error: {error}", file=sys.stderr)
     return 2
   except (checkpoint.CheckpointError, trainer.TrainingDiverged) as error:

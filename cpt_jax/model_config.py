@@ -12,6 +12,8 @@ from typing import Literal
 
 import ml_collections
 
+from cpt_jax.config_error import ConfigError
+
 Family = Literal["pythia", "llama"]
 FAMILIES = ("pythia", "llama")
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -73,7 +75,7 @@ class ModelConfig:
 
   def validate(self) -> "ModelConfig":
     def fail(field, expected):
-      raise ValueError(f"model.{field}={getattr(self, field)!r}: expected {expected}")
+      raise ConfigError(f"model.{field}={getattr(self, field)!r}: expected {expected}")
 
     if self.family not in FAMILIES:
       fail("family", f"one of {FAMILIES}")
@@ -123,7 +125,7 @@ PRESETS: dict[str, ModelConfig] = {
 
 def preset(name: str) -> ModelConfig:
   if name not in PRESETS:
-    raise ValueError(f"model preset {name!r} is unknown; expected one of {sorted(PRESETS)}")
+    raise ConfigError(f"model preset {name!r} is unknown; expected one of {sorted(PRESETS)}")
   return PRESETS[name]
 
 
@@ -139,7 +141,7 @@ def from_config_dict(model: ml_collections.ConfigDict) -> ModelConfig:
   known = {f.name for f in dataclasses.fields(ModelConfig)}
   unknown = sorted(set(model.keys()) - known)
   if unknown:
-    raise ValueError(f"config.model has unknown fields {unknown}; expected fields {sorted(known)}")
+    raise ConfigError(f"config.model has unknown fields {unknown}; expected fields {sorted(known)}")
   return ModelConfig(**model.to_dict()).validate()
 
 

@@ -11,6 +11,8 @@ import ml_collections
 import optax
 from jax.tree_util import DictKey, GetAttrKey, tree_map_with_path
 
+from cpt_jax.config_error import ConfigError
+
 _FIELDS = ("b1", "b2", "eps", "weight_decay", "decay_norms", "decay_biases",
            "decay_embeddings", "grad_clip_norm", "microbatches")
 
@@ -56,15 +58,15 @@ def weight_decay_mask(params, config: ml_collections.ConfigDict):
 def validate(config: ml_collections.ConfigDict) -> None:
   unknown = sorted(set(config.keys()) - set(_FIELDS))
   if unknown:
-    raise ValueError(f"config.optimizer has unknown fields {unknown}; expected {list(_FIELDS)}")
+    raise ConfigError(f"config.optimizer has unknown fields {unknown}; expected {list(_FIELDS)}")
   for field in ("b1", "b2"):
     if not 0.0 <= config[field] < 1.0:
-      raise ValueError(f"optimizer.{field}={config[field]}: expected a value in [0, 1)")
+      raise ConfigError(f"optimizer.{field}={config[field]}: expected a value in [0, 1)")
   for field in ("eps", "weight_decay", "grad_clip_norm"):
     if config[field] < 0:
-      raise ValueError(f"optimizer.{field}={config[field]}: expected a value >= 0")
+      raise ConfigError(f"optimizer.{field}={config[field]}: expected a value >= 0")
   if not isinstance(config.microbatches, int) or config.microbatches < 1:
-    raise ValueError(f"optimizer.microbatches={config.microbatches}: expected an integer >= 1")
+    raise ConfigError(f"optimizer.microbatches={config.microbatches}: expected an integer >= 1")
 
 
 def make(config: ml_collections.ConfigDict) -> optax.GradientTransformation:

@@ -8,6 +8,7 @@ cache also use its vocabulary.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import ml_collections
@@ -17,6 +18,9 @@ from cpt_jax import input_pipeline
 from cpt_jax import paths
 from cpt_jax import run_directory
 from cpt_jax import token_cache
+from cpt_jax.config_error import ConfigError
+
+_log = logging.getLogger(__name__)
 
 
 def _encode_in_batches(tokenizer, texts, batch_size: int = 64):
@@ -30,8 +34,8 @@ def prepare(config: ml_collections.ConfigDict) -> list[dict]:
   config = paths.resolve_config(config)
   cache_dir = config.data.token_cache_dir
   if not cache_dir:
-    raise ValueError("data.token_cache_dir is empty: set where `prepare` writes the shards, "
-                     "e.g. --config.data.token_cache_dir=/data/tokens")
+    raise ConfigError("data.token_cache_dir is empty: set where `prepare` writes the shards, "
+                      "e.g. --config.data.token_cache_dir=/data/tokens")
   os.makedirs(cache_dir, exist_ok=True)
   # The cache directory doubles as the tokenizer's home: trained once, reused by every run.
   tokenizer = run_directory.tokenizer_for_run(config, cache_dir)
@@ -43,13 +47,14 @@ def prepare(config: ml_collections.ConfigDict) -> list[dict]:
       if token_cache.exists(cache_dir, name, split):
         reason = token_cache.mismatch(cache_dir, name, split, definition, tokenizer.fingerprint)
         if reason is None:
-          print(f"{name}/{split}: already prepared")
+          _log.info("%s/%s: already prepared", name, split)
           continue
-        print(f"{name}/{split}: {reason}; preparing it again")
+        _log.info("%s/%s: %s; preparing it again", name, split, reason)
       texts = corpora.documents(name, config.data.sources[name], split)
       token_arrays = _encode_in_batches(tokenizer, texts)
       summary = token_cache.write(cache_dir, name, split, token_arrays, tokenizer.fingerprint,
                                   definition)
-      print(f"{name}/{split}: {summary['documents']} documents, {summary['tokens']:,} tokens")
+      _log.info("%s/%s: %d documents, %s tokens", name, split, summary["documents"],
+                f"{summary['tokens']:,}")
       summaries.append(summary)
   return summaries

@@ -72,5 +72,4 @@ def write(workdir: str, plans, tokens_per_step: int) -> dict:
   (epath.Path(workdir) / "summary.json").write_text(json.dumps(summary, indent=1))
   plots.plot_curves(eval_records, train_records, plans, tokens_per_step,
                     str(epath.Path(workdir) / "curves.png"))
-  print(table(summary))
   return summary

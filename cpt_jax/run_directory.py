@@ -18,11 +18,12 @@ import ml_collections
 
 from cpt_jax import corpora
 from cpt_jax import tokenizer as tokenizer_lib
+from cpt_jax.config_error import ConfigError
 
 CONFIG_FILE = "config.json"
 
 
-class ConfigMismatchError(ValueError):
+class ConfigMismatchError(ConfigError):
   pass
 
 
@@ -63,8 +64,8 @@ def stored_config(workdir: str) -> dict | None:
   try:
     return json.loads(path.read_text())
   except (ValueError, UnicodeDecodeError) as error:
-    raise ValueError(f"{path}: not valid JSON ({str(error)[:100]}); it records the run's "
-                     "config: restore it, or start the run in another --workdir") from None
+    raise ConfigError(f"{path}: not valid JSON ({str(error)[:100]}); it records the run's "
+                      "config: restore it, or start the run in another --workdir") from None
 
 
 def check_config(workdir: str, config: ml_collections.ConfigDict, current_stage: int,

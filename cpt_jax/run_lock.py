@@ -16,10 +16,12 @@ import socket
 
 from etils import epath
 
+from cpt_jax.config_error import ConfigError
+
 LOCK_FILE = "run.lock"
 
 
-class RunDirectoryInUse(ValueError):
+class RunDirectoryInUse(ConfigError):
   pass
 
 

@@ -12,6 +12,7 @@ import ml_collections
 import optax
 
 from cpt_jax import schedule_config
+from cpt_jax.config_error import ConfigError
 
 OPTIMIZER_STATE_POLICIES = ("reset", "keep")
 REPLAY_POSITIONS = ("start", "continue")
@@ -61,48 +62,48 @@ def _nonzero(weights: dict[str, float]) -> dict[str, float]:
 
 
 def validate_stages(stages, source_names, starts_from_checkpoint: bool = False) -> None:
-  """Raises ValueError naming the bad field. A replay source must be trained in an earlier
+  """Raises ConfigError naming the bad field. A replay source must be trained in an earlier
   stage, unless the run starts from another run's checkpoint (whose run trained it)."""
   if not stages:
-    raise ValueError("config.stages is empty; expected at least one stage")
+    raise ConfigError("config.stages is empty; expected at least one stage")
   seen_names, trained = set(), set()
   for index, stage_config in enumerate(stages):
     where = f"stages[{index}]"
     unknown = sorted(set(stage_config.keys()) - set(_STAGE_FIELDS))
     if unknown:
-      raise ValueError(f"{where} has unknown fields {unknown}; expected {list(_STAGE_FIELDS)}")
+      raise ConfigError(f"{where} has unknown fields {unknown}; expected {list(_STAGE_FIELDS)}")
     if stage_config.name in seen_names:
-      raise ValueError(f"{where}.name={stage_config.name!r} repeats an earlier stage's name")
+      raise ConfigError(f"{where}.name={stage_config.name!r} repeats an earlier stage's name")
     seen_names.add(stage_config.name)
     steps = stage_config.steps
     if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
-      raise ValueError(f"{where}.steps={steps!r}: expected a positive integer")
+      raise ConfigError(f"{where}.steps={steps!r}: expected a positive integer")
     for field, allowed in (("optimizer_state", OPTIMIZER_STATE_POLICIES),
                            ("replay_position", REPLAY_POSITIONS)):
       if stage_config[field] not in allowed:
-        raise ValueError(f"{where}.{field}={stage_config[field]!r}: expected one of {allowed}")
+        raise ConfigError(f"{where}.{field}={stage_config[field]!r}: expected one of {allowed}")
     new, replay = dict(stage_config.mixture.items()), dict(stage_config.replay.items())
     if not new:
-      raise ValueError(f"{where}.mixture is empty; expected {{source: weight}}")
+      raise ConfigError(f"{where}.mixture is empty; expected {{source: weight}}")
     for field, weights in (("mixture", new), ("replay", replay)):
       for source, weight in weights.items():
         if source not in source_names:
-          raise ValueError(f"{where}.{field} names unknown source {source!r}; "
-                           f"known sources: {sorted(source_names)}")
+          raise ConfigError(f"{where}.{field} names unknown source {source!r}; "
+                            f"known sources: {sorted(source_names)}")
         if not weight >= 0:
-          raise ValueError(f"{where}.{field}[{source!r}]={weight!r}: expected a weight >= 0")
+          raise ConfigError(f"{where}.{field}[{source!r}]={weight!r}: expected a weight >= 0")
     new, replay = _nonzero(new), _nonzero(replay)
     if not new:
-      raise ValueError(f"{where}.mixture has no source with a weight > 0")
+      raise ConfigError(f"{where}.mixture has no source with a weight > 0")
     for source in replay:
       if source in new:
-        raise ValueError(f"{where}.replay[{source!r}] is also in {where}.mixture")
+        raise ConfigError(f"{where}.replay[{source!r}] is also in {where}.mixture")
       if source not in trained and not starts_from_checkpoint:
-        raise ValueError(f"{where}.replay[{source!r}]: not trained on in an earlier stage "
-                         f"(earlier stages trained on {sorted(trained)})")
+        raise ConfigError(f"{where}.replay[{source!r}]: not trained on in an earlier stage "
+                          f"(earlier stages trained on {sorted(trained)})")
     total = sum(new.values()) + sum(replay.values())
     if abs(total - 1.0) > 1e-6:
-      raise ValueError(f"{where}.mixture + replay weights sum to {total:g}; expected 1")
+      raise ConfigError(f"{where}.mixture + replay weights sum to {total:g}; expected 1")
     trained |= set(new)
 
 

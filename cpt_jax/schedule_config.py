@@ -28,6 +28,7 @@ import ml_collections
 import optax
 
 from cpt_jax import schedules
+from cpt_jax.config_error import ConfigError
 
 _DEFAULTS: dict[str, dict] = {
     "constant": dict(value=3e-4),
@@ -48,23 +49,23 @@ def config_for(name: str, **fields) -> ml_collections.ConfigDict:
   _check_name(name, "schedule.name")
   unknown = sorted(set(fields) - set(_DEFAULTS[name]))
   if unknown:
-    raise ValueError(f"schedule {name!r} has no fields {unknown}; expected {sorted(_DEFAULTS[name])}")
+    raise ConfigError(f"schedule {name!r} has no fields {unknown}; expected {sorted(_DEFAULTS[name])}")
   return ml_collections.ConfigDict({"name": name, **_DEFAULTS[name], **fields})
 
 
 def _check_name(name: str, where: str) -> None:
   if name not in _DEFAULTS:
-    raise ValueError(f"{where}={name!r} is unknown; expected one of {sorted(_DEFAULTS)}")
+    raise ConfigError(f"{where}={name!r} is unknown; expected one of {sorted(_DEFAULTS)}")
 
 
 def duration_steps(value, length: int, where: str) -> int:
   """A duration in steps: `value` steps if >= 1, else that fraction of `length` (rounded)."""
   if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-    raise ValueError(f"{where}={value!r}: expected steps (>= 1) or a fraction of the stage (< 1)")
+    raise ConfigError(f"{where}={value!r}: expected steps (>= 1) or a fraction of the stage (< 1)")
   if value < 1:
     return int(round(value * length))
   if not float(value).is_integer():
-    raise ValueError(f"{where}={value!r}: a duration of 1 or more is a whole number of steps")
+    raise ConfigError(f"{where}={value!r}: a duration of 1 or more is a whole number of steps")
   return int(value)
 
 
@@ -76,14 +77,14 @@ def from_config(config: ml_collections.ConfigDict, length: int,
   fields = {key: value for key, value in config.items() if key != "name"}
   unknown = sorted(set(fields) - set(_DEFAULTS[name]))
   if unknown:
-    raise ValueError(f"{where} ({name}) has unknown fields {unknown}; "
-                     f"expected {sorted(_DEFAULTS[name])}")
+    raise ConfigError(f"{where} ({name}) has unknown fields {unknown}; "
+                      f"expected {sorted(_DEFAULTS[name])}")
   f = {**_DEFAULTS[name], **fields}
   steps = {key: duration_steps(f[key], length, f"{where}.{key}") for key in _DURATIONS if key in f}
   rest = length - sum(steps.values())
   if rest < 0:
     phases = " + ".join(f"{key}={value}" for key, value in steps.items())
-    raise ValueError(f"{where}: phases {phases} steps exceed the {length} steps they must fit in")
+    raise ConfigError(f"{where}: phases {phases} steps exceed the {length} steps they must fit in")
   try:
     if name == "constant":
       return schedules.constant(f["value"])
@@ -103,7 +104,7 @@ def from_config(config: ml_collections.ConfigDict, length: int,
       return schedules.decay(f["start_value"], f["end_value"], rest, f["shape"])
     return schedules.inverse_sqrt(f["peak_value"], steps["warmup"], f["timescale"])
   except ValueError as error:
-    raise ValueError(f"{where} ({name}): {error}") from None
+    raise ConfigError(f"{where} ({name}): {error}") from None
 
 
 def run_schedule(run_wide: ml_collections.ConfigDict | None,
@@ -114,14 +115,14 @@ def run_schedule(run_wide: ml_collections.ConfigDict | None,
   if run_wide is not None:
     for index, stage in enumerate(stages):
       if stage.get("schedule") is not None:
-        raise ValueError(f"stages[{index}].schedule is set although config.schedule is "
-                         "run-wide; set one or the other")
+        raise ConfigError(f"stages[{index}].schedule is set although config.schedule is "
+                          "run-wide; set one or the other")
     return from_config(run_wide, total, "schedule")
   pieces = []
   for index, stage in enumerate(stages):
     if stage.get("schedule") is None:
-      raise ValueError(f"stages[{index}].schedule is missing and there is no run-wide "
-                       "config.schedule")
+      raise ConfigError(f"stages[{index}].schedule is missing and there is no run-wide "
+                        "config.schedule")
     pieces.append((from_config(stage.schedule, stage.steps, f"stages[{index}].schedule"),
                    stage.steps))
   return schedules.sequence(pieces)

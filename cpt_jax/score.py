@@ -24,6 +24,7 @@ from cpt_jax import model_config as model_config_lib
 from cpt_jax import paths
 from cpt_jax import run_directory
 from cpt_jax import train_step as train_step_lib
+from cpt_jax.config_error import ConfigError
 
 
 def windows(ids: np.ndarray, seq_len: int) -> dict[str, np.ndarray]:
@@ -52,23 +53,23 @@ def score(reference: str, file: str, seq_len: int | None = None, batch_size: int
   run_dir, step = checkpoint_lib.parse_reference(reference)
   stored = run_directory.stored_config(run_dir)
   if stored is None:
-    raise ValueError(f"--from={run_dir}: no config.json there; expected a cpt-jax run directory")
+    raise ConfigError(f"--from={run_dir}: no config.json there; expected a cpt-jax run directory")
   if not epath.Path(file).is_file():
-    raise ValueError(f"--file={file}: no such file")
+    raise ConfigError(f"--file={file}: no such file")
   config = ml_collections.ConfigDict(stored)
   model = model_config_lib.from_config_dict(config.model)
   seq_len = seq_len or config.data.seq_len
   if not 1 <= seq_len <= model.max_seq_len:
-    raise ValueError(f"--seq_len={seq_len}: expected 1 to the model's context {model.max_seq_len}")
+    raise ConfigError(f"--seq_len={seq_len}: expected 1 to the model's context {model.max_seq_len}")
   tokenizer = run_directory.tokenizer_for_run(config, run_dir)
   ids = tokenizer.encode(epath.Path(file).read_text())
   if len(ids) < 2:
-    raise ValueError(f"--file={file}: fewer than two tokens; nothing to score")
+    raise ConfigError(f"--file={file}: fewer than two tokens; nothing to score")
 
   source = checkpoint_lib.Checkpointer(run_dir, read_only=True)
   step = source.latest_restorable() if step is None else step
   if step is None or step not in source.steps():
-    raise ValueError(f"--from={reference}: no such checkpoint (steps: {source.steps()})")
+    raise ConfigError(f"--from={reference}: no such checkpoint (steps: {source.steps()})")
   params = source.restore_params(step, checkpoint_lib.abstract_like(
       hf_convert.abstract_params(model), data_parallel.replicated_sharding()))
   graphdef = nnx.split(nnx.eval_shape(lambda: model_lib.Transformer(model, rngs=nnx.Rngs(0))),

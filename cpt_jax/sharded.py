@@ -9,6 +9,8 @@ without an axis name. Batches are global arrays assembled from each process's lo
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 import optax
@@ -16,18 +18,20 @@ from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from cpt_jax import train_step as train_step_lib
+from cpt_jax.config_error import ConfigError
 
 MESH_AXES = ("data", "fsdp")
 
 
+@functools.cache  # One mesh per layout: the trainer's restore and its executor share it.
 def make_mesh(fsdp_devices: int = 0) -> Mesh:
   """All devices as (data, fsdp); `fsdp_devices=0` puts every device on the fsdp axis.
   Auto axis types: Flax's embedding lookups fail under jax 0.10's Explicit default."""
   devices = jax.devices()
   fsdp = fsdp_devices or len(devices)
   if fsdp < 1 or len(devices) % fsdp:
-    raise ValueError(f"fsdp_devices={fsdp_devices}: expected a divisor of the {len(devices)} "
-                     "devices (0 = all)")
+    raise ConfigError(f"fsdp_devices={fsdp_devices}: expected a divisor of the {len(devices)} "
+                      "devices (0 = all)")
   grid = np.asarray(devices).reshape(len(devices) // fsdp, fsdp)
   return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto, AxisType.Auto))
 
@@ -63,11 +67,8 @@ class Sharded:
     self._compiled_train = None
     self._compiled_eval = jax.jit(self._eval_fn, out_shardings=self._replicated)
 
-  def state_shardings(self, tree):
-    return state_shardings(self.mesh, tree)
-
   def place(self, tree):
-    return jax.device_put(tree, self.state_shardings(tree))
+    return jax.device_put(tree, state_shardings(self.mesh, tree))
 
   def for_checkpoint(self, tree):
     return tree  # Already global arrays.
@@ -82,7 +83,7 @@ class Sharded:
     if self._compiled_train is None:  # Output layout = input layout, so no step re-lays out.
       self._compiled_train = jax.jit(
           self._step_fn, donate_argnums=(0,),
-          out_shardings=(self.state_shardings(state), self._replicated))
+          out_shardings=(state_shardings(self.mesh, state), self._replicated))
     return self._compiled_train(state, self._global(model_batch))
 
   def eval_step(self, params, model_batch: dict):

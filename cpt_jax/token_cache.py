@@ -18,6 +18,8 @@ from typing import Iterable
 import grain
 import numpy as np
 
+from cpt_jax.config_error import ConfigError
+
 _OPTIONS = "group_size:1"
 
 
@@ -99,20 +101,20 @@ def read(cache_dir: str, source: str, split: str, fingerprint: str,
   records_path, meta_path, lengths_path = paths(cache_dir, source, split)
   reason = mismatch(cache_dir, source, split, definition, fingerprint)
   if reason:
-    raise ValueError(f"{records_path}: {reason}; re-run `cpt-jax prepare` with this config or "
-                     "point data.token_cache_dir elsewhere")
+    raise ConfigError(f"{records_path}: {reason}; re-run `cpt-jax prepare` with this config or "
+                      "point data.token_cache_dir elsewhere")
   with open(meta_path) as f:
     meta = json.load(f)
   try:
     records = grain.sources.ArrayRecordDataSource([records_path])
     if len(records) != meta["documents"]:
-      raise ValueError(f"holds {len(records)} records, {meta_path} says {meta['documents']}")
+      raise ConfigError(f"holds {len(records)} records, {meta_path} says {meta['documents']}")
     lengths = np.load(lengths_path)
     if lengths.shape != (len(records),):
-      raise ValueError(f"{lengths_path} holds {lengths.size} lengths for {len(records)} records")
+      raise ConfigError(f"{lengths_path} holds {lengths.size} lengths for {len(records)} records")
     if len(records) and len(_decode(records[len(records) - 1])) != lengths[-1]:
-      raise ValueError("its last record does not match its length")  # Catches truncation.
+      raise ConfigError("its last record does not match its length")  # Catches truncation.
   except Exception as error:
-    raise ValueError(f"{records_path}: corrupt or truncated ArrayRecord shard ({error}); "
-                     "delete it and re-run `cpt-jax prepare`") from None
+    raise ConfigError(f"{records_path}: corrupt or truncated ArrayRecord shard ({error}); "
+                      "delete it and re-run `cpt-jax prepare`") from None
   return CachedDocuments(records, lengths)

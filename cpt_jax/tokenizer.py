@@ -16,6 +16,8 @@ from etils import epath
 import ml_collections
 import numpy as np
 
+from cpt_jax.config_error import ConfigError
+
 KINDS = ("bytes", "bpe", "hf_json", "sentencepiece")
 EOS_TOKEN = "<|endoftext|>"
 _BYTES_EOS = 256
@@ -120,8 +122,8 @@ def _from_hf(kind: str, serialized: bytes, eos_token: str, where: str) -> Tokeni
   hf = tokenizers.Tokenizer.from_str(serialized.decode("utf-8"))
   eos_id = hf.token_to_id(eos_token)
   if eos_id is None:
-    raise ValueError(f"{where}: the tokenizer has no end-of-document token {eos_token!r}; set "
-                     "data.tokenizer.eos_token to one of its special tokens")
+    raise ConfigError(f"{where}: the tokenizer has no end-of-document token {eos_token!r}; set "
+                      "data.tokenizer.eos_token to one of its special tokens")
 
   def encode_batch(texts):
     return [encoding.ids for encoding in hf.encode_batch(texts, add_special_tokens=False)]
@@ -161,10 +163,10 @@ def _sentencepiece(serialized: bytes, where: str) -> Tokenizer:
   try:
     processor.LoadFromSerializedProto(serialized)
   except RuntimeError:
-    raise ValueError(f"{where}: not a valid sentencepiece model") from None
+    raise ConfigError(f"{where}: not a valid sentencepiece model") from None
   eos_id = processor.eos_id()
   if eos_id < 0:
-    raise ValueError(f"{where}: the sentencepiece model has no EOS id")
+    raise ConfigError(f"{where}: the sentencepiece model has no EOS id")
   return Tokenizer("sentencepiece", processor.get_piece_size(), eos_id,
                    _fingerprint("sentencepiece", serialized),
                    _in_pieces(processor.encode), lambda ids: processor.decode(list(ids)),
@@ -174,11 +176,11 @@ def _sentencepiece(serialized: bytes, where: str) -> Tokenizer:
 def load(kind: str, path: str, eos_token: str = EOS_TOKEN) -> Tokenizer:
   """A tokenizer from a file: a run directory's saved copy or a user-provided one."""
   if kind not in KINDS:
-    raise ValueError(f"data.tokenizer.kind={kind!r}: expected one of {KINDS}")
+    raise ConfigError(f"data.tokenizer.kind={kind!r}: expected one of {KINDS}")
   if kind == "bytes":
     return bytes_tokenizer()
   if not path or not epath.Path(path).is_file():
-    raise ValueError(f"data.tokenizer.path={path!r}: tokenizer file not found")
+    raise ConfigError(f"data.tokenizer.path={path!r}: tokenizer file not found")
   return from_serialized(kind, epath.Path(path).read_bytes(), eos_token,
                          f"data.tokenizer.path={path!r}")
 
@@ -189,10 +191,10 @@ def from_serialized(kind: str, serialized: bytes, eos_token: str, where: str) ->
     return _sentencepiece(serialized, where)
   try:
     return _from_hf(kind, serialized, eos_token, where)
+  except ConfigError:
+    raise
   except Exception as error:  # tokenizers raises its own exception types on bad JSON.
-    if isinstance(error, ValueError) and where in str(error):
-      raise
-    raise ValueError(f"{where}: not a valid HF tokenizer.json ({type(error).__name__})") from None
+    raise ConfigError(f"{where}: not a valid HF tokenizer.json ({type(error).__name__})") from None
 
 
 def saved_file_name(kind: str) -> str:

@@ -13,8 +13,8 @@ uninterrupted run's computation exactly.
 
 from __future__ import annotations
 
+import logging
 import contextlib
-import dataclasses
 import signal
 import time
 
@@ -37,10 +37,14 @@ from cpt_jax import packing
 from cpt_jax import parallel
 from cpt_jax import paths
 from cpt_jax import report
+from cpt_jax import resume
 from cpt_jax import run_directory
 from cpt_jax import run_lock
 from cpt_jax import run_plan
 from cpt_jax import train_step as train_step_lib
+from cpt_jax.config_error import ConfigError
+
+_log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(RuntimeError):
@@ -85,41 +89,19 @@ class _Preemption:
       signal.signal(signum, previous)
 
 
-@dataclasses.dataclass
-class _Progress:
-  """Counters saved in every checkpoint's metadata."""
-  tokens: dict[str, float]  # Target tokens consumed per source, all processes together.
-  rows: dict[str, int]  # The furthest row of each source's stream served (replay "continue").
-
-  def add(self, rows_batch: dict, names: list[str], seq_len: int) -> None:
-    # Training rows are never padded: a row is seq_len targets, whichever process built it.
-    for index, name in enumerate(names):
-      self.tokens[name] += float(rows_batch["global_rows"][index] * seq_len)
-      self.rows[name] = int(rows_batch["stream_rows"][index])
-
-
-def _metadata(step, stage_plan, progress, tokenizer, step_offset, config) -> dict:
+def _metadata(step, stage_plan, tokenizer, step_offset, config) -> dict:
   return {"step": step, "stage": stage_plan.index, "stage_name": stage_plan.name,
-          "tokens": progress.tokens, "rows": progress.rows, "step_offset": step_offset,
-          "tokenizer_fingerprint": tokenizer.fingerprint, "seed": config.seed,
-          "process_count": jax.process_count(), "config": run_directory.config_as_json(config)}
+          "step_offset": step_offset, "tokenizer_fingerprint": tokenizer.fingerprint,
+          "seed": config.seed, "process_count": jax.process_count(),
+          "config": run_directory.config_as_json(config)}
 
 
 def _check_tokenizer(metadata: dict, tokenizer, where: str) -> None:
   if metadata.get("tokenizer_fingerprint") != tokenizer.fingerprint:
-    raise ValueError(f"{where} was trained with another tokenizer than this run's "
-                     f"({metadata.get('tokenizer_fingerprint', '?')[:12]} vs "
-                     f"{tokenizer.fingerprint[:12]}); continual pre-training must keep the "
-                     "tokenizer")
-
-
-def _restore(restore, where):
-  """Runs `restore()`, turning a structure mismatch into one line about the config."""
-  try:
-    return restore()
-  except (ValueError, KeyError, TypeError) as error:
-    raise ValueError(f"{where}: the checkpoint does not fit this config's model or optimizer "
-                     f"({type(error).__name__}: {str(error).splitlines()[0][:200]})") from None
+    raise ConfigError(f"{where} was trained with another tokenizer than this run's "
+                      f"({metadata.get('tokenizer_fingerprint', '?')[:12]} vs "
+                      f"{tokenizer.fingerprint[:12]}); continual pre-training must keep the "
+                      "tokenizer")
 
 
 class _Run:
@@ -134,7 +116,6 @@ class _Run:
     graphdef, state = train_step_lib.init_state(model, self.optimizer, config.seed)
     abstract = checkpoint_lib.abstract_like(state, parallel.state_shardings(config, state))
 
-    # Where the state comes from: this run's latest checkpoint, another run's, or nowhere.
     self.checkpointer = checkpoint_lib.Checkpointer(workdir, config.checkpoint)
     latest = self.checkpointer.latest_restorable()
     if latest is not None:  # Refuse a changed experiment before touching state.
@@ -143,69 +124,32 @@ class _Run:
       plans = run_plan.plan(config, start_step=metadata["step_offset"])
       run_directory.check_config(workdir, config, run_plan.stage_at(plans, metadata["step"]).index,
                                  allow_config_change)
-    self.resume_step, resume, init_dir, init = None, None, "", None
-    restored = self.checkpointer.restore_latest(abstract, with_data=True)
-    if restored is not None:
-      self.resume_step, arrays, resume = restored
-      if self.lead:
-        print(f"resuming {workdir} from step {self.resume_step}")
-    elif config.init.from_checkpoint:
-      init_dir, init_step = checkpoint_lib.parse_reference(config.init.from_checkpoint)
-      source = checkpoint_lib.Checkpointer(init_dir, read_only=True)
-      if init_step is not None and init_step not in source.steps():
-        raise ValueError(f"init.from_checkpoint={config.init.from_checkpoint!r}: no step "
-                         f"{init_step} there (steps: {source.steps()})")
-      keep = config.init.optimizer_state == "keep"
-      continue_data = config.init.data == "continue"
-      latest_source = source.latest_restorable() if init_step is None else init_step
-      imported = latest_source is not None and "imported_from" in source.read_metadata(
-          latest_source)
-      if imported and (keep or continue_data):
-        raise ValueError(f"init.from_checkpoint={config.init.from_checkpoint!r} was imported "
-                         "from Hugging Face: it has no optimizer state or data position; use "
-                         "init.optimizer_state=reset and init.data=fresh")
-      if init_step is None:  # Skips corrupt steps; names the error if none restores.
-        restored = source.restore_latest(abstract, with_optimizer=keep, with_data=continue_data)
-      else:
-        restored = (init_step, *_restore(lambda: source.restore(
-            init_step, abstract, with_optimizer=keep), config.init.from_checkpoint))
-      if restored is None:
-        raise ValueError(f"init.from_checkpoint={config.init.from_checkpoint!r}: no checkpoint")
-      init_step, arrays, init = restored
-      self.init_source = (source, init_step)
-      if not keep:
-        arrays["opt_state"] = self.optimizer.init(arrays["params"])
-
-    self.resume_process_count = self.shard.count
-    if resume is not None:
-      self.step_offset, self.step = resume["step_offset"], resume["step"]
-      self.resume_process_count = resume["process_count"]
-    elif init is not None and config.init.step == "continue":
-      self.step_offset = self.step = init["step"]
-    else:
-      self.step_offset = self.step = 0
+    self.start = resume.start_point(config, self.checkpointer, abstract, self.optimizer,
+                                    self.shard.count)
+    self.step, self.step_offset = self.start.step, self.start.step_offset
+    resumed = self.start.source == "resume"
+    if resumed and self.lead:
+      _log.info("resuming %s from step %d", workdir, self.step)
     self.plans = run_plan.plan(config, start_step=self.step_offset)
+    init_dir = ""
+    if self.start.source == "init":
+      init_dir = checkpoint_lib.parse_reference(config.init.from_checkpoint)[0]
     self.tokenizer = run_directory.tokenizer_for_run(config, workdir, inherit_from=init_dir,
-                                                     reuse_saved=resume is not None)
+                                                     reuse_saved=resumed)
     if self.tokenizer.vocab_size > model.vocab_size:
-      raise ValueError(f"model.vocab_size={model.vocab_size}: smaller than the tokenizer's "
-                       f"vocabulary of {self.tokenizer.vocab_size}")
-    for metadata, where in ((resume, f"{workdir} step {self.resume_step}"),
-                            (init, f"init.from_checkpoint={config.init.from_checkpoint!r}")):
-      if metadata is not None:
-        _check_tokenizer(metadata, self.tokenizer, where)
+      raise ConfigError(f"model.vocab_size={model.vocab_size}: smaller than the tokenizer's "
+                        f"vocabulary of {self.tokenizer.vocab_size}")
+    if self.start.metadata is not None:
+      where = (f"{workdir} step {self.step}" if resumed else
+               f"init.from_checkpoint={config.init.from_checkpoint!r}")
+      _check_tokenizer(self.start.metadata, self.tokenizer, where)
 
     self.names = input_pipeline.source_names(config.data)
-    if resume is not None:
-      self.progress = _Progress(dict(resume["tokens"]), dict(resume["rows"]))
-    else:
-      self.progress = _Progress({name: 0.0 for name in self.names},
-                                {name: 0 for name in self.names})
-    self.initial_evaluation = resume is None
-    self.continue_init_data = init is not None and config.init.data == "continue"
-    if restored is not None:
-      state = train_step_lib.TrainState(jnp.asarray(self.step, jnp.int32), arrays["params"],
-                                        arrays["opt_state"])
+    self.initial_evaluation = not resumed
+    if self.start.arrays is not None:
+      state = train_step_lib.TrainState(jnp.asarray(self.step, jnp.int32),
+                                        self.start.arrays["params"],
+                                        self.start.arrays["opt_state"])
     schedule = run_plan.learning_rate_schedule(config, step_offset=self.step_offset)
     self.executor = parallel.make_executor(config, graphdef, self.optimizer, schedule)
     self.state = self.executor.place(state)
@@ -223,8 +167,7 @@ class _Run:
                        **{f"eval/{name}/loss": loss for name, loss in losses.items()}})
 
   def save(self, stage_plan, data_iterator) -> None:
-    metadata = _metadata(self.step, stage_plan, self.progress, self.tokenizer, self.step_offset,
-                         self.config)
+    metadata = _metadata(self.step, stage_plan, self.tokenizer, self.step_offset, self.config)
     self.checkpointer.save(self.step, self.executor.for_checkpoint(self.state), metadata,
                            data_iterator)
     if self.lead and not self.identity_stored:
@@ -255,23 +198,22 @@ class _Run:
     bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['learning_rate']:.2e}",
                     tok_s=f"{tokens_per_second:,.0f}", refresh=False)
 
+  def _tokens(self, step: int) -> dict[str, float]:
+    """Target tokens of each source trained on up to `step`, all processes together."""
+    rows = input_pipeline.rows_served(self.config.data, self.plans, step)
+    return {name: float(count * self.config.data.seq_len) for name, count in rows.items()}
+
   def run_stage(self, stage_plan, bar, preemption) -> None:
     config = self.config
-    data_iterator = iter(input_pipeline.stage_dataset(config.data, stage_plan, self.tokenizer,
-                                                      self.shard, self.progress.rows))
-    if self.step == stage_plan.start_step and self.continue_init_data:
-      source, init_step = self.init_source  # Continue the source run's exact data stream.
-      source.restore_data(init_step, data_iterator)
-      self.continue_init_data = False
-    elif self.step == stage_plan.start_step:
-      if stage_plan.optimizer_state == "reset" and stage_plan.index > 0:
-        self.state = self.state.replace(
-            opt_state=self.executor.place(self.optimizer.init(self.state.params)))
-    elif self.resume_process_count == self.shard.count:  # Resuming inside this stage.
-      self.checkpointer.restore_data(self.resume_step, data_iterator)
-    else:  # Grain keeps a state per process; the global batches do not depend on the count.
-      input_pipeline.skip_to_batch(data_iterator, self.step - stage_plan.start_step)
-    self._last_log = (sum(self.progress.tokens.values()), time.perf_counter())
+    data_iterator = iter(input_pipeline.stage_dataset(
+        config.data, stage_plan, self.tokenizer, self.shard,
+        input_pipeline.stream_positions(config.data, self.plans, stage_plan.index)))
+    resume.position_data(self.start, stage_plan.start_step, self.step, data_iterator)
+    if (self.step == stage_plan.start_step and stage_plan.index > 0
+        and stage_plan.optimizer_state == "reset"):  # The stage transition.
+      self.state = self.state.replace(
+          opt_state=self.executor.place(self.optimizer.init(self.state.params)))
+    self._last_log = (sum(self._tokens(self.step).values()), time.perf_counter())
     pending = None
     while self.step < stage_plan.end_step:
       if preemption.check(self.step):
@@ -280,7 +222,6 @@ class _Run:
         self.save(stage_plan, data_iterator)
         return
       rows = next(data_iterator)
-      self.progress.add(rows, self.names, config.data.seq_len)
       self.state, metrics = self.executor.train_step(self.state, packing.to_model_batch(rows))
       self.step += 1
       self.checkpointer.check_background_save()  # A lost save stops the run now.
@@ -291,7 +232,7 @@ class _Run:
       evaluate = self.step % config.eval.every == 0 or stage_end
       save = self.step % config.checkpoint.every == 0 or stage_end
       if self.step % config.log.every == 0 or evaluate or save:
-        pending = (self.step, metrics, dict(self.progress.tokens))
+        pending = (self.step, metrics, self._tokens(self.step))
       if evaluate or save:
         self._log(pending, stage_plan, bar)  # Checks the loss: never checkpoint divergence.
         pending = None
@@ -317,20 +258,20 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   config = run_directory.with_source_model(config)
   experiment_config.validate(config)
   if config.data.global_batch_size % jax.device_count():
-    raise ValueError(f"data.global_batch_size={config.data.global_batch_size}: expected a "
-                     f"multiple of the {jax.device_count()} devices")
+    raise ConfigError(f"data.global_batch_size={config.data.global_batch_size}: expected a "
+                      f"multiple of the {jax.device_count()} devices")
   run_dir = epath.Path(workdir)
   created = not run_dir.exists()
   try:
     run_dir.mkdir(parents=True, exist_ok=True)
   except (FileExistsError, NotADirectoryError):
-    raise ValueError(f"--workdir={workdir!r}: it, or a directory above it, is a file; expected "
-                     "a directory") from None
+    raise ConfigError(f"--workdir={workdir!r}: it, or a directory above it, is a file; expected "
+                      "a directory") from None
   lock = run_lock.RunLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
   try:
     with lock:
       return _train_locked(config, workdir, allow_config_change)
-  except ValueError:  # Bad input: a new run directory is removed again, untouched.
+  except ConfigError:  # Bad input: a new run directory is removed again, untouched.
     if created and jax.process_index() == 0 and not any(
         (run_dir / checkpoint_lib.directory("")).glob("[0-9]*")):
       run_dir.rmtree()
@@ -356,7 +297,7 @@ def _train_locked(config, workdir, allow_config_change) -> dict:
     raise Interrupted(f"interrupted (Ctrl-C): saved step {run.step}; rerun the same command "
                       "to resume")
   if preemption.received:
-    print(f"preempted (SIGTERM): saved step {run.step}; rerun the same command to resume")
+    _log.info("preempted (SIGTERM): saved step %d; rerun the same command to resume", run.step)
     return {}
   run.checkpointer.close()
   if not run.lead:

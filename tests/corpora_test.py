@@ -3,6 +3,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from cpt_jax import corpora
@@ -22,8 +23,10 @@ def test_embedded_corpora_split_deterministically_and_disjointly():
 def test_shakespeare_documents_are_scenes():
   config = corpora.source_config("embedded", corpus="shakespeare")
   documents = corpora.documents("prose", config, "train")
-  assert all(document.startswith("### SCENE") or document.startswith("### ") for document in
-             documents)
+  headings = [document.split("\n")[0].split(" ")[1] for document in documents]
+  assert all(document.startswith("### ") for document in documents)
+  assert set(headings) == {"SCENE", "PROLOGUE", "Prologue"}  # Scenes, and the plays' prologues.
+  assert headings.count("SCENE") > 0.95 * len(headings)
   assert sum(map(len, documents)) > 4_000_000
 
 
@@ -33,9 +36,19 @@ def test_split_record_lists_the_held_out_documents():
 
 
 def test_hash_split_is_independent_of_order():
-  assert corpora.is_validation("hamlet/3", 0.5) == corpora.is_validation("hamlet/3", 0.5)
+  documents = [(f"doc{i}", f"text {i}") for i in range(200)]
+  shuffled = [documents[i] for i in np.random.default_rng(0).permutation(200)]
+  assert sorted(corpora._split(documents, "validation", 0.3)) == sorted(
+      corpora._split(shuffled, "validation", 0.3))
   held_out = sum(corpora.is_validation(f"doc{i}", 0.1) for i in range(5000))
   assert 400 < held_out < 600
+
+
+def test_hash_split_is_pinned():
+  # Which side an id falls on must never change: runs record their splits, resume with them,
+  # and replay from them. If this fails, the hash or its threshold changed.
+  assert [corpora.is_validation(doc_id, 0.5) for doc_id in
+          ("hamlet/3", "macbeth/1", "lear/7", "a", "b")] == [False, True, True, False, True]
 
 
 def test_text_files_txt_and_jsonl(tmp_path):

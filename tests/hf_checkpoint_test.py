@@ -1,4 +1,4 @@
-"""Tests for cpt_jax/hf_checkpoint.py and hf_convert.py, against the real transformers.
+"""Tests for cpt_jax/hf_checkpoint.py, hf_convert.py and score.py, against the real transformers.
 
 Tiny random models of each family are built with transformers from a seed and saved with
 `save_pretrained` (nothing is downloaded), imported, trained, exported and loaded back.

@@ -95,22 +95,39 @@ def test_replay_can_continue_where_the_earlier_stage_stopped(data_config):
   old_rows = np.concatenate([batch["tokens"] for batch in _take(stage_one, 4)])
   continued = iter(input_pipeline.stage_dataset(
       data_config, _stage({"new": 0.5, "old": 0.5}, ["old"], "continue"), TOKENIZER,
-      stream_rows={"old": 40}))
+      positions={"old": 40}))
   old_id = input_pipeline.source_names(data_config).index("old")
   batch = next(continued)
   replayed = batch["tokens"][batch["source_id"] == old_id]
   np.testing.assert_array_equal(replayed, old_rows[40:40 + len(replayed)])
-  # 10 of the 20 rows were "old": its stream has now been served up to row 50, "new" to 10.
-  np.testing.assert_array_equal(batch["stream_rows"], [10, 50])
 
 
-def test_stream_rows_count_the_furthest_row_served(data_config):
-  stage = _stage({"new": 0.75, "old": 0.25}, ["old"])
-  iterator = iter(input_pipeline.stage_dataset(data_config, stage, TOKENIZER,
-                                               stream_rows={"old": 1000, "new": 3}))
-  batches = _take(iterator, 4)
-  # "new" restarts at row 0 (it is not continued): 4 x 15 rows; "old" stays at its furthest.
-  np.testing.assert_array_equal(batches[-1]["stream_rows"], [60, 1000])
+def _plans(data_config, *stages):
+  config = ml_collections.ConfigDict({"data": data_config, "stages": list(stages),
+                                      "init": {"from_checkpoint": ""}})
+  return run_plan.plan(config)
+
+
+def test_stream_positions_are_the_furthest_row_served_before_a_stage(data_config):
+  plans = _plans(data_config, run_plan.stage("a", 3, {"old": 1.0}),
+                 run_plan.stage("b", 2, {"new": 0.75}, replay={"old": 0.25},
+                                replay_position="continue"),
+                 run_plan.stage("c", 1, {"new": 0.5}, replay={"old": 0.5}))
+  # Served rows, counted from the batches the stages really build.
+  served, positions = {}, []
+  for index, stage in enumerate(plans):
+    positions.append(input_pipeline.stream_positions(data_config, plans, index))
+    assert positions[-1] == served, stage.name
+    iterator = iter(input_pipeline.stage_dataset(data_config, stage, TOKENIZER,
+                                                 positions=positions[-1]))
+    counts = np.bincount(np.concatenate([b["source_id"] for b in _take(iterator, stage.steps)]),
+                         minlength=2)
+    for name, count in zip(input_pipeline.source_names(data_config), counts):
+      start = positions[-1].get(name, 0) if name in stage.replayed_sources and (
+          stage.replay_position == "continue") else 0
+      if count:
+        served[name] = max(served.get(name, 0), start + int(count))
+  assert positions == [{}, {"old": 60}, {"old": 70, "new": 30}]
 
 
 @pytest.mark.parametrize("processes", [2, 4])
@@ -216,16 +233,18 @@ def test_background_prefetch_gives_the_same_batches_and_state(data_config):
   np.testing.assert_array_equal(next(restored)["tokens"], next(plain)["tokens"])
 
 
-def test_global_rows_count_every_process_rows_of_each_source(data_config):
-  stage = _stage({"new": 0.75, "old": 0.25}, ["old"])
-  halves = [iter(input_pipeline.stage_dataset(data_config, stage, TOKENIZER,
+def test_rows_served_count_every_process_rows_of_each_source(data_config):
+  plans = _plans(data_config, run_plan.stage("a", 2, {"old": 1.0}),
+                 run_plan.stage("b", 4, {"new": 0.75}, replay={"old": 0.25}))
+  halves = [iter(input_pipeline.stage_dataset(data_config, plans[1], TOKENIZER,
                                               input_pipeline.ProcessShard(i, 2)))
             for i in range(2)]
-  for _ in range(4):
+  counted = np.array([0, 2 * 20])  # Stage "a": 2 batches of 20 "old" rows.
+  for step in range(3, 7):
     first, second = next(halves[0]), next(halves[1])
-    np.testing.assert_array_equal(first["global_rows"], second["global_rows"])
-    counted = np.bincount(np.concatenate([first["source_id"], second["source_id"]]),
-                          minlength=2)
-    np.testing.assert_array_equal(first["global_rows"], counted)
+    counted += np.bincount(np.concatenate([first["source_id"], second["source_id"]]),
+                           minlength=2)
+    served = input_pipeline.rows_served(data_config, plans, step)
+    np.testing.assert_array_equal([served["new"], served["old"]], counted)
     targets = sum(_targets_by_source(b, 2) for b in (first, second))
-    np.testing.assert_array_equal(targets, counted * data_config.seq_len)  # No padding.
+    assert targets.sum() == 20 * data_config.seq_len  # Training rows are never padded.

@@ -291,3 +291,15 @@ def test_help_prints_usage_and_exits_zero(capsys):
   assert "--workdir" in _cli(capsys, "train", "--help")[1]
   assert "--steps" in _cli(capsys, "anneal", "--help")[1]
   np.testing.assert_equal(_cli(capsys)[0], 2)  # No command at all: usage, exit 2.
+
+
+def test_a_bug_keeps_its_traceback(capsys, monkeypatch):
+  """Only ConfigError is bad input: a ValueError from inside a library is a bug to see whole."""
+  from cpt_jax import info
+
+  def broken(config):
+    raise ValueError("operands could not be broadcast together")
+
+  monkeypatch.setattr(info, "describe", broken)
+  with pytest.raises(ValueError, match="could not be broadcast"):
+    main.main(["cpt-jax", "info", DEMO])

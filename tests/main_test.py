@@ -10,7 +10,7 @@ import run_helpers as helpers
 
 
 def test_info_prints_parameters_flops_and_the_plan():
-  result = helpers.run("info", small=False)
+  result = helpers.cli("info", small=False)
   lines = result.stdout.splitlines()
   assert lines[0] == "parameters: 1841920 (non-embedding 793344)"
   assert any(line.startswith("flops per token: ") for line in lines)
@@ -20,12 +20,22 @@ def test_info_prints_parameters_flops_and_the_plan():
 
 def test_info_of_the_paper_config_shows_the_published_parameter_count():
   config = os.path.join(helpers.ROOT, "configs", "pythia_410m_pile_slimpajama.py")
-  result = helpers.run("info", config=config, small=False)
+  result = helpers.cli("info", config=config, small=False)
   assert "parameters: 405334016 (non-embedding 302311424)" in result.stdout
 
 
+def test_configs_import_each_other_as_a_package():
+  for name, plan in (("demo_en_de.py", "english"), ("pythia_410m_pile_german.py", "german")):
+    result = helpers.cli("info", config=os.path.join(helpers.ROOT, "configs", name), small=False)
+    assert f"'{plan}'" in result.stdout, result.stdout
+  result = helpers.cli("info", config=os.path.join(helpers.ROOT, "configs",
+                                                   "pythia_410m_pile_german.py:replay1"),
+                       small=False, check=False)
+  assert result.returncode == 2 and "unknown variant 'replay1'" in result.stderr
+
+
 def test_unknown_override_names_close_matches():
-  result = helpers.run("info", "--config.stages[1].schedul.peak_value=1", check=False)
+  result = helpers.cli("info", "--config.stages[1].schedul.peak_value=1", check=False)
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1] == (
       "cpt-jax: error: unknown config field config.stages[1].schedul; did you mean "
@@ -38,39 +48,39 @@ def test_invalid_values_are_named_in_one_line():
            "--config.stages[0].mixture.prose=0.5": "weights sum to 0.5; expected 1",
            "--config.parallel=tensor": "parallel='tensor'"}
   for override, message in cases.items():
-    result = helpers.run("info", override, check=False)
+    result = helpers.cli("info", override, check=False)
     assert result.returncode == 2, override
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("cpt-jax: error: ") and message in last, (override, last)
 
 
 def test_missing_config_and_unknown_command():
-  result = helpers.run("info", config=None, check=False)
+  result = helpers.cli("info", config=None, check=False)
   assert result.returncode == 2 and "--config is required" in result.stderr
-  result = helpers.run("fly", config=None, check=False)
+  result = helpers.cli("fly", config=None, check=False)
   assert result.returncode == 2 and "unknown command 'fly'" in result.stderr
 
 
 def test_plot_schedule_writes_an_image(tmp_path):
   out = str(tmp_path / "lr.png")
-  result = helpers.run("plot-schedule", f"--out={out}")
+  result = helpers.cli("plot-schedule", f"--out={out}")
   assert os.path.getsize(out) > 10_000 and "wrote" in result.stdout
 
 
 def test_prepare_needs_a_cache_directory():
-  result = helpers.run("prepare", check=False)
+  result = helpers.cli("prepare", check=False)
   assert result.returncode == 2 and "data.token_cache_dir is empty" in result.stderr
 
 
 def test_prepare_writes_shards_that_training_reads(tmp_path):
   cache = str(tmp_path / "tokens")
-  helpers.run("prepare", f"--config.data.token_cache_dir={cache}")
+  helpers.cli("prepare", f"--config.data.token_cache_dir={cache}")
   assert sorted(os.listdir(cache)) == ["code", "prose"]
   assert sorted(os.listdir(os.path.join(cache, "prose"))) == [
       "train.array_record", "train.json", "train.lengths.npy", "validation.array_record",
       "validation.json", "validation.lengths.npy"]
   workdir = str(tmp_path / "run")
-  helpers.run("train", f"--workdir={workdir}", f"--config.data.token_cache_dir={cache}",
+  helpers.cli("train", f"--workdir={workdir}", f"--config.data.token_cache_dir={cache}",
               "--config.stages[0].steps=3", "--config.stages[1].steps=3")
   assert os.path.exists(os.path.join(workdir, "summary.json"))
 

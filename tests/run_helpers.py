@@ -1,5 +1,9 @@
-"""Helpers for end-to-end tests: the `cpt-jax` command in a subprocess on a small model."""
+"""Helpers for end-to-end tests: the `cpt-jax` command on a small model, in this process
+(`cli`) or, where a signal, a second process or another device count is the point, in a
+subprocess (`run`, `start`)."""
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -35,6 +39,19 @@ def environment(devices=8):
   env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(ROOT, ".pytest_cache", "jax_compilation")
   env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   return env
+
+
+def cli(*args, check=True, **kwargs):
+  """`cpt-jax ARGS` through `main.main` in this process, as a CompletedProcess."""
+  from cpt_jax import main
+  argv = ["cpt-jax", *command(*args, **kwargs)[3:]]
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    code = main.main(argv)
+  result = subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+  if check and code != 0:
+    raise AssertionError(f"exit {code}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+  return result
 
 
 def run(*args, devices=8, check=True, **kwargs):

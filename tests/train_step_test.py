@@ -155,3 +155,23 @@ def test_invalid_optimizer_fields_are_named(field, value):
 def test_batch_not_divisible_by_devices_is_refused():
   with pytest.raises(ValueError, match="global_batch_size"):
     data_parallel.split_for_devices(_batch(0, batch_size=12))
+
+
+# The tiny model's first losses, pinned (nanodo's golden numbers). A change to the
+# initialization, the model's numerics, the loss or AdamW moves them.
+GOLDEN_LOSSES = [4.630450, 4.485361, 4.382107, 4.290583, 4.213830]
+
+
+def test_first_losses_match_the_golden_numbers():
+  optimizer = optimizer_lib.make(optimizer_lib.default_config())
+  graphdef, state = train_step_lib.init_state(CONFIG, optimizer, seed=0)
+  step = jax.jit(train_step_lib.make_train_step(graphdef, optimizer,
+                                                optax.constant_schedule(3e-3)))
+  losses = []
+  for _ in GOLDEN_LOSSES:
+    state, metrics = step(state, _batch(0))
+    losses.append(float(metrics["loss"]))
+  np.testing.assert_allclose(
+      losses, GOLDEN_LOSSES, rtol=2e-5,
+      err_msg="The tiny model's first losses changed: initialization, model numerics, loss or "
+              "optimizer behave differently. If that is intended, update GOLDEN_LOSSES.")

@@ -18,7 +18,7 @@ import run_helpers as helpers
 def reference_run(tmp_path_factory):
   """One uninterrupted smoke run: the yardstick for exactness."""
   workdir = str(tmp_path_factory.mktemp("reference"))
-  helpers.run("train", f"--workdir={workdir}")
+  helpers.cli("train", f"--workdir={workdir}")
   return workdir
 
 
@@ -82,12 +82,19 @@ def test_run_writes_records_summary_and_curves(reference_run):
   assert [stage["name"] for stage in summary["stages"]] == ["prose", "code"]
   assert set(summary["forgetting"]["code"]) == {"prose"}
   assert set(summary["adaptation"]["code"]) == {"code"}
+  # The values, recomputed from the eval records at the stage ends (steps 30 and 60).
+  at = {r["step"]: r for r in evals}
+  assert summary["forgetting"]["code"]["prose"] == pytest.approx(
+      at[60]["eval/prose/loss"] - at[30]["eval/prose/loss"], abs=1e-9)
+  assert summary["adaptation"]["code"]["code"] == pytest.approx(
+      at[30]["eval/code/loss"] - at[60]["eval/code/loss"], abs=1e-9)
+  assert summary["stages"][1]["validation_loss"]["code"] == at[60]["eval/code/loss"]
 
 
 def test_changed_config_is_refused_with_a_diff(reference_run, tmp_path):
   workdir = str(tmp_path / "changed")
   shutil.copytree(reference_run, workdir)
-  result = helpers.run("train", f"--workdir={workdir}", "--config.model.num_layers=3",
+  result = helpers.cli("train", f"--workdir={workdir}", "--config.model.num_layers=3",
                        check=False)
   assert result.returncode == 2
   assert "model.num_layers: 2 -> 3" in result.stderr
@@ -97,7 +104,7 @@ def test_changed_config_is_refused_with_a_diff(reference_run, tmp_path):
 def test_longer_last_stage_is_allowed_with_the_flag(reference_run, tmp_path):
   workdir = str(tmp_path / "longer")
   shutil.copytree(reference_run, workdir)
-  helpers.run("train", f"--workdir={workdir}", "--config.stages[1].steps=35",
+  helpers.cli("train", f"--workdir={workdir}", "--config.stages[1].steps=35",
               "--allow_config_change")
   assert max(helpers.train_losses(workdir)) == 65
 
@@ -111,7 +118,7 @@ def test_corrupt_latest_checkpoint_falls_back_with_a_warning(reference_run, tmp_
       if not name.startswith("_"):
         with open(os.path.join(directory, name), "wb") as f:
           f.write(b"garbage")
-  result = helpers.run("train", f"--workdir={workdir}")
+  result = helpers.cli("train", f"--workdir={workdir}")
   assert "checkpoint step 60" in result.stdout and "falling back to step 55" in result.stdout
   warnings = [line for line in (result.stdout + result.stderr).splitlines() if "step 60" in line]
   assert len(warnings) == 1 and len(result.stderr.splitlines()) < 20  # Not thousands of lines.
@@ -132,7 +139,7 @@ def test_resume_on_four_devices_continues_the_same_data(reference_run, tmp_path)
 
 def test_new_run_starts_from_another_runs_checkpoint(reference_run, tmp_path):
   workdir = str(tmp_path / "from_checkpoint")
-  helpers.run("train", f"--workdir={workdir}", f"--config.init.from_checkpoint={reference_run}:50",
+  helpers.cli("train", f"--workdir={workdir}", f"--config.init.from_checkpoint={reference_run}:50",
               "--config.init.step=continue", "--config.init.optimizer_state=keep",
               "--config.stages[0].steps=5", "--config.stages[1].steps=5")
   records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
@@ -147,7 +154,7 @@ def test_new_run_starts_from_another_runs_checkpoint(reference_run, tmp_path):
 def test_tokenizer_mismatch_with_the_checkpoint_is_refused(reference_run, tmp_path):
   workdir = str(tmp_path / "tokenizer")
   shutil.copytree(reference_run, workdir)
-  result = helpers.run("train", f"--workdir={workdir}", "--config.data.tokenizer.kind=bpe",
+  result = helpers.cli("train", f"--workdir={workdir}", "--config.data.tokenizer.kind=bpe",
                        "--config.data.tokenizer.vocab_size=300", "--allow_config_change",
                        check=False)
   assert result.returncode == 2
@@ -158,7 +165,7 @@ def test_anneal_branches_off_without_touching_the_source(reference_run, tmp_path
   from cpt_jax import anneal, run_plan, schedules
   before = sorted(os.listdir(os.path.join(reference_run, "checkpoints")))
   workdir = str(tmp_path / "annealed")
-  helpers.run("anneal", f"--from={reference_run}:55", f"--workdir={workdir}", "--steps=5",
+  helpers.cli("anneal", f"--from={reference_run}:55", f"--workdir={workdir}", "--steps=5",
               "--shape=linear", config=None)
   assert sorted(os.listdir(os.path.join(reference_run, "checkpoints"))) == before
   records, _ = helpers.train_losses(workdir), None
@@ -176,7 +183,7 @@ def test_a_diverging_run_never_checkpoints_nan_parameters(tmp_path):
   # Stage 1 trains normally and is checkpointed at steps 5 and 10; stage 2's LR blows the
   # parameters up at its first step, and its checkpoint steps 15 and 20 come after that.
   workdir = str(tmp_path / "diverged")
-  result = helpers.run("train", f"--workdir={workdir}", "--config.stages[0].steps=10",
+  result = helpers.cli("train", f"--workdir={workdir}", "--config.stages[0].steps=10",
                        "--config.stages[1].steps=10", "--config.stages[1].schedule.warmup=0",
                        "--config.stages[1].schedule.peak_value=1e30",
                        "--config.stages[1].schedule.end_value=1e30", check=False)
@@ -219,7 +226,7 @@ def test_pmap_checkpoint_continues_in_fsdp_mode(reference_run, tmp_path):
   for mode in ("pmap", "fsdp"):
     workdir = str(tmp_path / mode)
     shutil.copytree(reference_run, workdir)
-    helpers.run("train", f"--workdir={workdir}", "--config.stages[1].steps=34",
+    helpers.cli("train", f"--workdir={workdir}", "--config.stages[1].steps=34",
                 f"--config.parallel={mode}", "--allow_config_change")
     losses[mode] = [helpers.train_losses(workdir)[step] for step in range(61, 65)]
   np.testing.assert_allclose(losses["fsdp"], losses["pmap"], rtol=1e-4)

@@ -1,0 +1,122 @@
+"""Where a run starts, decided once: its own checkpoint, another run's, or nothing.
+
+The order matters:
+1. This run's newest checkpoint that restores completely: a resume. Arrays, step and step
+   offset come from it; the data iterator restores its saved state, or, on another process
+   count (Grain keeps one state per process), seeks to the batch index, since the global
+   batches do not depend on the count.
+2. Else `init.from_checkpoint`: another run's parameters (its Adam moments only with
+   `init.optimizer_state="keep"`), its step counter with `init.step="continue"`, and its exact
+   data stream with `init.data="continue"`.
+3. Else a fresh start at step 0 with initialized parameters.
+The trainer reads the returned `StartPoint`; `position_data` places a stage's iterator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import grain
+
+from cpt_jax import checkpoint as checkpoint_lib
+from cpt_jax import input_pipeline
+from cpt_jax.config_error import ConfigError
+
+DataStart = Literal["fresh", "restore", "continue_source", "seek"]
+
+
+@dataclasses.dataclass(frozen=True)
+class StartPoint:
+  arrays: dict | None  # {"params", "opt_state"} to start from; None: freshly initialized.
+  step: int  # The global step the run continues from.
+  step_offset: int  # The global step at which this run's first stage begins.
+  metadata: dict | None  # The restored checkpoint's metadata (this run's or the source's).
+  source: str  # Where the arrays come from: "resume", "init" or "fresh".
+  data: DataStart  # How the iterator of the stage holding `step` is positioned.
+  data_checkpointer: checkpoint_lib.Checkpointer | None = None  # Holds the iterator state...
+  data_step: int | None = None  # ...of this step ("restore", "continue_source").
+
+
+def data_start(source: str, saved_process_count: int | None, process_count: int,
+               continue_source_data: bool) -> DataStart:
+  """The rule for the data position, apart from any I/O."""
+  if source == "resume":
+    return "restore" if saved_process_count == process_count else "seek"
+  if source == "init" and continue_source_data:
+    return "continue_source"
+  return "fresh"
+
+
+def _check_imported(source: checkpoint_lib.Checkpointer, step: int | None, config) -> None:
+  """An imported Hugging Face model has no optimizer state or data position to continue."""
+  step = source.latest_restorable() if step is None else step
+  if step is None or "imported_from" not in source.read_metadata(step):
+    return
+  if config.init.optimizer_state == "keep" or config.init.data == "continue":
+    raise ConfigError(f"init.from_checkpoint={config.init.from_checkpoint!r} was imported "
+                      "from Hugging Face: it has no optimizer state or data position; use "
+                      "init.optimizer_state=reset and init.data=fresh")
+
+
+def _restore_init(config, abstract, optimizer):
+  """(step, arrays, metadata, checkpointer) of `init.from_checkpoint`."""
+  reference = config.init.from_checkpoint
+  run_dir, step = checkpoint_lib.parse_reference(reference)
+  source = checkpoint_lib.Checkpointer(run_dir, read_only=True)
+  if step is not None and step not in source.steps():
+    raise ConfigError(f"init.from_checkpoint={reference!r}: no step {step} there "
+                      f"(steps: {source.steps()})")
+  _check_imported(source, step, config)
+  keep = config.init.optimizer_state == "keep"
+  if step is None:  # Skips corrupt steps; names the error if none restores.
+    restored = source.restore_latest(abstract, with_optimizer=keep,
+                                     with_data=config.init.data == "continue")
+  else:
+    try:
+      restored = (step, *source.restore(step, abstract, with_optimizer=keep))
+    except (ValueError, KeyError, TypeError) as error:
+      raise ConfigError(f"{reference}: the checkpoint does not fit this config's model or "
+                        f"optimizer ({type(error).__name__}: "
+                        f"{str(error).splitlines()[0][:200]})") from None
+  if restored is None:
+    raise ConfigError(f"init.from_checkpoint={reference!r}: no checkpoint")
+  step, arrays, metadata = restored
+  if not keep:
+    arrays["opt_state"] = optimizer.init(arrays["params"])
+  return step, arrays, metadata, source
+
+
+def start_point(config, checkpointer: checkpoint_lib.Checkpointer, abstract, optimizer,
+                process_count: int) -> StartPoint:
+  """Decides and restores where the run starts (see the module docstring for the order)."""
+  restored = checkpointer.restore_latest(abstract, with_data=True)
+  if restored is not None:
+    step, arrays, metadata = restored
+    return StartPoint(arrays, metadata["step"], metadata["step_offset"], metadata, "resume",
+                      data_start("resume", metadata["process_count"], process_count, False),
+                      checkpointer, step)
+  if config.init.from_checkpoint:
+    step, arrays, metadata, source = _restore_init(config, abstract, optimizer)
+    offset = metadata["step"] if config.init.step == "continue" else 0
+    continue_data = config.init.data == "continue"
+    return StartPoint(arrays, offset, offset, metadata, "init",
+                      data_start("init", None, process_count, continue_data), source, step)
+  return StartPoint(None, 0, 0, None, "fresh", "fresh")
+
+
+def position_data(start: StartPoint, stage_start_step: int, step: int,
+                  iterator: grain.DatasetIterator) -> None:
+  """Places a stage's fresh iterator for global `step`. Only the stage the run started in
+  uses the start point, and a resume at a stage's first step begins that stage afresh (its
+  transition runs, as in an uninterrupted run)."""
+  if step != start.step:
+    return
+  if start.data == "continue_source":
+    start.data_checkpointer.restore_data(start.data_step, iterator)
+  elif step == stage_start_step:
+    return
+  elif start.data == "restore":
+    start.data_checkpointer.restore_data(start.data_step, iterator)
+  elif start.data == "seek":
+    input_pipeline.skip_to_batch(iterator, step - stage_start_step)

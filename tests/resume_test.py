@@ -1,0 +1,139 @@
+"""Tests for cpt_jax/resume.py: where a run starts, with stand-in checkpoints (no I/O)."""
+
+import ml_collections
+import pytest
+
+from cpt_jax import checkpoint as checkpoint_lib
+from cpt_jax import resume
+from cpt_jax.config_error import ConfigError
+
+
+class _Checkpoints:
+  """A stand-in Checkpointer: steps with metadata; records data restores."""
+
+  def __init__(self, steps=None):
+    self._steps = steps or {}  # step -> metadata
+    self.data_restored = []
+
+  def steps(self):
+    return sorted(self._steps)
+
+  def latest_restorable(self):
+    return max(self._steps, default=None)
+
+  def read_metadata(self, step):
+    return self._steps[step]
+
+  def restore_latest(self, abstract, *, with_optimizer=True, with_data=False):
+    if not self._steps:
+      return None
+    step = max(self._steps)
+    arrays = {"params": f"params@{step}"}
+    if with_optimizer:
+      arrays["opt_state"] = f"adam@{step}"
+    return step, arrays, self._steps[step]
+
+  def restore(self, step, abstract, *, with_optimizer=True):
+    return self.restore_latest(abstract, with_optimizer=with_optimizer)[1:]
+
+  def restore_data(self, step, iterator):
+    self.data_restored.append(step)
+
+
+class _Optimizer:
+  def init(self, params):
+    return f"fresh adam for {params}"
+
+
+class _Iterator:
+  def __init__(self):
+    self.state = {"batch": 0, "streams": []}
+
+  def get_state(self):
+    return dict(self.state)
+
+  def set_state(self, state):
+    self.state = state
+
+
+def _config(from_checkpoint="", optimizer_state="reset", step="reset", data="fresh"):
+  return ml_collections.ConfigDict({"init": {
+      "from_checkpoint": from_checkpoint, "optimizer_state": optimizer_state, "step": step,
+      "data": data, "model": "source"}})
+
+
+def _metadata(step, offset=0, processes=1, **extra):
+  return {"step": step, "step_offset": offset, "process_count": processes, **extra}
+
+
+@pytest.fixture
+def source(monkeypatch):
+  """The run `init.from_checkpoint` names: steps 40 and 50."""
+  checkpoints = _Checkpoints({40: _metadata(40), 50: _metadata(50)})
+  monkeypatch.setattr(checkpoint_lib, "Checkpointer", lambda *a, **k: checkpoints)
+  return checkpoints
+
+
+def test_a_runs_own_checkpoint_wins_over_init(source):
+  own = _Checkpoints({30: _metadata(30, offset=10)})
+  start = resume.start_point(_config("/other"), own, None, _Optimizer(), 1)
+  assert (start.source, start.step, start.step_offset) == ("resume", 30, 10)
+  assert start.arrays == {"params": "params@30", "opt_state": "adam@30"}
+  assert start.data == "restore" and start.data_checkpointer is own
+
+
+def test_another_process_count_seeks_to_the_batch():
+  own = _Checkpoints({30: _metadata(30, processes=2)})
+  assert resume.start_point(_config(), own, None, _Optimizer(), 1).data == "seek"
+
+
+def test_init_resets_the_optimizer_and_step_unless_asked(source):
+  start = resume.start_point(_config("/other"), _Checkpoints(), None, _Optimizer(), 1)
+  assert (start.source, start.step, start.step_offset, start.data) == ("init", 0, 0, "fresh")
+  assert start.arrays == {"params": "params@50", "opt_state": "fresh adam for params@50"}
+  kept = resume.start_point(_config("/other", "keep", "continue", "continue"), _Checkpoints(),
+                            None, _Optimizer(), 1)
+  assert (kept.step, kept.step_offset, kept.data) == (50, 50, "continue_source")
+  assert kept.arrays["opt_state"] == "adam@50" and kept.data_checkpointer is source
+
+
+def test_init_from_a_missing_step_is_named(source):
+  with pytest.raises(ConfigError, match=r"init.from_checkpoint='/other:45': no step 45 there "
+                                        r"\(steps: \[40, 50\]\)"):
+    resume.start_point(_config("/other:45"), _Checkpoints(), None, _Optimizer(), 1)
+
+
+def test_an_imported_model_cannot_keep_optimizer_state(monkeypatch):
+  imported = _Checkpoints({0: _metadata(0, imported_from="/hf/pythia")})
+  monkeypatch.setattr(checkpoint_lib, "Checkpointer", lambda *a, **k: imported)
+  with pytest.raises(ConfigError, match="imported from Hugging Face"):
+    resume.start_point(_config("/run", optimizer_state="keep"), _Checkpoints(), None,
+                       _Optimizer(), 1)
+  start = resume.start_point(_config("/run"), _Checkpoints(), None, _Optimizer(), 1)
+  assert start.source == "init"
+
+
+def test_a_fresh_run_starts_at_zero():
+  start = resume.start_point(_config(), _Checkpoints(), None, _Optimizer(), 1)
+  assert (start.source, start.arrays, start.step, start.data) == ("fresh", None, 0, "fresh")
+
+
+@pytest.mark.parametrize("data, stage_start, step, restored, batch", [
+    ("restore", 0, 30, [30], 0),  # Inside its stage: the saved iterator state.
+    ("restore", 30, 30, [], 0),  # At a stage's first step: the stage begins afresh.
+    ("seek", 20, 30, [], 10),  # Another process count: seek to the stage's 10th batch.
+    ("continue_source", 30, 30, [30], 0),  # init.data="continue": the source's stream.
+    ("fresh", 0, 30, [], 0),
+])
+def test_positioning_the_iterator_of_the_starting_stage(data, stage_start, step, restored, batch):
+  checkpoints, iterator = _Checkpoints(), _Iterator()
+  start = resume.StartPoint(None, 30, 0, None, "resume", data, checkpoints, 30)
+  resume.position_data(start, stage_start, step, iterator)
+  assert checkpoints.data_restored == restored and iterator.state["batch"] == batch
+
+
+def test_later_stages_start_at_their_first_batch():
+  checkpoints, iterator = _Checkpoints(), _Iterator()
+  start = resume.StartPoint(None, 30, 0, None, "resume", "restore", checkpoints, 30)
+  resume.position_data(start, 40, 40, iterator)
+  assert checkpoints.data_restored == [] and iterator.state["batch"] == 0

@@ -2,13 +2,14 @@
 
 Experiment files under `configs/` start from `base_config()` and fill in the model, data
 sources and stages. A field that is not declared here does not exist: overriding it fails
-with close matches (`config_overrides.py`).
+with close matches (`experiment_config.unknown_override`).
 """
 
 from __future__ import annotations
 
 import ml_collections
 
+from cpt_jax import checkpoint
 from cpt_jax import input_pipeline
 from cpt_jax import model_config
 from cpt_jax import optimizer
@@ -48,11 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.log.every = 10  # Write a train record every this many steps.
   config.log.progress_bar = True  # Show a tqdm progress bar (process 0 only).
 
-  config.checkpoint = ml_collections.ConfigDict()
-  config.checkpoint.every = 200  # Save every this many steps (and at each stage's end).
-  config.checkpoint.keep = 3  # Keep the latest this many checkpoints...
-  config.checkpoint.keep_every = 0  # ...plus every multiple of this step forever (0 = none).
-  config.checkpoint.async_save = True  # Write in the background; the loop waits only for D2H.
+  config.checkpoint = checkpoint.default_config()  # Interval, retention, async saving.
 
   # Start this run from another run's checkpoint (e.g. a pretrained model).
   config.init = ml_collections.ConfigDict()

@@ -32,6 +32,16 @@ _log = logging.getLogger(__name__)
 ITEMS = ("params", "opt_state", "metadata", "data")
 
 
+def default_config() -> ml_collections.ConfigDict:
+  """The `config.checkpoint` block."""
+  config = ml_collections.ConfigDict()
+  config.every = 200  # Save every this many steps (and at each stage's end).
+  config.keep = 3  # Keep the latest this many checkpoints...
+  config.keep_every = 0  # ...plus every multiple of this step forever (0 = none).
+  config.async_save = True  # Write in the background; the loop waits only for D2H.
+  return config
+
+
 class CheckpointError(RuntimeError):
   """A save failed (disk full, unwritable directory): the previous checkpoint is intact."""
 
@@ -75,8 +85,7 @@ class Checkpointer:
 
   def __init__(self, workdir: str, config: ml_collections.ConfigDict | None = None,
                read_only: bool = False):
-    config = config or ml_collections.ConfigDict(
-        {"keep": 3, "keep_every": 0, "async_save": False})
+    config = config or default_config()
     options = ocp.CheckpointManagerOptions(
         max_to_keep=config.keep, keep_period=config.keep_every or None,
         enable_async_checkpointing=config.async_save, read_only=read_only,

@@ -65,7 +65,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not isinstance(config.eval.document_masking, bool):
     raise ConfigError(f"eval.document_masking={config.eval.document_masking!r}: expected true or "
                       "false")
-  for field, allowed in (("optimizer_state", ("reset", "keep")), ("step", ("reset", "continue")),
+  for field, allowed in (("optimizer_state", run_plan.OPTIMIZER_STATE_POLICIES),
+                         ("step", ("reset", "continue")),
                          ("data", ("fresh", "continue")), ("model", ("source", "config"))):
     if config.init[field] not in allowed:
       raise ConfigError(f"init.{field}={config.init[field]!r}: expected one of {allowed}")

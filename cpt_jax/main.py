@@ -266,8 +266,9 @@ def main(argv: list[str]) -> int:
       return 0
     if config is None:
       raise UsageError("--config is required, e.g. --config=configs/demo.py")
-    from cpt_jax import experiment_config
-    experiment_config.validate(config)
+    if command != "train":  # train validates the config it resolves itself.
+      from cpt_jax import experiment_config
+      experiment_config.validate(config)
     {"train": _command_train, "info": _command_info, "plot-schedule": _command_plot_schedule,
      "prepare": _command_prepare}[command](config)
   except ConfigError as error:  # Bad input, named in one line; any other error is a bug.

@@ -13,7 +13,7 @@ Result:   the table printed at the end (also RUN_DIR/summary.json) shows forgett
             --config.stages[1].replay.prose=0 --config.stages[1].mixture.code=1.0
           while the code loss falls 8.21 -> 4.12 and -> 4.10.
 
-Variant `configs/demo.py:smoke`: the same run scaled down for tests (2 x 30 steps, ~1 min).
+Variant `configs/demo.py:smoke`: the same run scaled down for tests (2 x 10 steps, ~30 s).
 """
 
 from cpt_jax import base_config
@@ -33,7 +33,7 @@ def get_config(variant: str = ""):
   config.data.sources.prose = corpora.source_config("embedded", corpus="shakespeare")
   config.data.sources.code = corpora.source_config("embedded", corpus="python_stdlib")
 
-  steps = {"": 250, "smoke": 30}[variant]
+  steps = {"": 250, "smoke": 10}[variant]
   schedule = lambda: schedule_config.config_for("cosine_with_warmup", peak_value=3e-3,
                                                 end_value=3e-4, warmup=0.01)
   config.stages = [

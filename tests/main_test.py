@@ -14,7 +14,7 @@ def test_info_prints_parameters_flops_and_the_plan():
   lines = result.stdout.splitlines()
   assert lines[0] == "parameters: 1841920 (non-embedding 793344)"
   assert any(line.startswith("flops per token: ") for line in lines)
-  assert "plan: 2 stages, 60 steps, 245,760 tokens" in result.stdout
+  assert "plan: 2 stages, 20 steps, 81,920 tokens" in result.stdout
   assert "code 95%, prose 5% (replay)" in result.stdout
 
 
@@ -106,4 +106,4 @@ def test_the_readme_main_command_runs_as_a_user_types_it(tmp_path):
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert os.path.exists(tmp_path / workdir / "summary.json")
-  assert "60" in os.listdir(tmp_path / workdir / "checkpoints")
+  assert "20" in os.listdir(tmp_path / workdir / "checkpoints")

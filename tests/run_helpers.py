@@ -16,8 +16,10 @@ import numpy as np
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 DEMO = os.path.join(ROOT, "configs", "demo.py")
 
-# The demo's smoke variant on a model small enough for a test (bytes tokenizer: no training).
-SMALL = ["--config.model.model_dim=32", "--config.model.num_layers=2",
+# The demo's smoke variant on a model small enough for a test (bytes tokenizer: no training),
+# in two stages of 30 steps.
+SMALL = ["--config.stages[0].steps=30", "--config.stages[1].steps=30",
+         "--config.model.model_dim=32", "--config.model.num_layers=2",
          "--config.model.num_heads=2", "--config.model.num_kv_heads=2",
          "--config.model.mlp_dim=64", "--config.model.vocab_size=384",
          "--config.data.tokenizer.kind=bytes", "--config.data.seq_len=32",
@@ -66,6 +68,15 @@ def run(*args, devices=8, check=True, **kwargs):
 def start(*args, **kwargs):
   return subprocess.Popen(command(*args, **kwargs), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, env=environment(), cwd=ROOT)
+
+
+def garble(directory):
+  """Overwrites every data file under `directory` (a checkpoint item): a corrupt step."""
+  for parent, _, names in os.walk(directory):
+    for name in names:
+      if not name.startswith("_"):
+        with open(os.path.join(parent, name), "wb") as f:
+          f.write(b"garbage")
 
 
 def last_train_step(workdir):

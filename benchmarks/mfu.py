@@ -11,7 +11,6 @@ The last line reads `mfu: <x>` for the last preset (or `mfu: n/a`).
 """
 
 import argparse
-import os
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--presets", default="")

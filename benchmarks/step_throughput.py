@@ -15,7 +15,6 @@ reads `loop/step ratio: <x>`.
 import argparse
 import os
 import tempfile
-import time
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--devices", type=int, default=0, help="Emulated CPU devices (0: as is).")

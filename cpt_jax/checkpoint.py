@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Iterable
 
 from etils import epath
 import grain
@@ -25,7 +24,6 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from cpt_jax import train_step as train_step_lib
-from cpt_jax.config_error import ConfigError
 
 _log = logging.getLogger(__name__)
 
@@ -226,9 +224,9 @@ class Checkpointer:
     try:
       state = json.loads(path.read_text())
     except (OSError, ValueError) as error:
-      raise ConfigError(f"{path}: unreadable data-iterator state ({_first_line(error)})") from None
+      raise ValueError(f"{path}: unreadable data-iterator state ({_first_line(error)})") from None
     if not isinstance(state, dict) or not {"batch", "streams"} <= set(state):
-      raise ConfigError(f"{path}: not a data-iterator state")
+      raise ValueError(f"{path}: not a data-iterator state")  # Corrupt: the caller falls back.
 
   def _set_aside(self, steps: list[int]) -> None:
     """Moves unrestorable steps to `checkpoints.corrupt/` (kept for inspection), so training

@@ -12,6 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+import run_helpers as helpers
 from cpt_jax import checkpoint as checkpoint_lib
 from cpt_jax import data_parallel
 from cpt_jax import model_config
@@ -48,14 +49,6 @@ class _CountingDataset(grain.IterDataset):
 
   def __iter__(self):
     return _CountingIterator()
-
-
-def _garble(directory):
-  for parent, _, files in os.walk(directory):
-    for name in files:
-      if not name.startswith("_"):
-        with open(os.path.join(parent, name), "wb") as f:
-          f.write(b"garbage")
 
 
 def _tree_listing(root):
@@ -134,7 +127,7 @@ def test_a_read_only_source_falls_back_without_writing(tmp_path):
   for step in (1, 2):
     checkpointer.save(step, state, {"step": step}, None)
   checkpointer.wait()
-  _garble(tmp_path / "checkpoints" / "2" / "params")
+  helpers.garble(tmp_path / "checkpoints" / "2" / "params")
   before = _tree_listing(tmp_path)
   abstract = checkpoint_lib.abstract_like(state, data_parallel.replicated_sharding())
   source = checkpoint_lib.Checkpointer(str(tmp_path), read_only=True)

@@ -6,9 +6,7 @@ Tiny random models of each family are built with transformers from a seed and sa
 
 import json
 import os
-import shutil
 
-import jax
 import ml_collections
 import numpy as np
 import pytest

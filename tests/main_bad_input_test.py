@@ -246,11 +246,7 @@ def test_starting_from_a_run_with_a_corrupt_latest_step_leaves_it_untouched(
     capsys, finished_run, tmp_path):
   source = str(tmp_path / "source")
   shutil.copytree(finished_run, source)
-  for directory, _, names in os.walk(os.path.join(source, "checkpoints", "10", "params")):
-    for name in names:
-      if not name.startswith("_"):
-        with open(os.path.join(directory, name), "wb") as f:
-          f.write(b"garbage")
+  helpers.garble(os.path.join(source, "checkpoints", "10", "params"))
   before = _snapshot(source)
   code, out, err = _cli(capsys, *_train(str(tmp_path / "new"),
                                         f"--config.init.from_checkpoint={source}",

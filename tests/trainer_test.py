@@ -112,12 +112,7 @@ def test_longer_last_stage_is_allowed_with_the_flag(reference_run, tmp_path):
 def test_corrupt_latest_checkpoint_falls_back_with_a_warning(reference_run, tmp_path):
   workdir = str(tmp_path / "corrupt")
   shutil.copytree(reference_run, workdir)
-  params_dir = os.path.join(workdir, "checkpoints", "60", "params")
-  for directory, _, files in os.walk(params_dir):
-    for name in files:
-      if not name.startswith("_"):
-        with open(os.path.join(directory, name), "wb") as f:
-          f.write(b"garbage")
+  helpers.garble(os.path.join(workdir, "checkpoints", "60", "params"))
   result = helpers.cli("train", f"--workdir={workdir}")
   assert "checkpoint step 60" in result.stdout and "falling back to step 55" in result.stdout
   warnings = [line for line in (result.stdout + result.stderr).splitlines() if "step 60" in line]

@@ -21,9 +21,7 @@ from cpt_jax.config_error import ConfigError
 
 
 def _load_config(run_dir: str) -> ml_collections.ConfigDict:
-  stored = run_directory.stored_config(run_dir)
-  if stored is None:
-    raise ConfigError(f"--from={run_dir!r}: no config.json there; expected a cpt-jax run directory")
+  stored = run_directory.source_config(run_dir)
   stages = [ml_collections.ConfigDict(stage) for stage in stored.pop("stages")]
   config = ml_collections.ConfigDict(stored)
   config.stages = stages
@@ -38,10 +36,7 @@ def anneal_config(source_reference: str, steps: int, shape: str,
     raise ConfigError(f"--steps={steps}: expected a positive number of anneal steps")
   config = _load_config(run_dir)
   source = checkpoint_lib.Checkpointer(run_dir, read_only=True)
-  if step is None:
-    step = source.latest_restorable()
-  if step is None or step not in source.steps():
-    raise ConfigError(f"--from={source_reference!r}: no such checkpoint (steps: {source.steps()})")
+  step = source.existing_step(step, f"--from={source_reference!r}")
   metadata = source.read_metadata(step)
   offset = metadata["step_offset"]
   start_value = float(run_plan.learning_rate_schedule(config, step_offset=offset)(step))

@@ -23,7 +23,11 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from cpt_jax import data_parallel
+from cpt_jax import model as model_lib
+from cpt_jax import model_config
 from cpt_jax import train_step as train_step_lib
+from cpt_jax.config_error import ConfigError
 
 _log = logging.getLogger(__name__)
 
@@ -164,10 +168,20 @@ class Checkpointer:
     arrays = {key: restored[key] for key in ("params", "opt_state") if key in items}
     return arrays, dict(restored["metadata"])
 
-  def restore_params(self, step: int, abstract_params):
-    """The parameters of `step` alone (exporting, scoring)."""
+  def existing_step(self, step: int | None, where: str) -> int:
+    """`step`, or the newest restorable one if None; one line naming `where` if none."""
+    if step is None:
+      step = self.latest_restorable()
+    if step is None or step not in self.steps():
+      raise ConfigError(f"{where}: no such checkpoint (steps: {self.steps()})")
+    return step
+
+  def restore_params(self, step: int, model: model_config.ModelConfig):
+    """The parameters of `step` alone (exporting, scoring), replicated on the devices."""
+    abstract = abstract_like(model_lib.abstract_params(model),
+                             data_parallel.replicated_sharding())
     restored = self._manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(abstract_params)))
+        params=ocp.args.StandardRestore(abstract)))
     return restored["params"]
 
   def restore_data(self, step: int, data_iterator: grain.DatasetIterator) -> None:

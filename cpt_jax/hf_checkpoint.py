@@ -231,9 +231,7 @@ def export_hf(reference: str, out_dir: str, dtype: str = "float32",
   reference, out_dir = paths.resolve_reference(reference), paths.resolve(out_dir)
   np_dtype = _hf_dtype(dtype)
   run_dir, step = checkpoint_lib.parse_reference(reference)
-  stored = run_directory.stored_config(run_dir)
-  if stored is None:
-    raise ConfigError(f"--from={run_dir}: no config.json there; expected a cpt-jax run directory")
+  stored = run_directory.source_config(run_dir)
   model = model_config_lib.from_config_dict(ml_collections.ConfigDict(stored["model"]))
   settings = stored["data"]["tokenizer"]
   tokenizer_path = epath.Path(run_dir) / tokenizer_lib.saved_file_name(settings["kind"])
@@ -246,13 +244,8 @@ def export_hf(reference: str, out_dir: str, dtype: str = "float32",
     raise ConfigError(f"--out={out_dir}: not empty; export into a new directory")
 
   source = checkpoint_lib.Checkpointer(run_dir, read_only=True)
-  if step is None:
-    step = source.latest_restorable()
-  if step is None or step not in source.steps():
-    raise ConfigError(f"--from={reference}: no such checkpoint (steps: {source.steps()})")
-  abstract = checkpoint_lib.abstract_like(hf_convert.abstract_params(model),
-                                          data_parallel.replicated_sharding())
-  flat = hf_convert.flat_from_params(source.restore_params(step, abstract))
+  step = source.existing_step(step, f"--from={reference}")
+  flat = hf_convert.flat_from_params(source.restore_params(step, model))
   tensors = {}
   for item in hf_convert.correspondences(model):
     for name, array in zip(item.hf_names, item.to_hf(flat[item.path])):

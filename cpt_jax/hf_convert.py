@@ -225,21 +225,15 @@ def hf_config_from_model(config: ModelConfig, *, bos_token_id: int, eos_token_id
           "rope_parameters": rope, "pretraining_tp": 1}
 
 
-def abstract_params(config: ModelConfig) -> nnx.State:
-  """The parameter state's shapes and dtypes, allocating nothing."""
-  abstract = nnx.eval_shape(lambda: model_lib.Transformer(config, rngs=nnx.Rngs(0)))
-  return nnx.state(abstract, nnx.Param)
-
-
 def shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
   """Each cpt_jax parameter's shape, by dotted path (from abstract shapes: no allocation)."""
   return {".".join(map(str, path)): tuple(leaf.shape)
-          for path, leaf in nnx.to_flat_state(abstract_params(config))}
+          for path, leaf in nnx.to_flat_state(model_lib.abstract_params(config))}
 
 
 def params_from_flat(config: ModelConfig, flat: dict[str, jax.Array]) -> nnx.State:
   """The model's parameter state from arrays by dotted path."""
-  state = abstract_params(config)
+  state = model_lib.abstract_params(config)
   pure = nnx.to_pure_dict(state)
   for path in shapes(config):
     node, keys = pure, path.split(".")

@@ -13,7 +13,6 @@ from cpt_jax import model_config
 from cpt_jax import paths
 from cpt_jax import run_directory
 from cpt_jax import run_plan
-from cpt_jax.config_error import ConfigError
 
 
 def _schedule_summary(schedule: ml_collections.ConfigDict | None) -> str:
@@ -35,10 +34,7 @@ def _model_lines(model: model_config.ModelConfig, seq_len: int) -> tuple[list[st
 def describe_run(run_dir: str) -> str:
   """A run directory's model and checkpoints (an imported Hugging Face model included)."""
   run_dir = paths.resolve(run_dir)
-  stored = run_directory.stored_config(run_dir)
-  if stored is None:
-    raise ConfigError(f"--from={run_dir}: no config.json there; expected a cpt-jax run directory")
-  config = ml_collections.ConfigDict(stored)
+  config = ml_collections.ConfigDict(run_directory.source_config(run_dir))
   lines, flops = _model_lines(model_config.from_config_dict(config.model), config.data.seq_len)
   steps = checkpoint_lib.Checkpointer(run_dir, read_only=True).steps()
   return "\n".join(lines + [

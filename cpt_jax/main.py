@@ -90,9 +90,10 @@ def _importable_config_package(path: str) -> None:
     sys.path.insert(0, root)
 
 
-def _check_config_file(argv: list[str]) -> None:
+def _check_config_file(argv: list[str]):
   """Loads the --config file once before ml-collections does, so a missing file, a syntax
-  error or an unknown variant is one line naming it."""
+  error or an unknown variant is one line naming it. Returns its config before overrides
+  (to locate a bad override), or None without --config."""
   import importlib.util
   for arg in argv:
     if not arg.startswith("--config="):
@@ -111,9 +112,10 @@ def _check_config_file(argv: list[str]) -> None:
       raise UsageError(f"--config={path}: defines no get_config(); expected an experiment "
                        "config (see configs/demo.py)")
     try:
-      module.get_config(variant) if variant else module.get_config()
+      return module.get_config(variant) if variant else module.get_config()
     except ValueError as error:
       raise UsageError(f"--config={path}:{variant}: {error}") from None
+  return None
 
 
 def _parse(argv: list[str]) -> None:
@@ -122,7 +124,7 @@ def _parse(argv: list[str]) -> None:
   flags.FLAGS.unparse_flags()
   for name in [name for name in flags.FLAGS if name.startswith("config.")]:
     delattr(flags.FLAGS, name)  # Override flags a previous parse registered.
-  _check_config_file(argv)
+  base = _check_config_file(argv)
   sys.argv = list(argv)
   try:
     flags.FLAGS(argv)
@@ -130,7 +132,6 @@ def _parse(argv: list[str]) -> None:
     from cpt_jax import experiment_config
     overrides = [arg[len("--config."):].split("=")[0] for arg in argv
                  if arg.startswith("--config.")]
-    base = _load_config_without_overrides(argv)
     for path in overrides:
       message = base is not None and experiment_config.unknown_override(base, path)
       if message:
@@ -138,22 +139,6 @@ def _parse(argv: list[str]) -> None:
     raise UsageError(f"bad --config override: {error}") from None
   except flags.Error as error:
     raise UsageError(str(error).splitlines()[0]) from None
-
-
-def _load_config_without_overrides(argv):
-  """The --config file's config before overrides, to locate a bad override; None if unusable."""
-  import importlib.util
-  for arg in argv:
-    if arg.startswith("--config="):
-      path, _, variant = arg[len("--config="):].partition(":")
-      try:
-        spec = importlib.util.spec_from_file_location("_cpt_jax_config", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module.get_config(variant) if variant else module.get_config()
-      except Exception:  # The caller falls back to ml-collections' own message.
-        return None
-  return None
 
 
 class _Format(logging.Formatter):

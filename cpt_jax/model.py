@@ -170,10 +170,14 @@ class Transformer(nnx.Module):
     return self.unembed(x_BxTxD)
 
 
+def abstract_params(config: ModelConfig) -> nnx.State:
+  """The parameter state's shapes and dtypes, allocating nothing."""
+  abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
+  return nnx.state(abstract, nnx.Param)
+
+
 def parameter_counts(config: ModelConfig) -> tuple[int, int]:
   """(total, non-embedding) parameter counts, computed from abstract shapes (no allocation)."""
-  abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
-  params = nnx.state(abstract, nnx.Param)
-  total = sum(leaf.size for leaf in jax.tree.leaves(params))
+  total = sum(leaf.size for leaf in jax.tree.leaves(abstract_params(config)))
   embedding = config.vocab_size * config.model_dim * (1 if config.tie_embeddings else 2)
   return total, total - embedding

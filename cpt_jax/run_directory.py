@@ -68,6 +68,14 @@ def stored_config(workdir: str) -> dict | None:
                       "config: restore it, or start the run in another --workdir") from None
 
 
+def source_config(run_dir: str) -> dict:
+  """The config.json of a run another command reads (`--from`); one line if there is none."""
+  stored = stored_config(run_dir)
+  if stored is None:
+    raise ConfigError(f"--from={run_dir}: no config.json there; expected a cpt-jax run directory")
+  return stored
+
+
 def check_config(workdir: str, config: ml_collections.ConfigDict, current_stage: int,
                  allow_change: bool) -> None:
   """On a resume, refuses changed fields that matter (listing them) unless `allow_change`.

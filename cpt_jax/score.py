@@ -17,8 +17,6 @@ import numpy as np
 from flax import nnx
 
 from cpt_jax import checkpoint as checkpoint_lib
-from cpt_jax import data_parallel
-from cpt_jax import hf_convert
 from cpt_jax import model as model_lib
 from cpt_jax import model_config as model_config_lib
 from cpt_jax import paths
@@ -51,9 +49,7 @@ class Score:
 def score(reference: str, file: str, seq_len: int | None = None, batch_size: int = 8) -> Score:
   reference, file = paths.resolve_reference(reference), paths.resolve(file)
   run_dir, step = checkpoint_lib.parse_reference(reference)
-  stored = run_directory.stored_config(run_dir)
-  if stored is None:
-    raise ConfigError(f"--from={run_dir}: no config.json there; expected a cpt-jax run directory")
+  stored = run_directory.source_config(run_dir)
   if not epath.Path(file).is_file():
     raise ConfigError(f"--file={file}: no such file")
   config = ml_collections.ConfigDict(stored)
@@ -67,11 +63,7 @@ def score(reference: str, file: str, seq_len: int | None = None, batch_size: int
     raise ConfigError(f"--file={file}: fewer than two tokens; nothing to score")
 
   source = checkpoint_lib.Checkpointer(run_dir, read_only=True)
-  step = source.latest_restorable() if step is None else step
-  if step is None or step not in source.steps():
-    raise ConfigError(f"--from={reference}: no such checkpoint (steps: {source.steps()})")
-  params = source.restore_params(step, checkpoint_lib.abstract_like(
-      hf_convert.abstract_params(model), data_parallel.replicated_sharding()))
+  params = source.restore_params(source.existing_step(step, f"--from={reference}"), model)
   graphdef = nnx.split(nnx.eval_shape(lambda: model_lib.Transformer(model, rngs=nnx.Rngs(0))),
                        nnx.Param)[0]
   loss_sums = jax.jit(lambda p, batch: train_step_lib.loss_sums(graphdef, p, batch))

@@ -16,7 +16,6 @@ from flax import nnx
 
 import run_helpers as helpers
 from cpt_jax import checkpoint as checkpoint_lib
-from cpt_jax import data_parallel
 from cpt_jax import hf_checkpoint
 from cpt_jax import hf_convert
 from cpt_jax import input_pipeline
@@ -79,9 +78,7 @@ def _our_logits(workdir, tokens, step=None):
   stored = run_directory.stored_config(workdir)
   model = model_config.from_config_dict(ml_collections.ConfigDict(stored["model"]))
   checkpointer = checkpoint_lib.Checkpointer(workdir, read_only=True)
-  step = checkpointer.latest_restorable() if step is None else step
-  params = checkpointer.restore_params(step, checkpoint_lib.abstract_like(
-      hf_convert.abstract_params(model), data_parallel.replicated_sharding()))
+  params = checkpointer.restore_params(checkpointer.existing_step(step, workdir), model)
   graphdef = nnx.split(nnx.eval_shape(lambda: model_lib.Transformer(model, rngs=nnx.Rngs(0))),
                        nnx.Param)[0]
   return np.asarray(nnx.merge(graphdef, params)(tokens))

@@ -9,6 +9,8 @@ the source run directory is only read.
 
 from __future__ import annotations
 
+import copy
+
 import ml_collections
 
 from cpt_jax import checkpoint as checkpoint_lib
@@ -28,19 +30,18 @@ def _load_config(run_dir: str) -> ml_collections.ConfigDict:
   return config
 
 
-def anneal_config(source_reference: str, steps: int, shape: str,
-                  end_value: float) -> ml_collections.ConfigDict:
-  """The config of the annealing branch: the source run's, with one anneal stage."""
-  run_dir, step = checkpoint_lib.parse_reference(source_reference)
+def branch_config(config: ml_collections.ConfigDict, run_dir: str, step: int, step_offset: int,
+                  stage_index: int, steps: int, shape: str = "1-sqrt",
+                  end_value: float = 0.0) -> ml_collections.ConfigDict:
+  """The config of a branch that anneals `config`'s run (in `run_dir`, whose first stage
+  began at `step_offset`) from its checkpoint at `step`, in stage `stage_index`: one anneal
+  stage on that stage's data, from the run's learning rate at `step`. Pure: the study runner
+  plans branches of runs that do not exist yet."""
   if steps <= 0:
     raise ConfigError(f"--steps={steps}: expected a positive number of anneal steps")
-  config = _load_config(run_dir)
-  source = checkpoint_lib.Checkpointer(run_dir, read_only=True)
-  step = source.existing_step(step, f"--from={source_reference!r}")
-  metadata = source.read_metadata(step)
-  offset = metadata["step_offset"]
-  start_value = float(run_plan.learning_rate_schedule(config, step_offset=offset)(step))
-  stage = config.stages[metadata["stage"]]  # The stage whose data stream the checkpoint holds.
+  config = copy.deepcopy(config)
+  start_value = float(run_plan.learning_rate_schedule(config, step_offset=step_offset)(step))
+  stage = config.stages[stage_index]  # The stage whose data stream the checkpoint holds.
   config.stages = [run_plan.stage(
       f"anneal@{step}", steps, dict(stage.mixture.items()),
       schedule_config.config_for("anneal", start_value=start_value, end_value=end_value,
@@ -52,6 +53,18 @@ def anneal_config(source_reference: str, steps: int, shape: str,
   config.init.step = "continue"
   config.init.data = "continue"
   return config
+
+
+def anneal_config(source_reference: str, steps: int, shape: str,
+                  end_value: float) -> ml_collections.ConfigDict:
+  """The config of the annealing branch of an existing run: its config, one anneal stage."""
+  run_dir, step = checkpoint_lib.parse_reference(source_reference)
+  config = _load_config(run_dir)  # First: names a directory that is no run.
+  source = checkpoint_lib.Checkpointer(run_dir, read_only=True)
+  step = source.existing_step(step, f"--from={source_reference!r}")
+  metadata = source.read_metadata(step)
+  return branch_config(config, run_dir, step, metadata["step_offset"], metadata["stage"],
+                       steps, shape, end_value)
 
 
 def anneal(source_reference: str, workdir: str, steps: int, shape: str = "1-sqrt",

@@ -88,14 +88,14 @@ class Checkpointer:
   def __init__(self, workdir: str, config: ml_collections.ConfigDict | None = None,
                read_only: bool = False):
     config = config or default_config()
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=config.keep, keep_period=config.keep_every or None,
-        enable_async_checkpointing=config.async_save, read_only=read_only,
-        create=False)  # Made by the first save: a run refused at start-up writes nothing.
     self._path = directory(workdir)
     self._read_only = read_only
     self._in_flight = None  # The step an async save is writing, until it is checked.
-    with _quiet_logs():  # Read-only managers warn about the options they turn off.
+    with _quiet_logs():  # Read-only options warn about the options they turn off.
+      options = ocp.CheckpointManagerOptions(
+          max_to_keep=config.keep, keep_period=config.keep_every or None,
+          enable_async_checkpointing=config.async_save, read_only=read_only,
+          create=False)  # Made by the first save: a run refused at start-up writes nothing.
       self._manager = ocp.CheckpointManager(self._path, item_names=ITEMS, options=options)
 
   def steps(self) -> list[int]:

@@ -24,7 +24,7 @@ def _schedule_summary(schedule: ml_collections.ConfigDict | None) -> str:
 
 def _model_lines(model: model_config.ModelConfig, seq_len: int) -> tuple[list[str], float]:
   total, non_embedding = model_lib.parameter_counts(model)
-  flops = model_config.flops_per_token(model, seq_len, non_embedding)
+  flops = model_lib.training_flops_per_token(model, seq_len)
   return [f"parameters: {total} (non-embedding {non_embedding})",
           f"model: {model.family}, {model.num_layers} layers, dim {model.model_dim}, "
           f"{model.num_heads} heads ({model.num_kv_heads} kv), mlp {model.mlp_dim}, "

@@ -9,6 +9,8 @@
   cpt-jax export-hf      --from=RUN_DIR[:STEP] --out=HF_DIR [--dtype=bfloat16]
   cpt-jax score          --from=RUN_DIR[:STEP] --file=PATH [--seq_len=N]
   cpt-jax info           --from=RUN_DIR                      a run's model and checkpoints
+  cpt-jax study          --config=configs/study_demo.py --workdir=STUDY_DIR [--only=A,B]
+                         [--report]    the paper's grid of variants, shared runs, one table
 
 Also `python -m cpt_jax ...`; `cpt-jax COMMAND --help` lists a command's flags. Bad input ends
 with one line `cpt-jax: error: ...` and exit 2; a failed save or a diverged run with one line
@@ -37,6 +39,7 @@ COMMANDS = {
     "import-hf": ("from", "workdir"),
     "export-hf": ("from", "out", "dtype"),
     "score": ("from", "file", "seq_len"),
+    "study": ("config", "workdir", "only", "report"),
 }
 _WITHOUT_CONFIG = ("anneal", "import-hf", "export-hf", "score")
 _HELP = ("--help", "-h", "help", "--helpfull")
@@ -57,6 +60,10 @@ _SHAPE = flags.DEFINE_string("shape", "1-sqrt", "anneal: decay shape.")
 _END_VALUE = flags.DEFINE_float("end_value", 0.0, "anneal: the final learning rate.")
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "allow_config_change", False, "train: resume although fields that matter changed.")
+_ONLY = flags.DEFINE_list("only", [], "study: train only these variants (and the runs they "
+                          "share); the report covers every finished variant.")
+_REPORT = flags.DEFINE_bool("report", False, "study: write the report of the runs finished "
+                            "so far without training.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "Multi-process: HOST:PORT of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process: process count.")
@@ -225,6 +232,15 @@ def _command_score() -> None:
   print(score.score(_require(_FROM, "from"), _require(_FILE, "file"), _SEQ_LEN.value))
 
 
+def _command_study(config) -> None:
+  from cpt_jax import study
+  workdir = _require(_WORKDIR, "workdir")
+  if study.run(config, workdir, only=_ONLY.value, report_only=_REPORT.value) is not None:
+    report = os.path.join(workdir, "study.md")
+    print(open(report, encoding="utf-8").read())
+    print(f"wrote {report}, study.json, study.png")
+
+
 def main(argv: list[str]) -> int:
   if len(argv) < 2 or argv[1] in _HELP:
     print(_usage(None), file=sys.stdout if len(argv) >= 2 else sys.stderr)
@@ -251,11 +267,11 @@ def main(argv: list[str]) -> int:
       return 0
     if config is None:
       raise UsageError("--config is required, e.g. --config=configs/demo.py")
-    if command != "train":  # train validates the config it resolves itself.
+    if command not in ("train", "study"):  # These validate the configs they resolve.
       from cpt_jax import experiment_config
       experiment_config.validate(config)
     {"train": _command_train, "info": _command_info, "plot-schedule": _command_plot_schedule,
-     "prepare": _command_prepare}[command](config)
+     "prepare": _command_prepare, "study": _command_study}[command](config)
   except ConfigError as error:  # Bad input, named in one line; any other error is a bug.
     print(f"cpt-jax: error: {error}", file=sys.stderr)
     return 2

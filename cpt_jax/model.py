@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from cpt_jax import model_config
 from cpt_jax.model_config import ModelConfig
 
 _INIT_STDDEV = 0.02
@@ -181,3 +182,9 @@ def parameter_counts(config: ModelConfig) -> tuple[int, int]:
   total = sum(leaf.size for leaf in jax.tree.leaves(abstract_params(config)))
   embedding = config.vocab_size * config.model_dim * (1 if config.tie_embeddings else 2)
   return total, total - embedding
+
+
+def training_flops_per_token(config: ModelConfig, seq_len: int) -> int:
+  """Training FLOPs per token of this model at `seq_len` (`model_config.flops_per_token`)."""
+  _, non_embedding = parameter_counts(config)
+  return model_config.flops_per_token(config, seq_len, non_embedding)

@@ -1,17 +1,16 @@
-"""Figures: a config's learning-rate schedule, and a run's validation curves (matplotlib).
+"""Figures: a config's learning-rate schedule, a run's validation curves, a study's comparison.
 
-Owns drawing only; the numbers come from `run_plan` and the run's `metrics.jsonl`.
+Owns drawing only; the numbers come from `run_plan`, the runs' `metrics.jsonl` and the study
+report. Figures are `matplotlib.figure.Figure` objects written to files: pyplot is never
+imported, so the process's backend (a notebook's inline plots) is left as the user set it.
 """
 
 from __future__ import annotations
 
 from etils import epath
 import jax
-import matplotlib
-
-matplotlib.use("Agg")  # Files only: no display on TPU VMs, CI or Colab's backend.
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from matplotlib.figure import Figure
+import numpy as np
 
 
 def _mark_stages(axis, plans, scale=1.0) -> None:
@@ -31,7 +30,8 @@ def schedule_values(schedule, total_steps: int) -> tuple[np.ndarray, np.ndarray]
 def plot_schedule(schedule, plans, out_path: str, title: str = "") -> None:
   total = plans[-1].end_step
   steps, values = schedule_values(schedule, total)
-  figure, axis = plt.subplots(figsize=(8, 3.5))
+  figure = Figure(figsize=(8, 3.5))
+  axis = figure.subplots()
   axis.plot(steps, values)
   _mark_stages(axis, plans)
   axis.set_xlabel("step")
@@ -43,7 +43,8 @@ def plot_schedule(schedule, plans, out_path: str, title: str = "") -> None:
 def plot_curves(eval_records: list[dict], train_records: list[dict], plans, tokens_per_step: int,
                 out_path: str) -> None:
   """Validation loss per domain against tokens seen, stage boundaries marked, LR on the right."""
-  figure, axis = plt.subplots(figsize=(8, 4.5))
+  figure = Figure(figsize=(8, 4.5))
+  axis = figure.subplots()
   sources = sorted({key.split("/")[1] for record in eval_records for key in record
                     if key.startswith("eval/")})
   for source in sources:
@@ -65,9 +66,37 @@ def plot_curves(eval_records: list[dict], train_records: list[dict], plans, toke
   _save(figure, out_path)
 
 
+def plot_study(curves: dict[str, dict[str, list[tuple[int, float]]]],
+               forgetting: dict[str, tuple[float, float]], out_path: str) -> None:
+  """One panel per domain with every variant's validation curve on shared axes (`curves`:
+  {variant: {source: [(step, loss)]}}), and forgetting against replay share (`forgetting`:
+  {variant: (replay share, mean forgetting)})."""
+  sources = sorted({source for per_source in curves.values() for source in per_source})
+  figure = Figure(figsize=(4.5 * (len(sources) + 1), 4))
+  axes = figure.subplots(1, len(sources) + 1, squeeze=False)[0]
+  colors = {name: f"C{index % 10}" for index, name in enumerate(curves)}
+  for axis, source in zip(axes, sources):
+    for name, per_source in curves.items():
+      if per_source.get(source):
+        steps, losses = zip(*per_source[source])
+        axis.plot(steps, losses, color=colors[name], linewidth=1.2, label=name)
+    axis.set_title(f"{source} validation loss")
+    axis.set_xlabel("step")
+  axes[0].legend(fontsize=7)
+  axis = axes[-1]
+  for name, (replay, value) in forgetting.items():
+    axis.scatter([replay * 100], [value], color=colors[name])
+    axis.annotate(name, (replay * 100, value), fontsize=7, xytext=(4, 2),
+                  textcoords="offset points")
+  axis.axhline(0, color="gray", linewidth=0.5)
+  axis.set_title("forgetting over the last stage")
+  axis.set_xlabel("replay share of the last stage (%)")
+  axis.set_ylabel("mean loss rise of earlier data")
+  _save(figure, out_path)
+
+
 def _save(figure, out_path: str) -> None:
   """PNG through etils.epath, so the path may be a gs:// run directory."""
   figure.tight_layout()
   with epath.Path(out_path).open("wb") as f:
     figure.savefig(f, format="png", dpi=120)
-  plt.close(figure)

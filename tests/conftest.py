@@ -12,3 +12,27 @@ import jax  # noqa: E402  (must follow the flags above)
 _CACHE_DIR = os.path.join(os.path.dirname(__file__), "..", ".pytest_cache", "jax_compilation")
 jax.config.update("jax_compilation_cache_dir", os.path.abspath(_CACHE_DIR))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def smoke_study(tmp_path_factory):
+  """The demo study's smoke grid, run once through the command line in this process (the
+  study tests and the notebook read it). Returns (study directory, the run directories that
+  trainer.train was called on, in order)."""
+  from cpt_jax import trainer
+  import run_helpers
+  study_dir = str(tmp_path_factory.mktemp("study") / "study")
+  trained = []
+  real_train = trainer.train
+
+  def counting_train(config, workdir, **kwargs):
+    trained.append(workdir)
+    return real_train(config, workdir, **kwargs)
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(trainer, "train", counting_train)
+    run_helpers.cli("study", f"--workdir={study_dir}", "--config.base.log.progress_bar=false",
+                    config=run_helpers.STUDY_DEMO_SMOKE, small=False)
+  return study_dir, trained

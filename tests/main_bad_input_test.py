@@ -286,6 +286,7 @@ def test_help_prints_usage_and_exits_zero(capsys):
     assert "cpt-jax" in out
   assert "--workdir" in _cli(capsys, "train", "--help")[1]
   assert "--steps" in _cli(capsys, "anneal", "--help")[1]
+  assert "--only" in _cli(capsys, "study", "--help")[1]
   np.testing.assert_equal(_cli(capsys)[0], 2)  # No command at all: usage, exit 2.
 
 

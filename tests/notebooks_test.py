@@ -1,16 +1,30 @@
-"""Executes the notebooks under notebooks/ end to end: they must run against the library."""
+"""Executes the notebooks under notebooks/ end to end (they must run against the library),
+and checks their install cells: skipped where cpt_jax is importable, the documented
+commands otherwise."""
 
+import importlib.util
 import os
+import subprocess
+import sys
 
 import nbclient
 import nbformat
 import pytest
 
 NOTEBOOKS = os.path.join(os.path.dirname(__file__), "..", "notebooks")
+NAMES = sorted(n for n in os.listdir(NOTEBOOKS) if n.endswith(".ipynb"))
 
 
-@pytest.mark.parametrize("name", sorted(n for n in os.listdir(NOTEBOOKS) if n.endswith(".ipynb")))
-def test_notebook_runs_without_errors(name):
+def _install_cell(name):
+  notebook = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
+  return next(cell.source for cell in notebook.cells
+              if cell.cell_type == "code" and "find_spec(\"cpt_jax\")" in cell.source)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_runs_without_errors(name, request, monkeypatch):
+  if name == "continual_pretraining.ipynb":  # Reads the smoke study the tests ran once.
+    monkeypatch.setenv("CPT_JAX_STUDY_DIR", request.getfixturevalue("smoke_study")[0])
   notebook = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
   nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
                           resources={"metadata": {"path": NOTEBOOKS}}).execute()
@@ -18,3 +32,25 @@ def test_notebook_runs_without_errors(name):
              for output in cell.get("outputs", [])]
   assert any(output.get("output_type") == "display_data" for output in outputs)  # The plots.
   assert not any(output.get("output_type") == "error" for output in outputs)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_install_cell_is_skipped_when_importable_and_installs_the_repository_otherwise(
+    name, monkeypatch, tmp_path):
+  calls = []
+  monkeypatch.setattr(subprocess, "check_call", calls.append)
+  monkeypatch.chdir(tmp_path)  # Not a checkout: a fresh Colab runtime.
+  monkeypatch.setenv("CPT_JAX_REPOSITORY", "https://example.org/cpt_jax.git")
+  cell = _install_cell(name)
+  exec(cell, {})  # cpt_jax is importable here: nothing is installed.
+  assert calls == []
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+  exec(cell, {})
+  assert calls == [
+      ["git", "clone", "--depth=1", "https://example.org/cpt_jax.git", "/content/cpt_jax"],
+      [sys.executable, "-m", "pip", "install", "-q", "-e", "/content/cpt_jax"]]
+  calls.clear()
+  monkeypatch.chdir(NOTEBOOKS)  # From a checkout: an editable install of it, no clone.
+  exec(cell, {})
+  assert calls == [[sys.executable, "-m", "pip", "install", "-q", "-e",
+                    os.path.abspath(os.path.join(NOTEBOOKS, ".."))]]

@@ -15,6 +15,7 @@ import numpy as np
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 DEMO = os.path.join(ROOT, "configs", "demo.py")
+STUDY_DEMO_SMOKE = os.path.join(ROOT, "configs", "study_demo.py") + ":smoke"
 
 # The demo's smoke variant on a model small enough for a test (bytes tokenizer: no training),
 # in two stages of 30 steps.

@@ -1,0 +1,198 @@
+"""Tests study.py and study_report.py: the grid as runs, shared runs trained once, the table
+recomputed from the runs' records, resuming a stopped study, and bad study configs."""
+
+import json
+import os
+import re
+import signal
+
+import pytest
+
+import run_helpers as helpers
+from configs import study_demo
+from cpt_jax import metrics_writer
+from cpt_jax import study
+from cpt_jax import trainer
+from cpt_jax.config_error import ConfigError
+
+
+def _smoke_config():
+  config = study_demo.get_config("smoke")
+  config.base.log.progress_bar = False
+  return config
+
+
+def _final_eval(run_dir):
+  _, evals = metrics_writer.read_records(run_dir)
+  last = evals[-1]
+  return {key.split("/")[1]: value for key, value in last.items() if key.startswith("eval/")}
+
+
+def _tokens(run_dir):
+  config = json.load(open(os.path.join(run_dir, "config.json")))
+  steps = sum(stage["steps"] for stage in config["stages"])
+  return steps * config["data"]["global_batch_size"] * config["data"]["seq_len"]
+
+
+def test_shared_first_stage_is_one_run_and_every_variant_has_a_row(smoke_study):
+  study_dir, trained = smoke_study
+  report = json.load(open(os.path.join(study_dir, "study.json")))
+  names = [row["variant"] for row in report["variants"]]
+  assert names == ["replay5", "replay0", "replay25", "no_rewarm", "infinite", "union"]
+  assert all(row["status"] == "done" for row in report["variants"])
+  # One cosine stage 1 for four variants, four stage 2s; the infinite variant's two stages
+  # and two anneal branches; the union run: 10 runs, none trained twice.
+  assert len(trained) == len(set(trained)) == 10
+  first_stages = {row["runs"][0] for row in report["variants"][:4]}
+  assert len(first_stages) == 1 and first_stages.pop().startswith("stages/0-prose-")
+  for name in ("replay5", "replay0", "replay25", "no_rewarm", "union"):
+    assert os.path.join(study_dir, name) in trained
+  assert os.path.isfile(os.path.join(study_dir, "study.png"))
+
+
+def test_every_number_in_the_table_is_recomputed_from_the_runs_records(smoke_study):
+  study_dir, _ = smoke_study
+  report = json.load(open(os.path.join(study_dir, "study.json")))
+  rows = {row["variant"]: row for row in report["variants"]}
+  markdown = open(os.path.join(study_dir, "study.md")).read()
+  union_final = _final_eval(os.path.join(study_dir, rows["union"]["stage_results"][-1]))
+  union_average = sum(union_final.values()) / len(union_final)
+  union_tokens = _tokens(os.path.join(study_dir, "union"))
+  for name, row in rows.items():
+    results = [os.path.join(study_dir, path) for path in row["stage_results"]]
+    final = _final_eval(results[-1])
+    assert row["validation_loss"] == final
+    average = sum(final.values()) / len(final)
+    assert row["average_loss"] == pytest.approx(average, abs=1e-12)
+    assert row["gap_to_baseline_pct"] == pytest.approx(100 * (average / union_average - 1))
+    if len(results) > 1:
+      before = _final_eval(results[-2])
+      assert row["forgetting"] == {"prose": pytest.approx(final["prose"] - before["prose"])}
+      assert row["adaptation"] == {"code": pytest.approx(before["code"] - final["code"])}
+    else:
+      assert "forgetting" not in row
+    # Tokens along the path to the final model; the update is everything after stage 1.
+    run_tokens = {path: _tokens(os.path.join(study_dir, path)) for path in row["runs"]}
+    first_stage = {path for path in row["runs"] if path.startswith("stages/0-")}
+    update = [path for path in row["runs"] if path not in first_stage] if len(results) > 1 \
+        else row["runs"]
+    assert row["update_tokens"] == sum(run_tokens[path] for path in update)
+    assert row["update_flops_vs_baseline"] == pytest.approx(row["update_tokens"] / union_tokens)
+    if name != "infinite":  # No anneal branches: the path to the model is every run.
+      assert row["tokens"] == sum(run_tokens.values())
+    else:  # Stage 1, its (measurement-only) anneal, stage 2, the final anneal.
+      assert row["tokens"] == sum(run_tokens.values()) - run_tokens[row["runs"][1]]
+    line = next(line for line in markdown.splitlines() if line.startswith(f"| {name} |"))
+    cells = [cell.strip() for cell in line.strip("|").split("|")]
+    assert cells[1:4] == [f"{final['code']:.4f}", f"{final['prose']:.4f}", f"{average:.4f}"]
+    assert cells[9] == f"{row['gap_to_baseline_pct']:+.2f}%"
+  # Replay protects the old data: more replay, less forgetting of prose (same stage 1).
+  assert rows["replay25"]["forgetting"]["prose"] < rows["replay0"]["forgetting"]["prose"]
+
+
+def test_report_only_rewrites_the_table_without_training(smoke_study, monkeypatch):
+  study_dir, _ = smoke_study
+  before = open(os.path.join(study_dir, "study.json")).read()
+  os.remove(os.path.join(study_dir, "study.md"))
+  monkeypatch.setattr(trainer, "train", lambda *args, **kwargs: pytest.fail("trained"))
+  result = helpers.cli("study", f"--workdir={study_dir}", "--report",
+                       config=helpers.STUDY_DEMO_SMOKE, small=False)
+  assert "| replay5 |" in result.stdout
+  assert open(os.path.join(study_dir, "study.json")).read() == before
+
+
+def test_a_stopped_study_resumes_to_the_same_table(smoke_study, tmp_path, monkeypatch):
+  """Stopped (as by SIGTERM) in the middle of replay5's stage 2, then rerun: the runs resume
+  and the rows equal those of the study that ran straight through."""
+  study_dir, _ = smoke_study
+  stopped = str(tmp_path / "study")
+  check = trainer._Preemption.check
+
+  def sigterm_at_step_9(self, step):
+    if step == 9:
+      self.received = signal.SIGTERM
+    return check(self, step)
+
+  monkeypatch.setattr(trainer._Preemption, "check", sigterm_at_step_9)
+  args = ("study", f"--workdir={stopped}", "--only=replay5,union",
+          "--config.base.log.progress_bar=false")
+  helpers.cli(*args, config=helpers.STUDY_DEMO_SMOKE, small=False)
+  assert not os.path.exists(os.path.join(stopped, "study.json"))
+  assert os.path.isdir(os.path.join(stopped, "replay5", "checkpoints", "9"))
+  monkeypatch.setattr(trainer._Preemption, "check", check)
+  helpers.cli(*args, config=helpers.STUDY_DEMO_SMOKE, small=False)
+  expected = {row["variant"]: row for row in
+              json.load(open(os.path.join(study_dir, "study.json")))["variants"]}
+  for row in json.load(open(os.path.join(stopped, "study.json")))["variants"]:
+    if row["variant"] in ("replay5", "union"):
+      assert row == expected[row["variant"]]
+    else:  # Not selected: listed, not run.
+      assert row["status"] == "unfinished"
+
+
+def test_variants_share_runs_exactly_when_their_stages_are_configured_alike(tmp_path):
+  variants = {v.name: v for v in study.plan(_smoke_config(), str(tmp_path))}
+  shared = variants["replay5"].chain[0]
+  assert all(variants[name].chain[0] == shared for name in ("replay0", "replay25", "no_rewarm"))
+  assert variants["infinite"].chain[0] != shared
+  assert variants["replay5"].chain[1] != variants["replay0"].chain[1]
+  second = variants["replay0"].chain[1].config
+  assert second.init.from_checkpoint == f"{shared.directory}:{shared.end_step}"
+  assert (second.init.step, second.init.data) == ("continue", "fresh")
+  assert variants["replay0"].results[-1].directory == str(tmp_path / "replay0")
+  infinite = variants["infinite"]
+  assert infinite.results[0].parent == infinite.chain[0]  # An anneal branch of stage 1...
+  assert infinite.chain[1].parent == infinite.chain[0]  # ...which stage 2 does not start from.
+  assert not tmp_path.joinpath("replay0").exists()  # Planning creates nothing.
+
+
+def test_union_stage_weights_sources_by_their_share_of_all_tokens():
+  base = study_demo.get_config().base  # Two stages of n steps; stage 2 replays 5% prose.
+  union = study.union_stage(base, base.stages[0].schedule)
+  assert union.steps == 2 * base.stages[0].steps
+  assert dict(union.mixture) == pytest.approx({"prose": 0.525, "code": 0.475})
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.variants.append(study.variant("replay5")),
+     "variants[6].name='replay5' repeats an earlier variant's name"),
+    (lambda c: c.variants.append(study.variant("x", {"stages[1].replay.prse": 0.1})),
+     "variant 'x': unknown config field config.stages[1].replay.prse; did you mean "
+     "config.stages[1].replay.prose?"),
+    (lambda c: c.variants.append(study.variant("x", {"stages[1].steps": "ten"})),
+     "variant 'x': stages[1].steps='ten'"),
+    (lambda c: c.variants.append(study.variant("x", {"stages[1].mixture.code": 0.5})),
+     "variant 'x': stages[1].mixture + replay weights sum to 0.55; expected 1"),
+    (lambda c: c.variants.append(study.variant("a/b")), "variants[6].name='a/b'"),
+    (lambda c: setattr(c, "baseline", "unoin"), "baseline='unoin': no such variant"),
+    (lambda c: c.variants.append(study.variant("x", {"stages[1].replay_position": "continue"})),
+     "variant 'x': stages[1].replay_position='continue'"),
+])
+def test_bad_study_configs_are_named_before_anything_runs(change, message, tmp_path):
+  config = _smoke_config()
+  change(config)
+  with pytest.raises(ConfigError, match=re.escape(message)):
+    study.plan(config, str(tmp_path))
+
+
+def test_bad_variant_on_the_command_line_is_one_line_and_exit_2(tmp_path):
+  result = helpers.cli("study", f"--workdir={tmp_path}/s", "--config.variants[2].name=replay0",
+                       config=helpers.STUDY_DEMO_SMOKE, small=False, check=False)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [
+      "cpt-jax: error: variants[2].name='replay0' repeats an earlier variant's name"]
+  result = helpers.cli("study", f"--workdir={tmp_path}/s", "--only=replay5,nope",
+                       config=helpers.STUDY_DEMO_SMOKE, small=False, check=False)
+  assert result.returncode == 2 and "--only names unknown variants ['nope']" in result.stderr
+  assert not os.path.exists(f"{tmp_path}/s")
+
+
+@pytest.mark.parametrize("variant", ["", "german"])
+def test_the_pythia_study_plans_the_papers_grid(variant, tmp_path):
+  from configs import study_pythia_410m
+  variants = {v.name: v for v in study.plan(study_pythia_410m.get_config(variant), str(tmp_path))}
+  runs = {run.key: run for plan in variants.values() for run in plan.runs}
+  assert len(runs) == 11  # One shared Pile stage for the four cosine variants.
+  second = "german" if variant else "slimpajama"
+  assert dict(variants["replay25"].config.stages[1].replay) == {"pile": 0.25}
+  assert dict(variants["new_data_only"].config.stages[0].mixture) == {second: 1.0}

@@ -5,7 +5,7 @@
 
 On a GPU or TPU: the given presets at sequence length 2048 in bfloat16 (remat on), MFU =
 model FLOPs per token (`model_config.flops_per_token`, PaLM's convention) x tokens/s over the
-devices' peak dense bf16 FLOP/s (`device_peaks.py`). On a CPU: the tiny preset at 128 tokens
+devices' peak dense bf16 FLOP/s (`cpt_jax/device_peaks.py`). On a CPU: the tiny preset at 128 tokens
 in float32, with no MFU (no known peak). Target on one H100: MFU >= 45% for pythia-410m.
 The last line reads `mfu: <x>` for the last preset (or `mfu: n/a`).
 """
@@ -22,7 +22,7 @@ args = parser.parse_args()
 import jax  # noqa: E402
 
 from configs import demo  # noqa: E402
-from benchmarks import device_peaks  # noqa: E402
+from cpt_jax import device_peaks  # noqa: E402
 from benchmarks.bare_step import BareStep  # noqa: E402
 
 from cpt_jax import model as model_lib  # noqa: E402
@@ -45,8 +45,8 @@ def main():
     config.data.seq_len = seq_len
     config.data.global_batch_size = args.batch_per_device * jax.local_device_count()
     model = model_config.from_config_dict(config.model)
-    total, non_embedding = model_lib.parameter_counts(model)
-    flops = model_config.flops_per_token(model, seq_len, non_embedding)
+    total, _ = model_lib.parameter_counts(model)
+    flops = model_lib.training_flops_per_token(model, seq_len)
     per_device = BareStep(config).tokens_per_second(args.steps) / jax.local_device_count()
     mfu = per_device * flops / peak if peak else None
     print(f"{preset} ({total:,} params) on {jax.devices()[0].device_kind}: {per_device:,.0f} "

@@ -37,7 +37,7 @@ jax.config.update("jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 from configs import demo  # noqa: E402
-from benchmarks import device_peaks  # noqa: E402
+from cpt_jax import device_peaks  # noqa: E402
 from benchmarks.bare_step import BareStep  # noqa: E402
 
 from cpt_jax import metrics_writer, model, model_config, trainer  # noqa: E402
@@ -72,9 +72,9 @@ def loop_tokens_per_second(config) -> float:
 
 def main():
   config = benchmark_config()
-  total, non_embedding = model.parameter_counts(model_config.from_config_dict(config.model))
-  flops = model_config.flops_per_token(model_config.from_config_dict(config.model),
-                                       args.seq_len, non_embedding)
+  total, _ = model.parameter_counts(model_config.from_config_dict(config.model))
+  flops = model.training_flops_per_token(model_config.from_config_dict(config.model),
+                                         args.seq_len)
   print(f"device: {jax.devices()[0].device_kind} x {jax.device_count()}; preset {args.preset} "
         f"({total:,} params), batch {args.batch} x {args.seq_len}, {config.model.compute_dtype}")
   bare = BareStep(config)

@@ -42,11 +42,14 @@ def get_config(variant: str = ""):
   ]
   config.eval.every = 50
   config.eval.max_batches = 8
+  config.eval.dense_start = 10  # Every 2nd of each stage's first 10 steps: the loss jump.
+  config.eval.dense_every = 2
   config.checkpoint.every = 100
   config.log.every = 10
   if variant == "smoke":
     config.eval.every = 10
     config.eval.max_batches = 2
+    config.eval.dense_start = 0  # Off: the tests that check it ask for it.
     config.checkpoint.every = 5
     config.log.every = 1
   return config

@@ -44,10 +44,25 @@ def base_config() -> ml_collections.ConfigDict:
   # True: a target counts only within its document (as training). False: each row is one plain
   # causal window (GPT-NeoX's and transformers' evaluation), to compare with their losses.
   config.eval.document_masking = True
+  # The first steps of every stage evaluated densely, to show the loss spike right after a
+  # distribution shift (the "stability gap"): a fraction of the stage (< 1) or steps (>= 1);
+  # 0 = off. There, every `dense_every` steps.
+  config.eval.dense_start = 0.0
+  config.eval.dense_every = 1
 
   config.log = ml_collections.ConfigDict()
   config.log.every = 10  # Write a train record every this many steps.
   config.log.progress_bar = True  # Show a tqdm progress bar (process 0 only).
+  # Weights & Biases, beside metrics.jsonl and TensorBoard (pip install 'cpt_jax[wandb]'); a
+  # resumed run continues the same W&B run (its id is kept in RUN_DIR/wandb_run_id).
+  config.log.wandb = ml_collections.ConfigDict()
+  config.log.wandb.project = ""  # The W&B project; "" = no W&B.
+  config.log.wandb.entity = ""  # Team or user; "" = W&B's default.
+  config.log.wandb.name = ""  # The run's display name; "" = the run directory's name.
+  config.log.wandb.tags = ()  # Tags of the W&B run.
+
+  config.profile = ml_collections.ConfigDict()
+  config.profile.steps = ""  # "A:B": a jax.profiler trace of steps A to B in RUN_DIR/profile.
 
   config.checkpoint = checkpoint.default_config()  # Interval, retention, async saving.
 

@@ -192,7 +192,11 @@ def _text_files(pattern: str, text_field: str, where: str) -> list[tuple[str, st
 
 
 def _tfds(config, split: str, where: str):
-  import tensorflow_datasets as tfds  # Deferred: heavy, and only TFDS sources need it.
+  try:  # Deferred and optional: heavy (~190 MB), and only TFDS sources need it.
+    import tensorflow_datasets as tfds
+  except ImportError:
+    raise ConfigError(f"{where}: kind 'tfds' needs tensorflow-datasets; pip install "
+                      "'cpt_jax[tfds]'") from None
 
   split_name = config.train_split if split == "train" else config.validation_split
   try:

@@ -1,4 +1,4 @@
-"""Peak dense bf16 FLOP/s of known accelerators (vendor datasheets), for MFU."""
+"""Peak dense bf16 FLOP/s of known accelerators (vendor datasheets): the denominator of MFU."""
 
 import jax
 

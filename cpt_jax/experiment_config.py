@@ -8,6 +8,7 @@ with their blocks (`model_config`, `optimizer`, `run_plan`, `schedule_config`).
 from __future__ import annotations
 
 import difflib
+import importlib.util
 
 import ml_collections
 
@@ -15,7 +16,9 @@ from cpt_jax import base_config
 from cpt_jax import corpora
 from cpt_jax import model_config
 from cpt_jax import optimizer
+from cpt_jax import profiling
 from cpt_jax import run_plan
+from cpt_jax import schedule_config
 from cpt_jax import tokenizer as tokenizer_lib
 from cpt_jax.config_error import ConfigError
 
@@ -58,13 +61,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.parallel not in base_config.PARALLEL_MODES:
     raise ConfigError(f"parallel={config.parallel!r}: expected one of {base_config.PARALLEL_MODES}")
   for field in ("eval.every", "log.every", "checkpoint.every", "eval.max_batches",
-                "checkpoint.keep"):
+                "checkpoint.keep", "eval.dense_every"):
     section, key = field.split(".")
     _check_int(field, config[section][key], 1)
   _check_int("checkpoint.keep_every", config.checkpoint.keep_every, 0)
   if not isinstance(config.eval.document_masking, bool):
     raise ConfigError(f"eval.document_masking={config.eval.document_masking!r}: expected true or "
                       "false")
+  schedule_config.duration_steps(config.eval.dense_start, 1, "eval.dense_start")
+  profiling.parse_steps(config.profile.steps)
+  if config.log.wandb.project and importlib.util.find_spec("wandb") is None:
+    raise ConfigError(f"log.wandb.project={config.log.wandb.project!r}: wandb is not installed; "
+                      "pip install 'cpt_jax[wandb]'")
   for field, allowed in (("optimizer_state", run_plan.OPTIMIZER_STATE_POLICIES),
                          ("step", ("reset", "continue")),
                          ("data", ("fresh", "continue")), ("model", ("source", "config"))):

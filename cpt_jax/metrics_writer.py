@@ -1,7 +1,9 @@
-"""Where a run's numbers go: `RUN_DIR/metrics.jsonl` and TensorBoard event files.
+"""Where a run's numbers go: `RUN_DIR/metrics.jsonl`, TensorBoard event files and, if asked,
+Weights & Biases.
 
 One JSON object per line; a resumed run appends, so a reader takes the last record of each
-(step, kind). Only process 0 writes.
+(step, kind). Only process 0 writes. A W&B run's id is kept in RUN_DIR/wandb_run_id, so a
+resumed run continues the same W&B run.
 
 Object stores (a gs:// run directory) cannot append, so there the records are written in a
 local staging directory and copied up whole at every `flush` (the trainer flushes with each
@@ -14,11 +16,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 import tempfile
 
 from etils import epath
 
 _RECORDS = "metrics.jsonl"
+_WANDB_ID = "wandb_run_id"
 
 
 def _is_remote(path: str) -> bool:
@@ -30,8 +34,10 @@ class MetricsWriter:
   `fresh` run (no checkpoint to resume from) starts the records anew."""
 
   def __init__(self, workdir: str, enabled: bool = True, staging_dir: str | None = None,
-               fresh: bool = False):
+               fresh: bool = False, wandb=None, run_config=None):
     self._enabled, self._fresh, self._opened = enabled, fresh, False
+    self._wandb_config, self._run_config = wandb, run_config
+    self._wandb = None
     self._workdir = epath.Path(workdir)
     if enabled and staging_dir is None and _is_remote(workdir):
       staging_dir = tempfile.mkdtemp(prefix="cpt_jax_records_")
@@ -48,6 +54,26 @@ class MetricsWriter:
     self._jsonl = open(local_records, "w" if self._fresh else "a", encoding="utf-8")
     from tensorboardX import SummaryWriter  # Deferred: only the writing process needs it.
     self._tensorboard = SummaryWriter(logdir=self._local, flush_secs=30)
+    if self._wandb_config is not None and self._wandb_config.project:
+      self._wandb = self._start_wandb()
+
+  def _start_wandb(self):
+    import wandb  # Optional: pip install 'cpt_jax[wandb]' (checked when the config is).
+    id_file = self._workdir / _WANDB_ID
+    if id_file.exists() and not self._fresh:
+      run_id = id_file.read_text().strip()
+    else:
+      run_id = secrets.token_hex(4)
+      self._workdir.mkdir(parents=True, exist_ok=True)
+      id_file.write_text(run_id)
+    settings = self._wandb_config
+    return wandb.init(project=settings.project, entity=settings.entity or None,
+                      name=settings.name or self._workdir.name, tags=list(settings.tags),
+                      id=run_id, resume="allow",
+                      # Not in a staging directory: flush copies its files up one by one.
+                      dir=tempfile.mkdtemp(prefix="cpt_jax_wandb_") if self._staging else
+                      self._local,
+                      config=self._run_config.to_dict() if self._run_config else None)
 
   def write(self, record: dict) -> None:
     """`record` holds `step` and `stage`; every other numeric field is a scalar."""
@@ -57,9 +83,12 @@ class MetricsWriter:
       self._open()
     self._jsonl.write(json.dumps(record) + "\n")
     self._jsonl.flush()
-    for key, value in record.items():
-      if key not in ("step", "stage") and isinstance(value, (int, float)) and math.isfinite(value):
-        self._tensorboard.add_scalar(key, value, record["step"])
+    scalars = {key: value for key, value in record.items() if key not in ("step", "stage")
+               and isinstance(value, (int, float)) and math.isfinite(value)}
+    for key, value in scalars.items():
+      self._tensorboard.add_scalar(key, value, record["step"])
+    if self._wandb is not None:
+      self._wandb.log(scalars, step=record["step"])
 
   def flush(self) -> None:
     """Makes everything written so far visible in the run directory."""
@@ -71,6 +100,9 @@ class MetricsWriter:
       (self._workdir / name).write_bytes(epath.Path(self._staging, name).read_bytes())
 
   def close(self) -> None:
+    if self._wandb is not None:
+      self._wandb.finish()
+      self._wandb = None
     if self._opened:
       self._jsonl.close()
       self._tensorboard.close()

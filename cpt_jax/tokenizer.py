@@ -169,7 +169,8 @@ def _sentencepiece(serialized: bytes, where: str) -> Tokenizer:
     raise ConfigError(f"{where}: the sentencepiece model has no EOS id")
   return Tokenizer("sentencepiece", processor.get_piece_size(), eos_id,
                    _fingerprint("sentencepiece", serialized),
-                   _in_pieces(processor.encode), lambda ids: processor.decode(list(ids)),
+                   _in_pieces(processor.encode),
+                   lambda ids: processor.decode([int(i) for i in ids]),  # Not numpy ints.
                    serialized)
 
 

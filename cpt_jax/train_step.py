@@ -86,9 +86,11 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
     learning_rate = jnp.asarray(schedule(state.step), jnp.float32)
     direction, opt_state = optimizer.update(grads, state.opt_state, state.params)
     updates = jax.tree.map(lambda d: -learning_rate * d, direction)
-    new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                           opt_state=opt_state)
+    params = optax.apply_updates(state.params, updates)
+    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
+    # The l2 norms show the re-warming spike at a stage boundary (Ibrahim et al., fig. 3).
     metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+               "update_norm": optax.global_norm(updates), "param_norm": optax.global_norm(params),
                "learning_rate": learning_rate, "tokens": token_count}
     return new_state, metrics
 

@@ -24,23 +24,27 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tqdm
+import tqdm.auto
 
 from cpt_jax import checkpoint as checkpoint_lib
+from cpt_jax import device_peaks
 from cpt_jax import evaluation
 from cpt_jax import experiment_config
 from cpt_jax import input_pipeline
 from cpt_jax import metrics_writer
+from cpt_jax import model as model_lib
 from cpt_jax import model_config
 from cpt_jax import optimizer as optimizer_lib
 from cpt_jax import packing
 from cpt_jax import parallel
 from cpt_jax import paths
+from cpt_jax import profiling
 from cpt_jax import report
 from cpt_jax import resume
 from cpt_jax import run_directory
 from cpt_jax import run_lock
 from cpt_jax import run_plan
+from cpt_jax import schedule_config
 from cpt_jax import train_step as train_step_lib
 from cpt_jax.config_error import ConfigError
 
@@ -56,15 +60,16 @@ class Interrupted(KeyboardInterrupt):
 
 
 class _Preemption:
-  """SIGTERM (how TPU VMs and schedulers announce preemption) and Ctrl-C (SIGINT) end the run
-  after a checkpoint of the current step.
+  """SIGTERM (how TPU VMs and schedulers announce preemption), SIGHUP (a dropped terminal or
+  ssh session) and Ctrl-C (SIGINT) end the run after a checkpoint of the current step.
 
-  One process: a flag the loop checks every step; a second Ctrl-C interrupts at once. Several:
+  One process: a flag the loop checks every step; a second signal acts at once. A SIGHUP that
+  is ignored (`nohup`, how tpu/tpu.sh detaches runs) stays ignored. Several:
   JAX's preemption sync manager (which catches SIGTERM itself) names one step at which every
   process saves together, since a save is collective and processes receive the signal at
   different steps."""
 
-  _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+  _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
   def __init__(self):
     self.received = None  # The signal that asked the run to stop.
@@ -72,7 +77,8 @@ class _Preemption:
     self._previous = {}
     if not self._synced:
       for signum in self._SIGNALS:
-        self._previous[signum] = signal.signal(signum, self._handle)
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+          self._previous[signum] = signal.signal(signum, self._handle)
 
   def _handle(self, signum, frame):
     self.received = signum
@@ -158,7 +164,12 @@ class _Run:
                                                 config.eval.max_batches, self.shard,
                                                 document_masking=config.eval.document_masking)
         for name in experiment_config.evaluation_sources(config)}
-    self.writer = metrics_writer.MetricsWriter(workdir, enabled=self.lead, fresh=resume is None)
+    self.writer = metrics_writer.MetricsWriter(workdir, enabled=self.lead, fresh=not resumed,
+                                               wandb=config.log.wandb, run_config=config)
+    self.profiler = profiling.StepProfiler(config.profile.steps, workdir)
+    self.flops_per_token = model_lib.training_flops_per_token(model, config.data.seq_len)
+    peak = device_peaks.peak_flops_per_device()
+    self.peak_flops = peak * jax.device_count() if peak else None  # None: no MFU (CPUs).
     self.identity_stored = False  # config.json and the tokenizer go with the first checkpoint.
 
   def evaluate(self, stage_plan) -> None:
@@ -190,10 +201,13 @@ class _Run:
     previous_tokens, previous_clock = self._last_log
     tokens_per_second = (sum(tokens.values()) - previous_tokens) / max(now - previous_clock, 1e-9)
     self._last_log = (sum(tokens.values()), now)
-    record = {"step": step, "stage": stage_plan.name, "loss": metrics["loss"],
-              "learning_rate": metrics["learning_rate"], "grad_norm": metrics["grad_norm"],
+    record = {"step": step, "stage": stage_plan.name,
+              **{name: metrics[name] for name in ("loss", "learning_rate", "grad_norm",
+                                                  "update_norm", "param_norm")},
               "tokens_per_second": tokens_per_second,
               **{f"tokens/{name}": count for name, count in tokens.items()}}
+    if self.peak_flops:
+      record["mfu"] = tokens_per_second * self.flops_per_token / self.peak_flops
     self.writer.write(record)
     bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['learning_rate']:.2e}",
                     tok_s=f"{tokens_per_second:,.0f}", refresh=False)
@@ -202,6 +216,13 @@ class _Run:
     """Target tokens of each source trained on up to `step`, all processes together."""
     rows = input_pipeline.rows_served(self.config.data, self.plans, step)
     return {name: float(count * self.config.data.seq_len) for name, count in rows.items()}
+
+  def _dense_evaluation(self, stage_plan) -> bool:
+    """Whether the step lies in the densely evaluated start of its stage."""
+    into = self.step - stage_plan.start_step
+    dense_steps = schedule_config.duration_steps(self.config.eval.dense_start, stage_plan.steps,
+                                                 "eval.dense_start")
+    return into <= dense_steps and into % self.config.eval.dense_every == 0
 
   def run_stage(self, stage_plan, bar, preemption) -> None:
     config = self.config
@@ -222,14 +243,17 @@ class _Run:
         self.save(stage_plan, data_iterator)
         return
       rows = next(data_iterator)
+      self.profiler.before_step(self.step)
       self.state, metrics = self.executor.train_step(self.state, packing.to_model_batch(rows))
       self.step += 1
+      self.profiler.after_step(self.step, self.state)
       self.checkpointer.check_background_save()  # A lost save stops the run now.
       if pending is not None:
         self._log(pending, stage_plan, bar)
         pending = None
       stage_end = self.step == stage_plan.end_step
-      evaluate = self.step % config.eval.every == 0 or stage_end
+      evaluate = (self.step % config.eval.every == 0 or stage_end
+                  or self._dense_evaluation(stage_plan))
       save = self.step % config.checkpoint.every == 0 or stage_end
       if self.step % config.log.every == 0 or evaluate or save:
         pending = (self.step, metrics, self._tokens(self.step))
@@ -243,6 +267,7 @@ class _Run:
       bar.update(1)
 
   def close(self) -> None:
+    self.profiler.close()
     self.checkpointer.wait()
     self.writer.close()
 
@@ -281,7 +306,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
 def _train_locked(config, workdir, allow_config_change) -> dict:
   run = _Run(config, workdir, allow_config_change)
   preemption = _Preemption()
-  bar = tqdm.tqdm(total=run.plans[-1].end_step, initial=run.step, dynamic_ncols=True,
+  bar = tqdm.auto.tqdm(total=run.plans[-1].end_step, initial=run.step, dynamic_ncols=True,
                   desc="train", disable=not (run.lead and config.log.progress_bar))
   try:
     if run.initial_evaluation:
@@ -297,7 +322,8 @@ def _train_locked(config, workdir, allow_config_change) -> dict:
     raise Interrupted(f"interrupted (Ctrl-C): saved step {run.step}; rerun the same command "
                       "to resume")
   if preemption.received:
-    _log.info("preempted (SIGTERM): saved step %d; rerun the same command to resume", run.step)
+    _log.info("preempted (%s): saved step %d; rerun the same command to resume",
+              signal.Signals(preemption.received).name, run.step)
     return {}
   run.checkpointer.close()
   if not run.lead:

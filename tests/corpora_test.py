@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import sys
 
 import numpy as np
 import pytest
@@ -129,3 +131,11 @@ def test_text_file_split_does_not_depend_on_where_the_data_lives(tmp_path):
       "text_files", glob=str(tmp_path / directory / "*.txt"), validation_fraction=0.3),
                               "validation") for directory in ("a", "b/deeper")]
   assert splits[0] == splits[1] and splits[0]
+
+
+def test_a_tfds_source_without_tensorflow_datasets_names_the_extra(monkeypatch):
+  monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # As if not installed.
+  config = corpora.source_config("tfds", tfds_name="lm1b")
+  with pytest.raises(ValueError, match=re.escape(
+      "data.sources.wiki: kind 'tfds' needs tensorflow-datasets; pip install 'cpt_jax[tfds]'")):
+    corpora.documents("wiki", config, "train")

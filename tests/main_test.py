@@ -101,7 +101,16 @@ def test_the_readme_main_command_runs_as_a_user_types_it(tmp_path):
   shutil.copytree(os.path.join(helpers.ROOT, "configs"), tmp_path / "configs")
   environment = helpers.environment()
   del environment["XLA_FLAGS"]  # A user's machine: one CPU device.
+  # The install line has no extras: neither tensorflow-datasets nor wandb may be needed.
+  blocked = tmp_path / "not_installed"
+  blocked.mkdir()
+  for module in ("tensorflow_datasets", "wandb"):
+    (blocked / f"{module}.py").write_text(f"raise ImportError('{module} is not installed')")
+  environment["PYTHONPATH"] = str(blocked)
   executable = os.path.join(os.path.dirname(sys.executable), "cpt-jax")
+  info = subprocess.run([executable, "info", "--config=configs/demo.py"], cwd=tmp_path,
+                        env=environment, capture_output=True, text=True, timeout=600)
+  assert info.returncode == 0 and "parameters:" in info.stdout, info.stderr[-3000:]
   result = subprocess.run([executable, *args], cwd=tmp_path, env=environment,
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -29,15 +29,37 @@ def test_install_and_launch_run_on_every_worker():
   install, launch = dry_run("install"), dry_run("launch", "--", "--config.seed=3")
   for out in (install, launch):
     assert "tpu-vm ssh test-slice" in out and "--worker=all" in out
-  assert "jax\\[tpu\\]" in install or "jax[tpu]" in install
-  assert "cpt-jax\\ train" in launch and "--workdir=gs://bucket/run" in launch
+  assert "-e ~/cpt_jax'[tpu,gcs]'" in install.replace("\\", "")  # ~ outside the quotes.
+  assert "cpt-jax train" in launch.replace("\\", "") and "--workdir=gs://bucket/run" in launch
   assert "--config.seed=3" in launch
 
 
-def test_relaunch_recreates_the_slice_and_resumes_the_same_run():
-  out = dry_run("relaunch").splitlines()
-  commands = [line.split()[4] for line in out if line.startswith("gcloud")]
-  assert commands == ["delete", "create", "ssh", "ssh"]
+def test_launch_detaches_the_run_and_keeps_its_exit_code():
+  launch = dry_run("launch")
+  assert "setsid\\ nohup" in launch and "cpt_jax_train.log" in launch
+  assert "cpt_jax_train.exit" in launch and launch.rstrip().endswith("\\&")
+
+
+def _gcloud_verbs(out):
+  return [line.split()[4] for line in out.splitlines() if line.startswith("gcloud")]
+
+
+def test_relaunch_recreates_a_preempted_slice_and_stops_on_a_bad_input_exit():
+  """--dry-run walks both paths: the slice is preempted once (recreate, reinstall, rerun),
+  then the run exits 2 (bad input): the loop stops with that code instead of retrying."""
+  result = subprocess.run(["bash", SCRIPT, "--dry-run", "relaunch"], capture_output=True,
+                          text=True, env=ENV, timeout=60)
+  assert result.returncode == 2
+  once = ["delete", "create", "ssh", "ssh"]
+  assert _gcloud_verbs(result.stdout) == once + ["describe"] + once + ["describe", "ssh"]
+  assert "slice PREEMPTED: recreating it, attempt 2" in result.stdout
+  assert "exited with code 2" in result.stderr and "not relaunching" in result.stderr
+
+
+def test_relaunch_ends_when_the_run_finishes():
+  result = subprocess.run(["bash", SCRIPT, "--dry-run", "relaunch"], capture_output=True,
+                          text=True, env={**ENV, "DRY_RUN_EXIT": "0"}, timeout=60)
+  assert result.returncode == 0 and "run finished: gs://bucket/run" in result.stdout
 
 
 @pytest.mark.parametrize("args", [["fly"], []])

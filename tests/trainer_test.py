@@ -1,5 +1,6 @@
 """End-to-end tests of cpt_jax/trainer.py (and anneal.py) through the `cpt-jax` command."""
 
+import glob
 import json
 import os
 import re
@@ -22,13 +23,47 @@ def reference_run(tmp_path_factory):
   return workdir
 
 
-def test_killed_and_resumed_run_is_bit_identical(reference_run, tmp_path):
+def test_a_run_interrupted_every_way_resumes_bit_identical(reference_run, tmp_path):
+  """One run, stopped in each way a real one is, in turn: SIGKILL mid stage 1 (an async save
+  may be in flight), SIGTERM (preemption) and SIGHUP (a dropped ssh session: both save and
+  exit 0), a second run on the same directory
+  (refused), Ctrl-C in stage 2 (save, exit 130, lock released). Resumed each time, it ends
+  with the losses and parameters of the uninterrupted run, bit for bit; a copy resumed on 4
+  devices instead of 8 continues the same data (equal to float32 rounding)."""
   workdir = str(tmp_path / "interrupted")
-  # Killed mid stage 1, then in stage 2 (checkpoints every 5 steps, written asynchronously).
-  for kill_at in (12, 43):
+  process = helpers.start("train", f"--workdir={workdir}")
+  returncode, _ = helpers.kill_when(process, workdir, 12)
+  assert returncode == -signal.SIGKILL
+
+  for signum, step in ((signal.SIGTERM, 18), (signal.SIGHUP, 25)):  # Preemption; lost ssh.
     process = helpers.start("train", f"--workdir={workdir}")
-    returncode, _ = helpers.kill_when(process, workdir, kill_at)
-    assert returncode == -signal.SIGKILL
+    returncode, output = helpers.kill_when(process, workdir, step, sig=signum)
+    assert returncode == 0, output[-2000:]
+    assert f"preempted ({signum.name}): saved step" in output
+    saved = int(output.split("saved step ")[1].split(";")[0])
+    assert str(saved) in os.listdir(os.path.join(workdir, "checkpoints"))
+  four_devices = str(tmp_path / "four")
+  shutil.copytree(workdir, four_devices)
+
+  first = helpers.start("train", f"--workdir={workdir}")
+  try:
+    while helpers.last_train_step(workdir) <= saved:
+      assert first.poll() is None, first.stdout.read()[-2000:]
+      time.sleep(0.05)
+    second = helpers.run("train", f"--workdir={workdir}", check=False)
+    assert second.returncode == 2
+    assert second.stderr.strip().splitlines()[-1] == (
+        f"cpt-jax: error: {workdir} is in use by process {first.pid} on this host "
+        f"({workdir}/run.lock); wait for it to end or use another --workdir")
+    returncode, output = helpers.kill_when(first, workdir, 43, sig=signal.SIGINT)
+  finally:
+    first.kill()
+  assert returncode == 130, output[-2000:]
+  assert "Traceback" not in output
+  saved = int(output.split("interrupted (Ctrl-C): saved step ")[1].split(";")[0])
+  assert str(saved) in os.listdir(os.path.join(workdir, "checkpoints"))
+  assert not os.path.exists(os.path.join(workdir, "run.lock"))  # Released.
+
   helpers.run("train", f"--workdir={workdir}")
   expected, resumed = helpers.train_losses(reference_run), helpers.train_losses(workdir)
   assert sorted(resumed) == sorted(expected) == list(range(1, 61))
@@ -38,18 +73,12 @@ def test_killed_and_resumed_run_is_bit_identical(reference_run, tmp_path):
   assert reference_step == resumed_step == 60
   jax.tree.map(np.testing.assert_array_equal, resumed_params, reference_params)
 
-
-def test_sigterm_saves_the_current_step_and_exits_zero(reference_run, tmp_path):
-  workdir = str(tmp_path / "preempted")
-  process = helpers.start("train", f"--workdir={workdir}")
-  returncode, output = helpers.kill_when(process, workdir, 7, sig=signal.SIGTERM)
-  assert returncode == 0, output[-2000:]
-  assert "preempted (SIGTERM): saved step" in output
-  saved = int(output.split("saved step ")[1].split(";")[0])
-  assert saved in [int(name) for name in os.listdir(os.path.join(workdir, "checkpoints"))
-                   if name.isdigit()]
-  helpers.run("train", f"--workdir={workdir}")
-  assert helpers.train_losses(workdir) == helpers.train_losses(reference_run)
+  helpers.run("train", f"--workdir={four_devices}", devices=4)
+  resumed = helpers.train_losses(four_devices)
+  assert sorted(resumed) == list(range(1, 61))
+  # Another device count sums in another order: equal to float32 rounding, not bits.
+  np.testing.assert_allclose([resumed[s] for s in range(1, 61)],
+                             [expected[s] for s in range(1, 61)], rtol=2e-4)
 
 
 def test_run_writes_records_summary_and_curves(reference_run):
@@ -120,18 +149,6 @@ def test_corrupt_latest_checkpoint_falls_back_with_a_warning(reference_run, tmp_
   assert helpers.train_losses(workdir)[60] == helpers.train_losses(reference_run)[60]
 
 
-def test_resume_on_four_devices_continues_the_same_data(reference_run, tmp_path):
-  workdir = str(tmp_path / "four")
-  process = helpers.start("train", f"--workdir={workdir}")
-  helpers.kill_when(process, workdir, 20)
-  helpers.run("train", f"--workdir={workdir}", devices=4)
-  expected, resumed = helpers.train_losses(reference_run), helpers.train_losses(workdir)
-  assert sorted(resumed) == list(range(1, 61))
-  # Another device count sums in another order: equal to float32 rounding, not bits.
-  np.testing.assert_allclose([resumed[s] for s in range(1, 61)],
-                             [expected[s] for s in range(1, 61)], rtol=2e-4)
-
-
 def test_new_run_starts_from_another_runs_checkpoint(reference_run, tmp_path):
   workdir = str(tmp_path / "from_checkpoint")
   helpers.cli("train", f"--workdir={workdir}", f"--config.init.from_checkpoint={reference_run}:50",
@@ -192,30 +209,6 @@ def test_a_diverging_run_never_checkpoints_nan_parameters(tmp_path):
   assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(params))
 
 
-def test_a_second_run_is_refused_and_ctrl_c_saves_and_exits_130(reference_run, tmp_path):
-  workdir = str(tmp_path / "interrupted")
-  first = helpers.start("train", f"--workdir={workdir}")
-  try:
-    while helpers.last_train_step(workdir) < 2:
-      assert first.poll() is None, first.stdout.read()[-2000:]
-      time.sleep(0.05)
-    second = helpers.run("train", f"--workdir={workdir}", check=False)
-    assert second.returncode == 2
-    assert second.stderr.strip().splitlines()[-1] == (
-        f"cpt-jax: error: {workdir} is in use by process {first.pid} on this host "
-        f"({workdir}/run.lock); wait for it to end or use another --workdir")
-    returncode, output = helpers.kill_when(first, workdir, 7, sig=signal.SIGINT)
-  finally:
-    first.kill()
-  assert returncode == 130, output[-2000:]
-  assert "Traceback" not in output
-  saved = int(output.split("interrupted (Ctrl-C): saved step ")[1].split(";")[0])
-  assert str(saved) in os.listdir(os.path.join(workdir, "checkpoints"))
-  assert not os.path.exists(os.path.join(workdir, "run.lock"))  # Released.
-  helpers.run("train", f"--workdir={workdir}")
-  assert helpers.train_losses(workdir) == helpers.train_losses(reference_run)
-
-
 def test_pmap_checkpoint_continues_in_fsdp_mode(reference_run, tmp_path):
   losses = {}
   for mode in ("pmap", "fsdp"):
@@ -225,3 +218,66 @@ def test_pmap_checkpoint_continues_in_fsdp_mode(reference_run, tmp_path):
                 f"--config.parallel={mode}", "--allow_config_change")
     losses[mode] = [helpers.train_losses(workdir)[step] for step in range(61, 65)]
   np.testing.assert_allclose(losses["fsdp"], losses["pmap"], rtol=1e-4)
+
+
+def test_records_carry_norms_dense_stage_starts_and_the_asked_profile(reference_run, tmp_path):
+  workdir = str(tmp_path / "observed")
+  helpers.cli("train", f"--workdir={workdir}", "--config.eval.dense_start=4",
+              "--config.eval.dense_every=2", "--config.profile.steps=3:5")
+  records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  evals = sorted(r["step"] for r in records if "eval/prose/loss" in r)
+  # Every 10 steps, and every 2 over the first 4 steps of each stage (stage 2 starts at 30).
+  assert evals == [0, 2, 4, 10, 20, 30, 32, 34, 40, 50, 60]
+  train = [r for r in records if "loss" in r]
+  assert all(r["update_norm"] > 0 and r["param_norm"] > 0 for r in train)
+  assert "mfu" not in train[0]  # A CPU has no known peak.
+  traces = [name for _, _, names in os.walk(os.path.join(workdir, "profile")) for name in names]
+  assert any(name.endswith(".xplane.pb") for name in traces), traces
+  assert not os.path.exists(os.path.join(reference_run, "profile"))  # Not asked, not written.
+
+
+def test_weights_and_biases_offline_holds_the_records_and_a_resume_continues_its_run(
+    tmp_path, monkeypatch):
+  from cpt_jax import trainer
+  monkeypatch.setenv("WANDB_MODE", "offline")
+  monkeypatch.setenv("WANDB_SILENT", "true")
+  workdir = str(tmp_path / "wandb_run")
+  check = trainer._Preemption.check
+
+  def preempted_at_35(self, step):
+    if step == 35:
+      self.received = signal.SIGTERM
+    return check(self, step)
+
+  monkeypatch.setattr(trainer._Preemption, "check", preempted_at_35)
+  args = ("train", f"--workdir={workdir}", "--config.log.wandb.project=cpt-jax-test",
+          "--config.log.wandb.tags=('smoke',)")
+  helpers.cli(*args)
+  monkeypatch.setattr(trainer._Preemption, "check", check)
+  helpers.cli(*args)
+  run_id = open(os.path.join(workdir, "wandb_run_id")).read().strip()
+  runs = sorted(name for name in os.listdir(os.path.join(workdir, "wandb"))
+                if name.startswith("offline-run-"))
+  assert len(runs) == 2 and all(name.endswith(run_id) for name in runs)  # One W&B run, resumed.
+  # The offline run files hold each record (protobuf history items, values as JSON text):
+  # the first part's steps in the first, the resumed part's in the second.
+  first, second = (open(glob.glob(os.path.join(workdir, "wandb", run, "run-*.wandb"))[0],
+                        "rb").read() for run in runs)
+  losses = helpers.train_losses(workdir)
+  assert json.dumps(losses[5]).encode() in first and json.dumps(losses[60]).encode() in second
+  assert b"update_norm" in second and b"eval/code/loss" in second
+
+
+def test_train_from_python_returns_the_summary(tmp_path):
+  import cpt_jax
+  from configs import demo
+  config = demo.get_config("smoke")
+  config.model.update(model_dim=32, num_layers=2, num_heads=2, num_kv_heads=2, mlp_dim=64,
+                      vocab_size=384)
+  config.data.update(seq_len=32, global_batch_size=8)
+  config.data.tokenizer.kind = "bytes"
+  config.stages[0].steps = config.stages[1].steps = 3
+  config.log.progress_bar = False
+  summary = cpt_jax.train(config, str(tmp_path / "from_python"))
+  assert [stage["name"] for stage in summary["stages"]] == ["prose", "code"]
+  assert summary == json.load(open(tmp_path / "from_python" / "summary.json"))

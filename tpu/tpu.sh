@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
 # Run cpt_jax on a Cloud TPU VM slice: create, install, launch, follow logs, delete, and a
-# relaunch loop that resumes from the run directory after preemption.
+# relaunch loop that recreates the slice only when it was preempted.
 #
-#   tpu/tpu.sh [--dry-run] create|install|launch|logs|delete|relaunch [-- TRAIN_FLAGS...]
+#   tpu/tpu.sh [--dry-run] create|install|launch|logs|status|delete|relaunch [-- TRAIN_FLAGS...]
+#
+# `launch` detaches the run on every worker (nohup: it keeps going when the laptop sleeps or
+# the ssh session drops); its output goes to ~/cpt_jax_train.log, which `logs` follows, and
+# its exit code to ~/cpt_jax_train.exit. `relaunch` polls the slice: PREEMPTED (or gone) ->
+# recreate, reinstall and rerun the same command, which resumes from WORKDIR; an exit code
+# of 0 -> done; 2 (bad input) or 1 (divergence, a lost save) -> stop with that code and the
+# log's last lines, never retrying a run that cannot succeed.
 #
 # Settings come from the environment:
 #   TPU_NAME (cpt-jax), ZONE (us-central2-b), ACCELERATOR_TYPE (v4-32),
 #   RUNTIME_VERSION (tpu-ubuntu2204-base), PROJECT (gcloud's default), SPOT (1: preemptible),
 #   REPO_GIT (the cpt_jax repository the workers clone), CONFIG (configs/demo.py),
 #   WORKDIR (the run directory; use a gs:// bucket so every worker and every relaunch sees it).
-# --dry-run prints the gcloud commands instead of running them.
+# --dry-run prints the gcloud commands instead of running them; for `relaunch` it walks the
+# preempted path once and then the stop path, with the exit code DRY_RUN_EXIT (default 2).
 set -euo pipefail
 
 TPU_NAME=${TPU_NAME:-cpt-jax}
@@ -40,12 +48,40 @@ on_all_workers() {  # Every host of the slice runs the same command (JAX's SPMD 
     --worker=all --command="$1"
 }
 
+on_worker_0() {
+  run gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" "${project_flag[@]}" \
+    --worker=0 --command="$1"
+}
+
 train_command() {
   # No --coordinator_address on TPU: jax.distributed.initialize() configures itself there.
+  # nohup + setsid: the run survives the ssh session; its exit code is kept for `relaunch`.
   local flags=""
   if (( ${#TRAIN_FLAGS[@]} )); then flags=$(printf ' %q' "${TRAIN_FLAGS[@]}"); fi
-  echo "cd ~/cpt_jax && ~/cpt_jax_venv/bin/cpt-jax train --config=$CONFIG" \
-       "--workdir=$WORKDIR$flags 2>&1 | tee -a ~/cpt_jax_train.log"
+  local train="cd ~/cpt_jax && ~/cpt_jax_venv/bin/cpt-jax train --config=$CONFIG --workdir=$WORKDIR$flags"
+  echo "rm -f ~/cpt_jax_train.exit && setsid nohup bash -c" \
+       "$(printf '%q' "$train >> ~/cpt_jax_train.log 2>&1; echo \$? > ~/cpt_jax_train.exit")" \
+       "> /dev/null 2>&1 < /dev/null &"
+}
+
+polls=0
+read_slice_state() {  # Sets STATE: READY, PREEMPTED, ... or "" when the slice is gone.
+  if (( DRY_RUN )); then
+    run gcloud compute tpus tpu-vm describe "$TPU_NAME" --zone="$ZONE" "${project_flag[@]}" \
+      --format='value(state)'
+    if (( polls++ == 0 )); then STATE=PREEMPTED; else STATE=READY; fi
+    return
+  fi
+  STATE=$(gcloud compute tpus tpu-vm describe "$TPU_NAME" --zone="$ZONE" "${project_flag[@]}" \
+    --format='value(state)' 2>/dev/null || true)
+}
+
+read_exit_code() {  # Sets CODE: the run's exit code on worker 0, or "" while it runs.
+  if (( DRY_RUN )); then
+    on_worker_0 "cat ~/cpt_jax_train.exit 2>/dev/null"; CODE=${DRY_RUN_EXIT:-2}; return
+  fi
+  CODE=$(gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" "${project_flag[@]}" \
+    --worker=0 --command="cat ~/cpt_jax_train.exit 2>/dev/null" 2>/dev/null || true)
 }
 
 self=("$0")
@@ -59,38 +95,60 @@ case "$COMMAND" in
       --accelerator-type="$ACCELERATOR_TYPE" --version="$RUNTIME_VERSION" "${spot_flag[@]}"
     ;;
   install)
-    # The clone brings configs/; the jax[tpu] range matches pyproject.toml's jax pin.
+    # The clone brings configs/; the [tpu] extra brings libtpu with a JAX in pyproject's range.
     on_all_workers "(git clone -q $REPO_GIT ~/cpt_jax || git -C ~/cpt_jax pull -q) && \
-python3 -m venv ~/cpt_jax_venv && ~/cpt_jax_venv/bin/pip install -q 'jax[tpu]>=0.10.2,<0.11' \
--e ~/cpt_jax[gcs] && ~/cpt_jax_venv/bin/python -c 'import cpt_jax, jax; print(jax.device_count())'"
+python3 -m venv ~/cpt_jax_venv && ~/cpt_jax_venv/bin/pip install -q -e ~/cpt_jax'[tpu,gcs]' \
+&& ~/cpt_jax_venv/bin/python -c 'import cpt_jax, jax; print(jax.device_count())'"
     ;;
   launch)
     on_all_workers "$(train_command)"
     ;;
   logs)
-    run gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" "${project_flag[@]}" \
-      --worker=0 --command="tail -n 100 -f ~/cpt_jax_train.log"
+    on_worker_0 "tail -n 100 -F ~/cpt_jax_train.log"
+    ;;
+  status)
+    read_slice_state; read_exit_code
+    echo "slice: ${STATE:-gone}; run exit code: ${CODE:-none yet (running)}"
     ;;
   delete)
     run gcloud compute tpus tpu-vm delete "$TPU_NAME" --zone="$ZONE" "${project_flag[@]}" --quiet
     ;;
   relaunch)
-    # A preempted spot slice loses its VMs: recreate, reinstall and rerun the same command,
-    # which resumes from the latest checkpoint in WORKDIR. Stops once summary.json exists.
-    for attempt in $(seq 1 "${MAX_ATTEMPTS:-20}"); do
-      if (( ! DRY_RUN )) && gsutil -q stat "$WORKDIR/summary.json" 2>/dev/null; then
-        echo "run complete: $WORKDIR/summary.json"; exit 0
+    # Recreate only a preempted (or vanished) slice; stop on the run's own exit code.
+    attempt=1
+    echo "attempt $attempt"
+    "${self[@]}" delete || true
+    "${self[@]}" create
+    "${self[@]}" install
+    "${self[@]}" launch -- "${TRAIN_FLAGS[@]}"
+    while true; do
+      if (( ! DRY_RUN )); then sleep "${POLL_SECONDS:-60}"; fi
+      read_slice_state
+      if [[ "$STATE" == "PREEMPTED" || "$STATE" == "TERMINATED" || -z "$STATE" ]]; then
+        attempt=$((attempt + 1))
+        if (( attempt > ${MAX_ATTEMPTS:-20} )); then
+          echo "gave up after ${MAX_ATTEMPTS:-20} attempts" >&2; exit 1
+        fi
+        echo "slice ${STATE:-gone}: recreating it, attempt $attempt (the run resumes from $WORKDIR)"
+        "${self[@]}" delete || true
+        "${self[@]}" create
+        "${self[@]}" install
+        "${self[@]}" launch -- "${TRAIN_FLAGS[@]}"
+        continue
       fi
-      echo "attempt $attempt"
-      "${self[@]}" delete || true
-      "${self[@]}" create
-      "${self[@]}" install
-      "${self[@]}" launch -- "${TRAIN_FLAGS[@]}" || true
-      if (( DRY_RUN )); then exit 0; fi
+      read_exit_code
+      case "$CODE" in
+        "") continue ;;  # Still running.
+        0) echo "run finished: $WORKDIR"; exit 0 ;;
+        *)
+          echo "the run exited with code $CODE (2: bad input, 1: diverged or a save failed);" \
+               "not relaunching. Last lines of its log:" >&2
+          on_worker_0 "tail -n 20 ~/cpt_jax_train.log" >&2 || true
+          exit "$CODE" ;;
+      esac
     done
-    echo "gave up after ${MAX_ATTEMPTS:-20} attempts" >&2; exit 1
     ;;
   *)
-    sed -n '2,15p' "$0" >&2; exit 2
+    sed -n '2,22p' "$0" >&2; exit 2
     ;;
 esac

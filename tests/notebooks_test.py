@@ -7,11 +7,12 @@ import os
 import subprocess
 import sys
 
-import nbclient
 import nbformat
 import pytest
 
-NOTEBOOKS = os.path.join(os.path.dirname(__file__), "..", "notebooks")
+import run_helpers as helpers
+
+NOTEBOOKS = helpers.NOTEBOOKS
 NAMES = sorted(n for n in os.listdir(NOTEBOOKS) if n.endswith(".ipynb"))
 
 
@@ -21,17 +22,9 @@ def _install_cell(name):
               if cell.cell_type == "code" and "find_spec(\"cpt_jax\")" in cell.source)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_notebook_runs_without_errors(name, request, monkeypatch):
-  if name == "continual_pretraining.ipynb":  # Reads the smoke study the tests ran once.
-    monkeypatch.setenv("CPT_JAX_STUDY_DIR", request.getfixturevalue("smoke_study")[0])
-  notebook = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
-  nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
-                          resources={"metadata": {"path": NOTEBOOKS}}).execute()
-  outputs = [output for cell in notebook.cells if cell.cell_type == "code"
-             for output in cell.get("outputs", [])]
-  assert any(output.get("output_type") == "display_data" for output in outputs)  # The plots.
-  assert not any(output.get("output_type") == "error" for output in outputs)
+@pytest.mark.parametrize("name", [name for name in NAMES if name != helpers.STUDY_NOTEBOOK])
+def test_notebook_runs_without_errors(name):
+  helpers.execute_notebook(name)  # The study notebook runs in study_test.py, on its study.
 
 
 @pytest.mark.parametrize("name", NAMES)

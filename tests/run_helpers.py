@@ -16,6 +16,8 @@ import numpy as np
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 DEMO = os.path.join(ROOT, "configs", "demo.py")
 STUDY_DEMO_SMOKE = os.path.join(ROOT, "configs", "study_demo.py") + ":smoke"
+NOTEBOOKS = os.path.join(ROOT, "notebooks")
+STUDY_NOTEBOOK = "continual_pretraining.ipynb"
 
 # The demo's smoke variant on a model small enough for a test (bytes tokenizer: no training),
 # in two stages of 30 steps.
@@ -120,3 +122,18 @@ def final_params(workdir):
         params=ocp.args.PyTreeRestore()))
   import jax
   return step, jax.tree.map(np.asarray, restored["params"])
+
+
+def execute_notebook(name):
+  """Runs notebooks/NAME in a fresh kernel (this process's environment); checks that it drew
+  something and raised nothing."""
+  import nbclient
+  import nbformat
+  notebook = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
+  nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
+                          resources={"metadata": {"path": NOTEBOOKS}}).execute()
+  outputs = [output for cell in notebook.cells if cell.cell_type == "code"
+             for output in cell.get("outputs", [])]
+  assert any(output.get("output_type") == "display_data" for output in outputs)  # The plots.
+  assert not any(output.get("output_type") == "error" for output in outputs)
+  return outputs

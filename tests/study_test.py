@@ -90,6 +90,13 @@ def test_every_number_in_the_table_is_recomputed_from_the_runs_records(smoke_stu
   assert rows["replay25"]["forgetting"]["prose"] < rows["replay0"]["forgetting"]["prose"]
 
 
+def test_the_study_notebook_reads_the_finished_study(smoke_study, monkeypatch):
+  monkeypatch.setenv("CPT_JAX_STUDY_DIR", smoke_study[0])
+  outputs = helpers.execute_notebook(helpers.STUDY_NOTEBOOK)
+  text = "".join(output.get("text", "") for output in outputs)
+  assert "replay25" in text and "gap to union" in text  # The printed comparison.
+
+
 def test_report_only_rewrites_the_table_without_training(smoke_study, monkeypatch):
   study_dir, _ = smoke_study
   before = open(os.path.join(study_dir, "study.json")).read()

@@ -64,7 +64,7 @@ def test_a_run_interrupted_every_way_resumes_bit_identical(reference_run, tmp_pa
   assert str(saved) in os.listdir(os.path.join(workdir, "checkpoints"))
   assert not os.path.exists(os.path.join(workdir, "run.lock"))  # Released.
 
-  helpers.run("train", f"--workdir={workdir}")
+  helpers.cli("train", f"--workdir={workdir}")  # In this process: the same 8 devices.
   expected, resumed = helpers.train_losses(reference_run), helpers.train_losses(workdir)
   assert sorted(resumed) == sorted(expected) == list(range(1, 61))
   assert resumed == expected  # Exactly equal floats at every step.

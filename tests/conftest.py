@@ -36,3 +36,12 @@ def smoke_study(tmp_path_factory):
     run_helpers.cli("study", f"--workdir={study_dir}", "--config.base.log.progress_bar=false",
                     config=run_helpers.STUDY_DEMO_SMOKE, small=False)
   return study_dir, trained
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory):
+  """One uninterrupted smoke run (2 x 30 steps, small model): the yardstick for exactness."""
+  import run_helpers
+  workdir = str(tmp_path_factory.mktemp("reference"))
+  run_helpers.cli("train", f"--workdir={workdir}")
+  return workdir

@@ -1,7 +1,11 @@
 """Tests for cpt_jax/metrics_writer.py."""
 
+import glob
+import json
 import os
+import signal
 
+import run_helpers as helpers
 from cpt_jax import metrics_writer
 
 
@@ -37,3 +41,37 @@ def test_staged_records_reach_the_run_directory_whole_at_each_flush(tmp_path):
   _session(workdir, [{"step": 3, "stage": "b", "loss": 1.5}], str(tmp_path / "stage2")).close()
   assert [r["step"] for r in metrics_writer.read_records(workdir)[0]] == [1, 2, 3]
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
+
+
+def test_weights_and_biases_offline_holds_the_records_and_a_resume_continues_its_run(
+    tmp_path, monkeypatch):
+  from cpt_jax import trainer
+  monkeypatch.setenv("WANDB_MODE", "offline")
+  monkeypatch.setenv("WANDB_SILENT", "true")
+  workdir = str(tmp_path / "wandb_run")
+  check = trainer._Preemption.check
+
+  def preempted_at_35(self, step):
+    if step == 35:
+      self.received = signal.SIGTERM
+    return check(self, step)
+
+  monkeypatch.setattr(trainer._Preemption, "check", preempted_at_35)
+  args = ("train", f"--workdir={workdir}", "--config.log.wandb.project=cpt-jax-test",
+          "--config.log.wandb.tags=('smoke',)")
+  helpers.cli(*args)
+  monkeypatch.setattr(trainer._Preemption, "check", check)
+  helpers.cli(*args)
+  run_id = open(os.path.join(workdir, "wandb_run_id")).read().strip()
+  runs = sorted(name for name in os.listdir(os.path.join(workdir, "wandb"))
+                if name.startswith("offline-run-"))
+  assert len(runs) == 2 and all(name.endswith(run_id) for name in runs)  # One W&B run, resumed.
+  # The offline run files hold each record (protobuf history items, values as JSON text):
+  # the first part's steps in the first, the resumed part's in the second.
+  first, second = (open(glob.glob(os.path.join(workdir, "wandb", run, "run-*.wandb"))[0],
+                        "rb").read() for run in runs)
+  losses = helpers.train_losses(workdir)
+  assert json.dumps(losses[5]).encode() in first and json.dumps(losses[60]).encode() in second
+  assert b"update_norm" in second and b"eval/code/loss" in second
+
+

@@ -3,7 +3,6 @@
 import glob
 import json
 import os
-import signal
 
 import run_helpers as helpers
 from cpt_jax import metrics_writer
@@ -45,22 +44,13 @@ def test_staged_records_reach_the_run_directory_whole_at_each_flush(tmp_path):
 
 def test_weights_and_biases_offline_holds_the_records_and_a_resume_continues_its_run(
     tmp_path, monkeypatch):
-  from cpt_jax import trainer
   monkeypatch.setenv("WANDB_MODE", "offline")
   monkeypatch.setenv("WANDB_SILENT", "true")
   workdir = str(tmp_path / "wandb_run")
-  check = trainer._Preemption.check
-
-  def preempted_at_35(self, step):
-    if step == 35:
-      self.received = signal.SIGTERM
-    return check(self, step)
-
-  monkeypatch.setattr(trainer._Preemption, "check", preempted_at_35)
   args = ("train", f"--workdir={workdir}", "--config.log.wandb.project=cpt-jax-test",
           "--config.log.wandb.tags=('smoke',)")
-  helpers.cli(*args)
-  monkeypatch.setattr(trainer._Preemption, "check", check)
+  with helpers.sigterm_at_step(35):
+    helpers.cli(*args)
   helpers.cli(*args)
   run_id = open(os.path.join(workdir, "wandb_run_id")).read().strip()
   runs = sorted(name for name in os.listdir(os.path.join(workdir, "wandb"))

@@ -137,3 +137,22 @@ def execute_notebook(name):
   assert any(output.get("output_type") == "display_data" for output in outputs)  # The plots.
   assert not any(output.get("output_type") == "error" for output in outputs)
   return outputs
+
+
+@contextlib.contextmanager
+def sigterm_at_step(step):
+  """In-process runs inside the block receive SIGTERM (as from a preemption) when they reach
+  global `step`: they save it and stop, as a real signal would make them."""
+  from cpt_jax import trainer
+  check = trainer._Preemption.check
+
+  def preempted(self, current):
+    if current == step:
+      self.received = signal.SIGTERM
+    return check(self, current)
+
+  trainer._Preemption.check = preempted
+  try:
+    yield
+  finally:
+    trainer._Preemption.check = check

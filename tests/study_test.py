@@ -4,7 +4,6 @@ recomputed from the runs' records, resuming a stopped study, and bad study confi
 import json
 import os
 import re
-import signal
 
 import pytest
 
@@ -108,25 +107,17 @@ def test_report_only_rewrites_the_table_without_training(smoke_study, monkeypatc
   assert open(os.path.join(study_dir, "study.json")).read() == before
 
 
-def test_a_stopped_study_resumes_to_the_same_table(smoke_study, tmp_path, monkeypatch):
+def test_a_stopped_study_resumes_to_the_same_table(smoke_study, tmp_path):
   """Stopped (as by SIGTERM) in the middle of replay5's stage 2, then rerun: the runs resume
   and the rows equal those of the study that ran straight through."""
   study_dir, _ = smoke_study
   stopped = str(tmp_path / "study")
-  check = trainer._Preemption.check
-
-  def sigterm_at_step_9(self, step):
-    if step == 9:
-      self.received = signal.SIGTERM
-    return check(self, step)
-
-  monkeypatch.setattr(trainer._Preemption, "check", sigterm_at_step_9)
   args = ("study", f"--workdir={stopped}", "--only=replay5,union",
           "--config.base.log.progress_bar=false")
-  helpers.cli(*args, config=helpers.STUDY_DEMO_SMOKE, small=False)
+  with helpers.sigterm_at_step(9):
+    helpers.cli(*args, config=helpers.STUDY_DEMO_SMOKE, small=False)
   assert not os.path.exists(os.path.join(stopped, "study.json"))
   assert os.path.isdir(os.path.join(stopped, "replay5", "checkpoints", "9"))
-  monkeypatch.setattr(trainer._Preemption, "check", check)
   helpers.cli(*args, config=helpers.STUDY_DEMO_SMOKE, small=False)
   expected = {row["variant"]: row for row in
               json.load(open(os.path.join(study_dir, "study.json")))["variants"]}

@@ -27,7 +27,6 @@ Result:   what the paper reports for these comparisons (Ibrahim et al. 2024, 405
 
 from configs import demo
 from cpt_jax import base_config
-from cpt_jax import schedule_config
 from cpt_jax import study
 
 PEAK, END, CONSTANT = 3e-3, 3e-4, 1.5e-3
@@ -51,29 +50,6 @@ def get_config(variant: str = ""):
     base.eval.max_batches = 1
   anneal_steps = max(1, steps // 10)
 
-  replay = lambda share: {"stages[1].mixture.code": 1.0 - share, "stages[1].replay.prose": share}
-  infinite_first = schedule_config.config_for(
-      "infinite", peak_value=PEAK, constant_value=CONSTANT, warmup=0.01, cooldown=0.4,
-      anneal=0)
-  cosine = schedule_config.config_for("cosine_with_warmup", peak_value=PEAK, end_value=END,
-                                      warmup=0.01)
-  variants = [
-      study.variant("replay5", replay(0.05),
-                    description="5% replay, re-warmed and re-decayed cosine (the paper's recipe)"),
-      study.variant("replay0", replay(0.0), description="no replay: the forgetting baseline"),
-      study.variant("replay25", replay(0.25), description="25% replay"),
-      study.variant("no_rewarm", {
-          **replay(0.05),
-          "stages[1].schedule": schedule_config.config_for("constant", value=END)},
-          description="5% replay, stage 2 at stage 1's final LR (no re-warming)"),
-      study.variant("infinite", {
-          **replay(0.05),
-          "stages[0].schedule": infinite_first,
-          "stages[1].schedule": schedule_config.config_for("constant", value=CONSTANT)},
-          anneal_steps=anneal_steps, anneal_end_value=END,
-          description="5% replay, infinite schedule: constant continued, each stage annealed "
-                      f"on a {anneal_steps}-step branch"),
-      study.variant("union", {"stages": [study.union_stage(base, cosine)]},
-                    description="retrain on the union of both stages' data (one cosine)"),
-  ]
+  variants = study.paper_variants(base, peak=PEAK, end=END, constant=CONSTANT, cooldown=0.4,
+                                  anneal_steps=anneal_steps)
   return study.study_config(base, variants, baseline="union")

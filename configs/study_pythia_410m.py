@@ -13,8 +13,8 @@ Hardware: a TPU pod or GPU cluster. The shared Pile stage is trained once for th
           (`cpt-jax info`: 2.73e9 FLOPs per token; an estimate, not measured); `:german`
           2.36T tokens, about 2.6 days.
 Variants:
-  replay0       the second dataset alone after the first: the forgetting baseline
   replay5       5% replay, re-warmed and re-decayed cosine (the paper's weak-shift recipe)
+  replay0       the second dataset alone after the first: the forgetting baseline
   replay25      25% replay (the paper's strong-shift recipe)
   no_rewarm     5% replay, the second stage at the first's final LR (3e-5): no re-warming
   infinite      5% replay, infinite schedule (warmup 1%, cosine cooldown over 60% of the first
@@ -33,7 +33,6 @@ Result to compare with (the paper, Table 2 and sections 6-7, 405M):
 from configs import pythia_410m_pile_german as strong
 from configs import pythia_410m_pile_slimpajama as weak
 from cpt_jax import base_config
-from cpt_jax import schedule_config
 from cpt_jax import study
 
 PEAK, END, CONSTANT = 3e-4, 3e-5, 1.65e-4
@@ -43,33 +42,8 @@ def get_config(variant: str = ""):
   base_config.check_variant(variant, ("german",))
   base = strong.get_config() if variant == "german" else weak.get_config()
   new_source = base.stages[1].name  # "slimpajama" or "german".
-  first_steps = base.stages[0].steps
-
-  def replay(share):
-    return {f"stages[1].mixture.{new_source}": 1.0 - share, "stages[1].replay.pile": share}
-
-  infinite_first = schedule_config.config_for(
-      "infinite", peak_value=PEAK, constant_value=CONSTANT, warmup=0.01, cooldown=0.6,
-      anneal=0)
-  cosine = schedule_config.config_for("cosine_with_warmup", peak_value=PEAK, end_value=END,
-                                      warmup=0.01)
-  variants = [
-      study.variant("replay0", replay(0.0), description="no replay: the forgetting baseline"),
-      study.variant("replay5", replay(0.05), description="5% replay, re-warmed cosine"),
-      study.variant("replay25", replay(0.25), description="25% replay, re-warmed cosine"),
-      study.variant("no_rewarm", {
-          **replay(0.05),
-          "stages[1].schedule": schedule_config.config_for("constant", value=END)},
-          description="5% replay, no re-warming (constant 3e-5)"),
-      study.variant("infinite", {
-          **replay(0.05),
-          "stages[0].schedule": infinite_first,
-          "stages[1].schedule": schedule_config.config_for("constant", value=CONSTANT)},
-          anneal_steps=first_steps // 10, anneal_end_value=END,
-          description="5% replay, infinite schedule, each stage annealed on a 10% branch"),
-      study.variant("union", {"stages": [study.union_stage(base, cosine)]},
-                    description="retrain on the union of both datasets"),
-      study.variant("new_data_only", {"stages": [study.new_data_only_stage(base)]},
-                    description=f"{new_source} alone, from scratch"),
-  ]
+  variants = study.paper_variants(base, peak=PEAK, end=END, constant=CONSTANT, cooldown=0.6,
+                                  anneal_steps=base.stages[0].steps // 10)
+  variants.append(study.variant("new_data_only", {"stages": [study.new_data_only_stage(base)]},
+                                description=f"{new_source} alone, from scratch"))
   return study.study_config(base, variants, baseline="union")

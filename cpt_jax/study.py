@@ -33,6 +33,7 @@ from cpt_jax import experiment_config
 from cpt_jax import paths
 from cpt_jax import run_directory
 from cpt_jax import run_plan
+from cpt_jax import schedule_config
 from cpt_jax import study_report
 from cpt_jax import trainer
 from cpt_jax.config_error import ConfigError
@@ -82,6 +83,48 @@ def union_stage(base: ml_collections.ConfigDict, schedule: ml_collections.Config
     steps += stage.steps
   mixture = {source: count / steps for source, count in tokens.items() if count > 0}
   return run_plan.stage(name, steps, mixture, schedule)
+
+
+def paper_variants(base: ml_collections.ConfigDict, *, peak: float, end: float,
+                   constant: float, cooldown: float, anneal_steps: int) -> list:
+  """The seed paper's comparisons for a two-stage `base` (stage 1 on one source, stage 2 on
+  one new source with replay of the first): 5% replay with re-warmed cosines (peak -> end),
+  0% and 25% replay; no re-warming (stage 2 constant at `end`); an infinite schedule (1%
+  warmup and a `cooldown` share of stage 1 to `constant`, constant after, each stage judged
+  on an `anneal_steps` branch to `end`); and "union", retraining on both in one cosine."""
+  sources = [[source for source, weight in stage.mixture.items() if weight > 0]
+             for stage in base.stages]
+  if [len(names) for names in sources] != [1, 1]:
+    raise ConfigError(f"paper_variants: the base's stages train {sources}; expected two "
+                      "stages of one source each")
+  (old,), (new,) = sources
+
+  def replay(share):
+    return {f"stages[1].mixture.{new}": 1.0 - share, f"stages[1].replay.{old}": share}
+
+  infinite_first = schedule_config.config_for(
+      "infinite", peak_value=peak, constant_value=constant, warmup=0.01, cooldown=cooldown,
+      anneal=0)
+  cosine = schedule_config.config_for("cosine_with_warmup", peak_value=peak, end_value=end,
+                                      warmup=0.01)
+  return [
+      variant("replay5", replay(0.05),
+              description="5% replay, re-warmed and re-decayed cosine (the paper's recipe)"),
+      variant("replay0", replay(0.0), description="no replay: the forgetting baseline"),
+      variant("replay25", replay(0.25), description="25% replay"),
+      variant("no_rewarm", {
+          **replay(0.05), "stages[1].schedule": schedule_config.config_for("constant", value=end)},
+          description=f"5% replay, stage 2 at stage 1's final LR ({end:g}): no re-warming"),
+      variant("infinite", {
+          **replay(0.05),
+          "stages[0].schedule": infinite_first,
+          "stages[1].schedule": schedule_config.config_for("constant", value=constant)},
+          anneal_steps=anneal_steps, anneal_end_value=end,
+          description="5% replay, infinite schedule: constant continued, each stage annealed "
+                      f"on a {anneal_steps}-step branch"),
+      variant("union", {"stages": [union_stage(base, cosine)]},
+              description="retrain on the union of both stages' data (one cosine)"),
+  ]
 
 
 def new_data_only_stage(base: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

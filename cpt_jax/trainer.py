@@ -217,11 +217,9 @@ class _Run:
     rows = input_pipeline.rows_served(self.config.data, self.plans, step)
     return {name: float(count * self.config.data.seq_len) for name, count in rows.items()}
 
-  def _dense_evaluation(self, stage_plan) -> bool:
-    """Whether the step lies in the densely evaluated start of its stage."""
+  def _dense_evaluation(self, stage_plan, dense_steps: int) -> bool:
+    """Whether the step lies in the densely evaluated start (`dense_steps`) of its stage."""
     into = self.step - stage_plan.start_step
-    dense_steps = schedule_config.duration_steps(self.config.eval.dense_start, stage_plan.steps,
-                                                 "eval.dense_start")
     return into <= dense_steps and into % self.config.eval.dense_every == 0
 
   def run_stage(self, stage_plan, bar, preemption) -> None:
@@ -235,6 +233,8 @@ class _Run:
       self.state = self.state.replace(
           opt_state=self.executor.place(self.optimizer.init(self.state.params)))
     self._last_log = (sum(self._tokens(self.step).values()), time.perf_counter())
+    dense_steps = schedule_config.duration_steps(config.eval.dense_start, stage_plan.steps,
+                                                 "eval.dense_start")
     pending = None
     while self.step < stage_plan.end_step:
       if preemption.check(self.step):
@@ -253,7 +253,7 @@ class _Run:
         pending = None
       stage_end = self.step == stage_plan.end_step
       evaluate = (self.step % config.eval.every == 0 or stage_end
-                  or self._dense_evaluation(stage_plan))
+                  or self._dense_evaluation(stage_plan, dense_steps))
       save = self.step % config.checkpoint.every == 0 or stage_end
       if self.step % config.log.every == 0 or evaluate or save:
         pending = (self.step, metrics, self._tokens(self.step))

@@ -18,12 +18,13 @@ from cpt_jax import train_step as train_step_lib
 AXIS_NAME = "data"
 
 
-def compile_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
-                       schedule: optax.Schedule, *, microbatches: int = 1):
-  """The pmapped step; the incoming state's buffers are donated to the new state."""
-  step = train_step_lib.make_train_step(graphdef, optimizer, schedule, microbatches=microbatches,
+def compile_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, *,
+                       microbatches: int = 1):
+  """The pmapped `(state, split batch, learning_rate)` step; the incoming state's buffers are
+  donated to the new state."""
+  step = train_step_lib.make_train_step(graphdef, optimizer, microbatches=microbatches,
                                         axis_name=AXIS_NAME)
-  return jax.pmap(step, axis_name=AXIS_NAME, in_axes=(None, 0), out_axes=(None, None),
+  return jax.pmap(step, axis_name=AXIS_NAME, in_axes=(None, 0, None), out_axes=(None, None),
                   donate_argnums=(0,))
 
 
@@ -82,8 +83,8 @@ class DataParallel:
   def __init__(self, graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
                schedule: optax.Schedule, *, microbatches: int = 1):
     # Takes batches already split per device (`split_for_devices`).
-    self.pmapped_train_step = compile_train_step(graphdef, optimizer, schedule,
-                                                 microbatches=microbatches)
+    self.pmapped_train_step = compile_train_step(graphdef, optimizer, microbatches=microbatches)
+    self._learning_rate = train_step_lib.learning_rate_at(schedule)
     self._eval_step = compile_eval_step(graphdef)
     self._local_sharding = replicated_sharding()  # What pmap takes and returns.
 
@@ -98,7 +99,8 @@ class DataParallel:
     return jax.tree.map(ocp_utils.fully_replicated_host_local_array_to_global_array, tree)
 
   def train_step(self, state: train_step_lib.TrainState, model_batch: dict):
-    return self.pmapped_train_step(state, split_for_devices(model_batch))
+    return self.pmapped_train_step(state, split_for_devices(model_batch),
+                                   self._learning_rate(state.step))
 
   def eval_step(self, params, model_batch: dict):
     return self._eval_step(params, split_for_devices(model_batch))

@@ -61,8 +61,9 @@ class Sharded:
     self.mesh = make_mesh(fsdp_devices)
     self._batch_sharding = NamedSharding(self.mesh, PartitionSpec(MESH_AXES))
     self._replicated = NamedSharding(self.mesh, PartitionSpec())
-    self._step_fn = train_step_lib.make_train_step(graphdef, optimizer, schedule,
+    self._step_fn = train_step_lib.make_train_step(graphdef, optimizer,
                                                    microbatches=microbatches)
+    self._learning_rate = train_step_lib.learning_rate_at(schedule)
     self._eval_fn = train_step_lib.make_eval_step(graphdef)
     self._compiled_train = None
     self._compiled_eval = jax.jit(self._eval_fn, out_shardings=self._replicated)
@@ -84,7 +85,8 @@ class Sharded:
       self._compiled_train = jax.jit(
           self._step_fn, donate_argnums=(0,),
           out_shardings=(state_shardings(self.mesh, state), self._replicated))
-    return self._compiled_train(state, self._global(model_batch))
+    return self._compiled_train(state, self._global(model_batch),
+                                self._learning_rate(state.step))
 
   def eval_step(self, params, model_batch: dict):
     return self._compiled_eval(params, self._global(model_batch))

@@ -50,12 +50,18 @@ def loss_sums(graphdef: nnx.GraphDef, params: nnx.State, batch: dict) -> tuple[j
   return jnp.sum(losses_BxT * weights_BxT), jnp.sum(weights_BxT)
 
 
-def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
-                    schedule: optax.Schedule, *, microbatches: int = 1,
-                    axis_name: str | None = None) -> Callable[[TrainState, dict], Any]:
-  """Builds the pure step. The loss is the mean over every masked-in token of the global
-  batch: each device (and each microbatch) contributes its token sum divided by the global
-  token count, and those pieces are summed, so padding never skews the average."""
+def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, *,
+                    microbatches: int = 1, axis_name: str | None = None
+                    ) -> Callable[[TrainState, dict, jax.Array], Any]:
+  """Builds the pure step `(state, batch, learning_rate) -> (state, metrics)`.
+
+  The learning rate is an argument rather than a schedule traced into the step, so one
+  compiled program serves every schedule: runs and study variants that differ only in their
+  schedule or stage lengths share it through XLA's compilation cache.
+
+  The loss is the mean over every masked-in token of the global batch: each device (and each
+  microbatch) contributes its token sum divided by the global token count, and those pieces
+  are summed, so padding never skews the average."""
 
   def reduce(x):
     return jax.lax.psum(x, axis_name) if axis_name else x
@@ -66,7 +72,7 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
       return loss_sum / token_count
     return jax.value_and_grad(scaled_loss)(params)
 
-  def train_step(state: TrainState, batch: dict):
+  def train_step(state: TrainState, batch: dict, learning_rate: jax.Array):
     batch = {name: batch[name] for name in MODEL_INPUTS}
     token_count = jnp.maximum(reduce(jnp.sum(batch["loss_mask"].astype(jnp.float32))), 1.0)
     if microbatches == 1:
@@ -83,7 +89,7 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
       (loss, grads), _ = jax.lax.scan(accumulate, zeros, micro)
     loss, grads = reduce(loss), reduce(grads)
 
-    learning_rate = jnp.asarray(schedule(state.step), jnp.float32)
+    learning_rate = jnp.asarray(learning_rate, jnp.float32)
     direction, opt_state = optimizer.update(grads, state.opt_state, state.params)
     updates = jax.tree.map(lambda d: -learning_rate * d, direction)
     params = optax.apply_updates(state.params, updates)
@@ -95,6 +101,18 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
     return new_state, metrics
 
   return train_step
+
+
+def learning_rate_at(schedule: optax.Schedule) -> Callable[[jax.Array], jax.Array]:
+  """The schedule compiled on its own: the state's step -> the float32 learning rate the
+  step takes. It runs where the step counter lives, so no step waits on the host."""
+  return jax.jit(lambda step: jnp.asarray(schedule(step), jnp.float32))
+
+
+def with_schedule(train_step: Callable, schedule: optax.Schedule) -> Callable:
+  """`(state, batch) -> (state, metrics)` with the learning rate at `state.step`: the step
+  and its schedule as one function (tests, notebooks)."""
+  return lambda state, batch: train_step(state, batch, schedule(state.step))
 
 
 def make_eval_step(graphdef: nnx.GraphDef, *, axis_name: str | None = None):

@@ -43,6 +43,12 @@ def _setup(learning_rate=1e-4, **optimizer_overrides):
   return graphdef, state, optimizer, optax.constant_schedule(learning_rate)
 
 
+def _jitted_step(graphdef, optimizer, schedule, **kwargs):
+  """The step with its learning rate taken from `schedule`, compiled as one function."""
+  return jax.jit(train_step_lib.with_schedule(
+      train_step_lib.make_train_step(graphdef, optimizer, **kwargs), schedule))
+
+
 def _max_difference(a, b):
   return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(jnp.max(jnp.abs(x - y))), a, b)))
 
@@ -50,13 +56,14 @@ def _max_difference(a, b):
 def test_pmapped_step_on_8_devices_equals_a_single_device_step():
   assert jax.local_device_count() == 8
   graphdef, state, optimizer, schedule = _setup()
-  single = jax.jit(train_step_lib.make_train_step(graphdef, optimizer, schedule))
-  pmapped = data_parallel.compile_train_step(graphdef, optimizer, schedule)
+  single = _jitted_step(graphdef, optimizer, schedule)
+  pmapped = data_parallel.compile_train_step(graphdef, optimizer)
   single_state, pmap_state = state, jax.tree.map(jnp.copy, state)
   for seed in range(3):
     batch = _batch(seed)
     single_state, single_metrics = single(single_state, batch)
-    pmap_state, pmap_metrics = pmapped(pmap_state, data_parallel.split_for_devices(batch))
+    pmap_state, pmap_metrics = pmapped(pmap_state, data_parallel.split_for_devices(batch),
+                                       jnp.float32(1e-4))
     np.testing.assert_allclose(pmap_metrics["loss"], single_metrics["loss"], rtol=1e-5)
   assert _max_difference(pmap_state.params, single_state.params) < 1e-5
   assert _max_difference(pmap_state.params, state.params) > 1e-4  # the params did move
@@ -65,9 +72,8 @@ def test_pmapped_step_on_8_devices_equals_a_single_device_step():
 
 def test_gradient_accumulation_equals_one_large_batch():
   graphdef, state, optimizer, schedule = _setup()
-  whole = jax.jit(train_step_lib.make_train_step(graphdef, optimizer, schedule))
-  accumulated = jax.jit(train_step_lib.make_train_step(graphdef, optimizer, schedule,
-                                                       microbatches=4))
+  whole = _jitted_step(graphdef, optimizer, schedule)
+  accumulated = _jitted_step(graphdef, optimizer, schedule, microbatches=4)
   batch = _batch(7)
   whole_state, whole_metrics = whole(state, batch)
   accumulated_state, accumulated_metrics = accumulated(state, batch)
@@ -79,7 +85,7 @@ def test_gradient_accumulation_equals_one_large_batch():
 
 def test_loss_ignores_masked_tokens():
   graphdef, state, optimizer, schedule = _setup()
-  step = jax.jit(train_step_lib.make_train_step(graphdef, optimizer, schedule))
+  step = _jitted_step(graphdef, optimizer, schedule)
   batch = _batch(3)
   scrambled = dict(batch, targets=np.where(batch["loss_mask"] > 0, batch["targets"],
                                            (batch["targets"] + 5) % 101))
@@ -91,7 +97,7 @@ def test_loss_ignores_masked_tokens():
 
 def test_loss_falls_on_a_memorizable_batch():
   graphdef, state, optimizer, schedule = _setup(learning_rate=3e-3)
-  step = jax.jit(train_step_lib.make_train_step(graphdef, optimizer, schedule))
+  step = _jitted_step(graphdef, optimizer, schedule)
   batch = _batch(4)
   losses = []
   for _ in range(40):
@@ -103,17 +109,29 @@ def test_loss_falls_on_a_memorizable_batch():
 
 def test_learning_rate_comes_from_the_state_step():
   graphdef, state, optimizer, _ = _setup()
-  schedule = lambda step: 1e-3 * (step + 1)
-  step = jax.jit(train_step_lib.make_train_step(graphdef, optimizer, schedule))
-  state = state.replace(step=jnp.asarray(9, jnp.int32))
-  state, metrics = step(state, _batch(0))
+  executor = data_parallel.DataParallel(graphdef, optimizer, lambda step: 1e-3 * (step + 1))
+  state = executor.place(state.replace(step=jnp.asarray(9, jnp.int32)))
+  state, metrics = executor.train_step(state, _batch(0))
   assert float(metrics["learning_rate"]) == pytest.approx(1e-2)
-  assert int(state.step) == 10
+  state, metrics = executor.train_step(state, _batch(1))
+  assert float(metrics["learning_rate"]) == pytest.approx(1.1e-2)
+  assert int(state.step) == 11
+
+
+def test_one_compiled_step_serves_every_schedule():
+  """Runs that differ only in their schedule share the step's compiled program."""
+  graphdef, state, optimizer, _ = _setup()
+  batch = data_parallel.split_for_devices(_batch(0))
+  programs = set()
+  for schedule in (optax.constant_schedule(1e-4), optax.cosine_decay_schedule(3e-4, 77)):
+    executor = data_parallel.DataParallel(graphdef, optimizer, schedule)
+    programs.add(executor.pmapped_train_step.lower(state, batch, jnp.float32(0)).as_text())
+  assert len(programs) == 1
 
 
 def test_gradient_norm_is_reported_before_clipping():
   graphdef, state, optimizer, schedule = _setup(grad_clip_norm=1e-3)
-  step = jax.jit(train_step_lib.make_train_step(graphdef, optimizer, schedule))
+  step = _jitted_step(graphdef, optimizer, schedule)
   _, metrics = step(state, _batch(1))
   assert float(metrics["grad_norm"]) > 1e-2
 
@@ -134,7 +152,7 @@ def test_weight_decay_skips_norms_biases_and_embeddings_by_default():
 
 def test_weight_decay_shrinks_only_the_masked_parameters():
   graphdef, state, optimizer, schedule = _setup(learning_rate=1e-2, weight_decay=0.5, b1=0.0)
-  step = jax.jit(train_step_lib.make_train_step(graphdef, optimizer, schedule))
+  step = _jitted_step(graphdef, optimizer, schedule)
   zero_grad_batch = dict(_batch(0), loss_mask=np.zeros((16, 24), np.float32))
   new_state, _ = step(state, zero_grad_batch)
   kernel = state.params["blocks"][0]["mlp"]["up"]["kernel"][...]
@@ -165,8 +183,7 @@ GOLDEN_LOSSES = [4.630450, 4.485361, 4.382107, 4.290583, 4.213830]
 def test_first_losses_match_the_golden_numbers():
   optimizer = optimizer_lib.make(optimizer_lib.default_config())
   graphdef, state = train_step_lib.init_state(CONFIG, optimizer, seed=0)
-  step = jax.jit(train_step_lib.make_train_step(graphdef, optimizer,
-                                                optax.constant_schedule(3e-3)))
+  step = _jitted_step(graphdef, optimizer, optax.constant_schedule(3e-3))
   losses = []
   for _ in GOLDEN_LOSSES:
     state, metrics = step(state, _batch(0))

@@ -36,7 +36,7 @@ from cpt_jax import input_pipeline, prepare, run_directory, run_plan, token_cach
 
 
 def raw_tokens_per_second(cache_dir, sources) -> float:
-  paths = [token_cache.paths(cache_dir, name, "train")[0] for name in sources]
+  paths = [path for name in sources for path in token_cache.records_paths(cache_dir, name, "train")]
   records = grain.sources.ArrayRecordDataSource(paths)
   start, tokens = time.perf_counter(), 0
   for index in range(len(records)):

@@ -19,10 +19,12 @@ deterministic, independent of file order, and the same id lands on the same side
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import glob as glob_lib
 import gzip
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -161,20 +163,6 @@ def _matching_files(pattern: str) -> list[epath.Path]:
                 key=os.fspath)
 
 
-def _decompressed(path: epath.Path, content: bytes) -> bytes:
-  if path.name.endswith(".gz"):
-    return gzip.decompress(content)
-  if path.name.endswith(".zst"):
-    try:
-      import zstandard  # Optional: pip install 'cpt_jax[zstd]'.
-    except ImportError:
-      raise ConfigError(f"{path}: reading .zst files needs zstandard; pip install "
-                        "'cpt_jax[zstd]'") from None
-    with zstandard.ZstdDecompressor().stream_reader(content) as reader:
-      return reader.read()  # Frames without a content size too.
-  return content
-
-
 def _columnar_texts(path: epath.Path, text_field: str, where: str):
   """Yields the `text_field` strings of a Parquet or Arrow file, a batch at a time."""
   try:
@@ -206,7 +194,8 @@ def _columnar_texts(path: epath.Path, text_field: str, where: str):
 def _read_text(path: epath.Path, where: str) -> str:
   """A file's text; a binary or non-UTF-8 file is refused by name rather than trained on as
   replacement characters."""
-  content = _decompressed(path, path.read_bytes())
+  with _stream(path) as f:
+    content = f.read()
   if b"\0" in content[:1 << 16]:
     raise ConfigError(f"{path}: a binary file (it holds NUL bytes), matched by {where}; "
                       "expected UTF-8 text files only")
@@ -219,41 +208,144 @@ def _read_text(path: epath.Path, where: str) -> str:
 
 _JSON_LINES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
 _COLUMNAR = (".parquet", ".arrow")
+_TEXT_FILES_PER_UNIT = 256  # One-document files are read in groups; other files one per unit.
+_TFDS_ROWS_PER_UNIT = 100_000
 
 
-def _text_files(pattern: str, text_field: str, where: str) -> list[tuple[str, str]]:
-  """Documents with ids relative to the glob's fixed prefix: the split does not change
-  when the data directory moves."""
+@dataclasses.dataclass(frozen=True)
+class ReadUnit:
+  """A piece of a source read on its own: a group of files, or a range of a TFDS split.
+
+  A source's documents are its units' documents in unit order, so `prepare` can read and
+  tokenize units in parallel and in bounded memory and still write what a live read gives.
+  """
+  index: int  # Position among the source's units (`prepare` names its shards by it).
+  split: str  # The split of every document in the unit; "" = by a hash of each document id.
+  files: tuple[str, ...] = ()  # text_files: read in this order.
+  root: str = ""  # text_files: document ids are paths relative to it.
+  where: str = ""  # The config field the unit comes from, for error messages.
+  rows: tuple[int, int] = (0, 0)  # tfds: [start, stop) of the split.
+
+
+def _stream(path: epath.Path):
+  """A binary file object over `path`'s decompressed bytes (.gz, .zst), read as it goes."""
+  raw = path.open("rb")
+  if path.name.endswith(".gz"):
+    return gzip.GzipFile(fileobj=raw)
+  if path.name.endswith(".zst"):
+    try:
+      import zstandard  # Optional: pip install 'cpt_jax[zstd]'.
+    except ImportError:
+      raise ConfigError(f"{path}: reading .zst files needs zstandard; pip install "
+                        "'cpt_jax[zstd]'") from None
+    return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(
+        raw, read_across_frames=True, closefd=True))
+  return raw
+
+
+def _json_lines(path: epath.Path, text_field: str, relative: str):
+  """(id, text) of each line of a JSONL file, decompressed and decoded a line at a time."""
+  with _stream(path) as f:
+    for line_number, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        document = json.loads(line)[text_field]
+        if not isinstance(document, str):
+          raise TypeError
+      except (ValueError, KeyError, TypeError):  # Bad JSON or UTF-8 is a ValueError.
+        raise ConfigError(f"{path}:{line_number}: expected a JSON object with a string field "
+                          f"{text_field!r} (data.sources.*.text_field), in UTF-8") from None
+      yield f"{relative}:{line_number}", document
+
+
+def _file_documents(path: epath.Path, root: str, text_field: str, where: str):
+  """(id, text) of each document in one file; ids are relative to the glob's fixed prefix,
+  so the split does not change when the data directory moves."""
+  relative = os.path.relpath(os.fspath(path), root) if root else os.fspath(path)
+  if path.name.endswith(_COLUMNAR):
+    for row, text in enumerate(_columnar_texts(path, text_field, where), start=1):
+      yield f"{relative}:{row}", text
+  elif path.name.endswith(_JSON_LINES):
+    yield from _json_lines(path, text_field, relative)
+  else:
+    yield relative, _read_text(path, where)
+
+
+def _file_units(pattern: str, split: str, where: str, first_index: int) -> list[ReadUnit]:
   paths = _matching_files(pattern)
-  root = _glob_root(pattern)
   if not paths:
     raise ConfigError(f"{where}={pattern!r}: no files match")
-  documents = []
+  groups, plain = [], []
   for path in paths:
-    relative = os.path.relpath(os.fspath(path), root) if root else os.fspath(path)
-    if path.name.endswith(_COLUMNAR):
-      documents += [(f"{relative}:{row}", text) for row, text in
-                    enumerate(_columnar_texts(path, text_field, where), start=1)]
-      continue
-    text = _read_text(path, where)
-    if path.name.endswith(_JSON_LINES):
-      for line_number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-          continue
-        try:
-          record = json.loads(line)
-          document = record[text_field]
-          if not isinstance(document, str):
-            raise TypeError
-        except (json.JSONDecodeError, KeyError, TypeError):
-          raise ConfigError(f"{path}:{line_number}: expected a JSON object with a string field "
-                            f"{text_field!r} (data.sources.*.text_field)") from None
-        documents.append((f"{relative}:{line_number}", document))
+    if path.name.endswith(_JSON_LINES + _COLUMNAR):
+      groups.append([path])
     else:
-      documents.append((relative, text))
-  if not any(text.strip() for _, text in documents):
-    raise ConfigError(f"{where}={pattern!r}: the matching files hold no text")
-  return documents
+      if not plain or len(plain) == _TEXT_FILES_PER_UNIT:
+        plain = []
+        groups.append(plain)
+      plain.append(path)
+  return [ReadUnit(first_index + index, split, tuple(map(os.fspath, group)), _glob_root(pattern),
+                   where) for index, group in enumerate(groups)]
+
+
+def _check_kind(name: str, config: ml_collections.ConfigDict) -> str:
+  where = f"data.sources.{name}"
+  if config.kind not in KINDS:
+    raise ConfigError(f"{where}.kind={config.kind!r}: expected one of {KINDS}")
+  if config.kind == "embedded" and config.corpus not in EMBEDDED:
+    raise ConfigError(f"{where}.corpus={config.corpus!r}: expected one of {EMBEDDED}")
+  return where
+
+
+def read_units(name: str, config: ml_collections.ConfigDict) -> list[ReadUnit]:
+  """Source `name`'s units, in order; listing them reads no documents."""
+  where = _check_kind(name, config)
+  if config.kind == "embedded":
+    return [ReadUnit(0, "", where=where)]  # Small, and loaded whole anyway.
+  if config.kind == "tfds":
+    units = []
+    for split in SPLITS:
+      rows = len(_tfds(config, split, where))
+      for start in range(0, rows, _TFDS_ROWS_PER_UNIT):
+        units.append(ReadUnit(len(units), split, where=where,
+                              rows=(start, min(start + _TFDS_ROWS_PER_UNIT, rows))))
+    return units
+  if not config.validation_glob:
+    return _file_units(config.glob, "", f"{where}.glob", 0)
+  train = _file_units(config.glob, "train", f"{where}.glob", 0)
+  return train + _file_units(config.validation_glob, "validation", f"{where}.validation_glob",
+                             len(train))
+
+
+def unit_documents(unit: ReadUnit, config: ml_collections.ConfigDict):
+  """Yields (split, document id, text) of each document of `unit`, in order, reading its
+  files as it goes (TFDS documents have no id: None)."""
+  if config.kind == "tfds":
+    texts = _tfds(config, unit.split, unit.where)
+    for index in range(*unit.rows):
+      yield unit.split, None, texts[index]
+    return
+  if config.kind == "embedded":
+    loader = {"shakespeare": _shakespeare, "python_stdlib": _python_stdlib}.get(
+        config.corpus, lambda: _manpages(config.corpus))
+    documents = loader()
+  else:
+    documents = (document for path in unit.files for document in
+                 _file_documents(epath.Path(path), unit.root, config.text_field, unit.where))
+  for doc_id, text in documents:
+    split = unit.split or ("validation" if is_validation(doc_id, config.validation_fraction)
+                           else "train")
+    yield split, doc_id, text
+
+
+def iter_documents(name: str, config: ml_collections.ConfigDict, split: str):
+  """The texts of source `name`'s `split` in order, read as they are reached."""
+  for unit in read_units(name, config):
+    if unit.split in ("", split):
+      for doc_split, _, text in unit_documents(unit, config):
+        if doc_split == split:
+          yield text
 
 
 def _tfds(config, split: str, where: str):
@@ -289,29 +381,26 @@ class _TfdsTexts(Sequence[str]):
 
 
 def _documents(name: str, config: ml_collections.ConfigDict, split: str):
-  """(ids, texts) of a split; TFDS sources give (None, lazy texts)."""
-  where = f"data.sources.{name}"
+  """(ids, texts) of a split, in memory; TFDS sources give (None, lazy texts)."""
   if split not in SPLITS:
     raise ConfigError(f"split {split!r}: expected one of {SPLITS}")
-  if config.kind not in KINDS:
-    raise ConfigError(f"{where}.kind={config.kind!r}: expected one of {KINDS}")
+  where = _check_kind(name, config)
   if config.kind == "tfds":
     return None, _tfds(config, split, where)
-  if config.kind == "embedded":
-    if config.corpus not in EMBEDDED:
-      raise ConfigError(f"{where}.corpus={config.corpus!r}: expected one of {EMBEDDED}")
-    loader = {"shakespeare": _shakespeare, "python_stdlib": _python_stdlib}.get(
-        config.corpus, lambda: _manpages(config.corpus))
-    pool = _split(loader(), split, config.validation_fraction)
-  elif config.validation_glob:
-    pattern_field = "validation_glob" if split == "validation" else "glob"
-    pool = _text_files(config[pattern_field], config.text_field, f"{where}.{pattern_field}")
-  else:
-    pool = _split(_text_files(config.glob, config.text_field, f"{where}.glob"), split,
-                  config.validation_fraction)
-  if not pool:
+  ids, texts, any_text = [], [], False
+  for unit in read_units(name, config):
+    for doc_split, doc_id, text in unit_documents(unit, config):
+      any_text = any_text or bool(text.strip())
+      if doc_split == split:
+        ids.append(doc_id)
+        texts.append(text)
+  if config.kind == "text_files" and not any_text:
+    pattern_field = "validation_glob" if split == "validation" and config.validation_glob else "glob"
+    raise ConfigError(f"{where}.{pattern_field}={config[pattern_field]!r}: the matching files "
+                      "hold no text")
+  if not ids:
     raise ConfigError(f"{where}: the {split} split is empty")
-  return [doc_id for doc_id, _ in pool], [text for _, text in pool]
+  return ids, texts
 
 
 def documents(name: str, config: ml_collections.ConfigDict, split: str) -> Sequence[str]:

@@ -3,7 +3,8 @@
   cpt-jax train          --config=configs/demo.py --workdir=RUN_DIR [--config.a.b=v ...]
   cpt-jax info           --config=configs/demo.py            parameters, FLOPs, run plan
   cpt-jax plot-schedule  --config=configs/demo.py --out=lr.png
-  cpt-jax prepare        --config=configs/demo.py            tokenize sources into the cache
+  cpt-jax prepare        --config=configs/demo.py [--workers=N] [--num_processes=N
+                         --process_id=I]    tokenize sources into the cache, shard by shard
   cpt-jax anneal         --from=RUN_DIR[:STEP] --workdir=NEW_DIR --steps=N [--shape=1-sqrt]
   cpt-jax import-hf      --from=HF_DIR --workdir=RUN_DIR     a Hugging Face model as a run
   cpt-jax export-hf      --from=RUN_DIR[:STEP] --out=HF_DIR [--dtype=bfloat16]
@@ -34,7 +35,7 @@ COMMANDS = {
               "num_processes", "process_id"),
     "info": ("config", "from"),
     "plot-schedule": ("config", "out"),
-    "prepare": ("config",),
+    "prepare": ("config", "workers", "num_processes", "process_id"),
     "anneal": ("from", "workdir", "steps", "shape", "end_value"),
     "import-hf": ("from", "workdir"),
     "export-hf": ("from", "out", "dtype"),
@@ -66,8 +67,11 @@ _REPORT = flags.DEFINE_bool("report", False, "study: write the report of the run
                             "so far without training.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "Multi-process: HOST:PORT of process 0.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process: process count.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process: process count "
+                                      "(prepare: commands splitting the units between them).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
+_WORKERS = flags.DEFINE_integer("workers", 1, "prepare: worker processes that read and "
+                                "tokenize (0 = this process).")
 
 
 class UsageError(ConfigError):
@@ -197,7 +201,11 @@ def _command_plot_schedule(config) -> None:
 
 def _command_prepare(config) -> None:
   from cpt_jax import prepare
-  prepare.prepare(config)
+  if (_NUM_PROCESSES.value is None) != (_PROCESS_ID.value is None):
+    raise UsageError("--num_processes and --process_id go together")
+  prepare.prepare(config, workers=_WORKERS.value, num_processes=_NUM_PROCESSES.value or 1,
+                  process_id=_PROCESS_ID.value or 0,
+                  progress=config.log.progress_bar)
 
 
 def _command_train(config) -> None:

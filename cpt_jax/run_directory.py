@@ -162,7 +162,7 @@ def tokenizer_for_run(config: ml_collections.ConfigDict, workdir: str, *,
     if config.data.token_cache_dir and os.path.exists(cache_copy):
       return tokenizer_lib.load("hf_json", cache_copy, settings.eos_token)
     source = _first_stage_source(config)
-    texts = corpora.documents(source, config.data.sources[source], "train")
+    texts = corpora.iter_documents(source, config.data.sources[source], "train")
     return tokenizer_lib.train_bpe(texts, settings.vocab_size, settings.train_megabytes)
   return tokenizer_lib.load(settings.kind, settings.path, settings.eos_token)
 

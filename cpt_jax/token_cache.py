@@ -1,21 +1,29 @@
 """Pre-tokenized documents in ArrayRecord files: tokenize once, reuse in every run and stage.
 
-`cpt-jax prepare` writes `<cache_dir>/<source>/<split>.array_record` (one record per
-document: int32 token ids), `<split>.lengths.npy` (tokens per document, so packing can seek
-anywhere without reading what lies before) and `<split>.json` naming the tokenizer's
-fingerprint and the source's full definition (kind, corpus, globs, split settings). Readers
-check both, so a cache made from other files or with another vocabulary is refused, never
-silently trained on. Records are written with `group_size:1`, which keeps random access fast (64 reads
-~8x slower).
+`cpt-jax prepare` writes, per source and split, in `<cache_dir>/<source>/`:
+- `<split>-NNNNN-of-MMMMM.array_record`: one shard per read unit of the source (a group of
+  files; `corpora.ReadUnit`), one record per document (int32 token ids), and its
+  `.lengths.npy`, written last, which marks the shard complete (a rerun skips it);
+- `<split>.lengths.npy`: tokens per document of all shards in order, so packing can seek
+  anywhere without reading what lies before;
+- `<split>.json`, written last of all: the shards, the tokenizer's fingerprint and the source's
+  full definition. Readers check both, so a cache made from other files or with another
+  vocabulary is refused, never silently trained on. While shards are being written,
+  `<split>.pending.json` holds the same identity, so a rerun with another definition discards
+  them rather than mixing them in. Caches from before shards (one `<split>.array_record`, no
+  shard list) still read.
+Records are written with `group_size:1`, which keeps random access fast (64 reads ~8x slower).
+The cache is a local directory: ArrayRecord's open-source reader and writer open local files
+only (google/array_record#120); on a TPU VM, a bucket mounted with gcsfuse is a local path.
 """
 
 from __future__ import annotations
 
+import glob as glob_lib
 import json
 import os
 from typing import Iterable
 
-import grain
 import numpy as np
 
 from cpt_jax.config_error import ConfigError
@@ -24,21 +32,31 @@ _OPTIONS = "group_size:1"
 
 
 def paths(cache_dir: str, source: str, split: str) -> tuple[str, str, str]:
-  """The split's records, metadata and document lengths."""
+  """The split's records before shards (a legacy single file), metadata and lengths."""
   base = os.path.join(cache_dir, source, split)
   return base + ".array_record", base + ".json", base + ".lengths.npy"
 
 
+def shard_paths(cache_dir: str, source: str, split: str, index: int,
+                count: int) -> tuple[str, str]:
+  """Shard `index` of `count`: its records and its lengths (the completion marker)."""
+  base = os.path.join(cache_dir, source, f"{split}-{index:05d}-of-{count:05d}")
+  return base + ".array_record", base + ".lengths.npy"
+
+
+def _pending_path(cache_dir: str, source: str, split: str) -> str:
+  return os.path.join(cache_dir, source, f"{split}.pending.json")
+
+
 def exists(cache_dir: str, source: str, split: str) -> bool:
-  return bool(cache_dir) and all(os.path.exists(p) for p in paths(cache_dir, source, split))
+  return bool(cache_dir) and all(os.path.exists(p) for p in paths(cache_dir, source, split)[1:])
 
 
-def mismatch(cache_dir: str, source: str, split: str, definition: dict,
-             fingerprint: str) -> str | None:
-  """Why the prepared split does not hold `definition`'s documents tokenized with
-  `fingerprint` (None if it does)."""
-  with open(paths(cache_dir, source, split)[1]) as f:
-    meta = json.load(f)
+def _identity(definition: dict, fingerprint: str) -> dict:
+  return {"tokenizer_fingerprint": fingerprint, "source_definition": definition}
+
+
+def _mismatch(meta: dict, source: str, definition: dict, fingerprint: str) -> str | None:
   if meta.get("tokenizer_fingerprint") != fingerprint:
     return "tokenized with another tokenizer than this run's"
   prepared = meta.get("source_definition") or {}
@@ -51,29 +69,88 @@ def mismatch(cache_dir: str, source: str, split: str, definition: dict,
   return None
 
 
-def write(cache_dir: str, source: str, split: str, token_arrays: Iterable[np.ndarray],
-          fingerprint: str, definition: dict) -> dict:
-  """Writes one split atomically (temp files, then rename) and returns its summary."""
-  from array_record.python import array_record_module  # Deferred: only `prepare` writes.
+def mismatch(cache_dir: str, source: str, split: str, definition: dict,
+             fingerprint: str) -> str | None:
+  """Why the prepared split does not hold `definition`'s documents tokenized with
+  `fingerprint` (None if it does)."""
+  with open(paths(cache_dir, source, split)[1]) as f:
+    return _mismatch(json.load(f), source, definition, fingerprint)
 
-  records_path, meta_path, lengths_path = paths(cache_dir, source, split)
-  os.makedirs(os.path.dirname(records_path), exist_ok=True)
-  writer = array_record_module.ArrayRecordWriter(records_path + ".tmp", _OPTIONS)
-  lengths = []
-  for ids in token_arrays:
-    writer.write(np.asarray(ids, np.int32).tobytes())
-    lengths.append(len(ids))
-  writer.close()
-  with open(lengths_path + ".tmp", "wb") as f:
-    np.save(f, np.asarray(lengths, np.int64))
-  meta = {"source": source, "split": split, "tokenizer_fingerprint": fingerprint,
-          "source_definition": definition, "documents": len(lengths),
-          "tokens": int(sum(lengths))}
-  with open(meta_path + ".tmp", "w") as f:
-    json.dump(meta, f, indent=1)
-  os.replace(records_path + ".tmp", records_path)
-  os.replace(lengths_path + ".tmp", lengths_path)
-  os.replace(meta_path + ".tmp", meta_path)  # Last: its presence marks a complete split.
+
+def _write_atomically(path: str, write) -> None:
+  with open(path + ".tmp", "wb") as f:
+    write(f)
+  os.replace(path + ".tmp", path)
+
+
+def _remove_shards(cache_dir: str, source: str, split: str) -> None:
+  for path in glob_lib.glob(os.path.join(glob_lib.escape(os.path.join(cache_dir, source)),
+                                         f"{split}-*-of-*.*")):
+    os.remove(path)
+
+
+def begin(cache_dir: str, source: str, split: str, definition: dict, fingerprint: str,
+          count: int) -> None:
+  """Marks the split as being written in `count` shards; shards written before for another
+  definition, tokenizer or unit count are removed, those for this one are kept (a resume)."""
+  os.makedirs(os.path.join(cache_dir, source), exist_ok=True)
+  pending = _pending_path(cache_dir, source, split)
+  identity = {**_identity(definition, fingerprint), "shard_count": count}
+  if os.path.exists(pending):
+    with open(pending) as f:
+      if json.load(f) == identity:
+        return
+  _remove_shards(cache_dir, source, split)
+  _write_atomically(pending, lambda f: f.write(json.dumps(identity, indent=1).encode()))
+
+
+def shard_done(cache_dir: str, source: str, split: str, index: int, count: int) -> bool:
+  return os.path.exists(shard_paths(cache_dir, source, split, index, count)[1])
+
+
+class ShardWriter:
+  """Writes shard `index` of `count` a document at a time. `close()` completes it: records,
+  then lengths, each through a temporary file. A shard without documents has no records file."""
+
+  def __init__(self, cache_dir: str, source: str, split: str, index: int, count: int):
+    self._records_path, self._lengths_path = shard_paths(cache_dir, source, split, index, count)
+    self._writer, self._lengths = None, []
+
+  def write(self, ids: np.ndarray) -> None:
+    if self._writer is None:
+      from array_record.python import array_record_module  # Deferred: only `prepare` writes.
+      self._writer = array_record_module.ArrayRecordWriter(self._records_path + ".tmp", _OPTIONS)
+    self._writer.write(np.asarray(ids, np.int32).tobytes())
+    self._lengths.append(len(ids))
+
+  def close(self) -> tuple[int, int]:
+    """-> (documents, tokens)."""
+    if self._writer is not None:
+      self._writer.close()
+      os.replace(self._records_path + ".tmp", self._records_path)
+    lengths = np.asarray(self._lengths, np.int64)
+    _write_atomically(self._lengths_path, lambda f: np.save(f, lengths))
+    return len(lengths), int(lengths.sum())
+
+
+def finish(cache_dir: str, source: str, split: str, definition: dict, fingerprint: str,
+           count: int) -> dict:
+  """Joins the split's complete shards into one readable split; returns its summary."""
+  _, meta_path, lengths_path = paths(cache_dir, source, split)
+  shard_lengths = [np.load(shard_paths(cache_dir, source, split, index, count)[1])
+                   for index in range(count)]
+  lengths = np.concatenate(shard_lengths) if shard_lengths else np.zeros(0, np.int64)
+  if not lengths.size:
+    raise ConfigError(f"data.sources.{source}: the {split} split is empty")
+  shards = [os.path.basename(shard_paths(cache_dir, source, split, index, count)[0])
+            for index, part in enumerate(shard_lengths) if part.size]  # Empty: no records.
+  meta = {"source": source, "split": split, **_identity(definition, fingerprint),
+          "shards": shards, "documents": int(lengths.size), "tokens": int(lengths.sum())}
+  _write_atomically(lengths_path, lambda f: np.save(f, lengths))
+  _write_atomically(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
+  pending = _pending_path(cache_dir, source, split)
+  if os.path.exists(pending):
+    os.remove(pending)
   return meta
 
 
@@ -84,8 +161,8 @@ def _decode(record: bytes) -> np.ndarray:
 class CachedDocuments:
   """A prepared split: `packing.Documents` read from ArrayRecord, lengths known up front."""
 
-  def __init__(self, records: grain.sources.ArrayRecordDataSource, lengths: np.ndarray):
-    self._records, self.lengths = records, lengths
+  def __init__(self, records, lengths: np.ndarray):
+    self._records, self.lengths = records, lengths  # records: grain's ArrayRecordDataSource.
 
   def __len__(self) -> int:
     return len(self._records)
@@ -94,19 +171,31 @@ class CachedDocuments:
     return [_decode(self._records[int(index)]) for index in indices]
 
 
+def records_paths(cache_dir: str, source: str, split: str) -> list[str]:
+  """The record files of a prepared split, in document order."""
+  legacy_records, meta_path, _ = paths(cache_dir, source, split)
+  with open(meta_path) as f:
+    meta = json.load(f)
+  if "shards" not in meta:
+    return [legacy_records]
+  return [os.path.join(cache_dir, source, shard) for shard in meta["shards"]]
+
+
 def read(cache_dir: str, source: str, split: str, fingerprint: str,
          definition: dict) -> CachedDocuments:
   """The split's documents, checked against the source's definition, this run's tokenizer
   and the meta data."""
-  records_path, meta_path, lengths_path = paths(cache_dir, source, split)
-  reason = mismatch(cache_dir, source, split, definition, fingerprint)
-  if reason:
-    raise ConfigError(f"{records_path}: {reason}; re-run `cpt-jax prepare` with this config or "
-                      "point data.token_cache_dir elsewhere")
+  import grain  # Deferred: `prepare` only writes.
+
+  _, meta_path, lengths_path = paths(cache_dir, source, split)
   with open(meta_path) as f:
     meta = json.load(f)
+  reason = _mismatch(meta, source, definition, fingerprint)
+  if reason:
+    raise ConfigError(f"{meta_path}: {reason}; re-run `cpt-jax prepare` with this config or "
+                      "point data.token_cache_dir elsewhere")
   try:
-    records = grain.sources.ArrayRecordDataSource([records_path])
+    records = grain.sources.ArrayRecordDataSource(records_paths(cache_dir, source, split))
     if len(records) != meta["documents"]:
       raise ConfigError(f"holds {len(records)} records, {meta_path} says {meta['documents']}")
     lengths = np.load(lengths_path)
@@ -115,6 +204,17 @@ def read(cache_dir: str, source: str, split: str, fingerprint: str,
     if len(records) and len(_decode(records[len(records) - 1])) != lengths[-1]:
       raise ConfigError("its last record does not match its length")  # Catches truncation.
   except Exception as error:
-    raise ConfigError(f"{records_path}: corrupt or truncated ArrayRecord shard ({error}); "
-                      "delete it and re-run `cpt-jax prepare`") from None
+    raise ConfigError(f"{os.path.join(cache_dir, source)}: corrupt or truncated {split} "
+                      f"shards ({error}); delete them and re-run `cpt-jax prepare`") from None
   return CachedDocuments(records, lengths)
+
+
+def write(cache_dir: str, source: str, split: str, token_arrays: Iterable[np.ndarray],
+          fingerprint: str, definition: dict) -> dict:
+  """A whole split from a stream of documents' ids, as one shard; returns its summary."""
+  begin(cache_dir, source, split, definition, fingerprint, 1)
+  writer = ShardWriter(cache_dir, source, split, 0, 1)
+  for ids in token_arrays:
+    writer.write(ids)
+  writer.close()
+  return finish(cache_dir, source, split, definition, fingerprint, 1)

@@ -164,11 +164,18 @@ def _write_formats(directory):
     writer.write_table(table, max_chunksize=2)  # datasets' save_to_disk layout.
 
 
+def _file_documents(pattern, text_field="text"):
+  """(id, text) of every document the files matching `pattern` hold, both splits."""
+  config = corpora.source_config("text_files", glob=pattern, text_field=text_field)
+  return [(doc_id, text) for unit in corpora.read_units("s", config)
+          for _, doc_id, text in corpora.unit_documents(unit, config)]
+
+
 @pytest.mark.parametrize("suffix", ["jsonl.gz", "jsonl.zst", "parquet", "arrow"])
 def test_compressed_and_columnar_files_give_the_text_files_documents(suffix, tmp_path):
   _write_formats(tmp_path / "data")
-  texts = corpora._text_files(str(tmp_path / "data" / "*.txt"), "text", "glob")
-  rows = corpora._text_files(str(tmp_path / "data" / f"*.{suffix}"), "text", "glob")
+  texts = _file_documents(str(tmp_path / "data" / "*.txt"))
+  rows = _file_documents(str(tmp_path / "data" / f"*.{suffix}"))
   assert [text for _, text in rows] == [text for _, text in texts] == _DOCUMENTS
   assert [doc_id for doc_id, _ in rows][-1].endswith(f".{suffix}:3")
 
@@ -176,7 +183,7 @@ def test_compressed_and_columnar_files_give_the_text_files_documents(suffix, tmp
 def test_a_missing_text_column_is_named(tmp_path):
   _write_formats(tmp_path / "data")
   with pytest.raises(ValueError, match=r"rows.parquet: no column 'body'.*\['id', 'text'\]"):
-    corpora._text_files(str(tmp_path / "data" / "*.parquet"), "body", "glob")
+    _file_documents(str(tmp_path / "data" / "*.parquet"), "body")
 
 
 @contextlib.contextmanager
@@ -204,9 +211,9 @@ def _fake_bucket(local_root):
 
 def test_a_gs_glob_reads_the_same_documents_through_epath(tmp_path):
   _write_formats(tmp_path / "data")
-  local = corpora._text_files(str(tmp_path / "data" / "*.parquet"), "text", "glob")
+  local = _file_documents(str(tmp_path / "data" / "*.parquet"))
   with _fake_bucket(tmp_path) as bucket:
-    remote = corpora._text_files(f"{bucket}/data/*.parquet", "text", "glob")
+    remote = _file_documents(f"{bucket}/data/*.parquet")
     with pytest.raises(ValueError, match="no files match"):
-      corpora._text_files(f"{bucket}/data/*.csv", "text", "glob")
+      _file_documents(f"{bucket}/data/*.csv")
   assert remote == local  # The same ids (relative to the glob's root) and texts.

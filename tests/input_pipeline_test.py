@@ -212,11 +212,28 @@ def test_token_cache_of_another_source_definition_is_refused(data_config, tmp_pa
 
 def test_corrupt_token_cache_shard_is_named(tmp_path):
   token_cache.write(str(tmp_path), "old", "train", [np.arange(500)] * 20, "fp", {})
-  records_path = token_cache.paths(str(tmp_path), "old", "train")[0]
+  [records_path] = token_cache.records_paths(str(tmp_path), "old", "train")
   with open(records_path, "r+b") as f:
     f.truncate(os.path.getsize(records_path) // 2)
-  with pytest.raises(ValueError, match=r"train.array_record: corrupt or truncated"):
+  with pytest.raises(ValueError, match=r"old: corrupt or truncated train shards"):
     token_cache.read(str(tmp_path), "old", "train", "fp", {})
+
+
+def test_a_cache_from_before_shards_still_reads(tmp_path):
+  """One `<split>.array_record` and no shard list: the layout caches had before shards."""
+  arrays = [np.arange(n, dtype=np.int32) for n in (5, 9, 2)]
+  token_cache.write(str(tmp_path), "old", "train", arrays, "fp", {})
+  [shard] = token_cache.records_paths(str(tmp_path), "old", "train")
+  legacy_records, meta_path, _ = token_cache.paths(str(tmp_path), "old", "train")
+  os.rename(shard, legacy_records)
+  with open(meta_path) as f:
+    meta = json.load(f)
+  del meta["shards"]
+  with open(meta_path, "w") as f:
+    json.dump(meta, f)
+  cached = token_cache.read(str(tmp_path), "old", "train", "fp", {})
+  for got, want in zip(cached.read(range(3)), arrays):
+    np.testing.assert_array_equal(got, want)
 
 
 def test_background_prefetch_gives_the_same_batches_and_state(data_config):

@@ -77,8 +77,9 @@ def test_prepare_writes_shards_that_training_reads(tmp_path):
   helpers.cli("prepare", f"--config.data.token_cache_dir={cache}")
   assert sorted(os.listdir(cache)) == ["code", "prose"]
   assert sorted(os.listdir(os.path.join(cache, "prose"))) == [
-      "train.array_record", "train.json", "train.lengths.npy", "validation.array_record",
-      "validation.json", "validation.lengths.npy"]
+      "train-00000-of-00001.array_record", "train-00000-of-00001.lengths.npy", "train.json",
+      "train.lengths.npy", "validation-00000-of-00001.array_record",
+      "validation-00000-of-00001.lengths.npy", "validation.json", "validation.lengths.npy"]
   workdir = str(tmp_path / "run")
   helpers.cli("train", f"--workdir={workdir}", f"--config.data.token_cache_dir={cache}",
               "--config.stages[0].steps=3", "--config.stages[1].steps=3")

@@ -1,0 +1,224 @@
+"""Tests for cpt_jax/prepare.py: streaming, sharded, resumable tokenization into the cache."""
+
+import filecmp
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from cpt_jax import base_config
+from cpt_jax import corpora
+from cpt_jax import input_pipeline
+from cpt_jax import prepare
+from cpt_jax import token_cache
+from cpt_jax import tokenizer as tokenizer_lib
+
+import run_helpers as helpers
+
+
+def _write_corpus(directory, files=5, lines=40):
+  """JSONL.zst files and, with the same documents, Parquet files and .txt files."""
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  import zstandard
+  for kind in ("jsonl", "parquet", "txt"):
+    (directory / kind).mkdir(parents=True)
+  for index in range(files):
+    texts = [f"file {index} line {line}: " + "words and more words " * (line % 7 + 1)
+             for line in range(lines)]
+    rows = "".join(json.dumps({"text": text}) + "\n" for text in texts).encode()
+    (directory / "jsonl" / f"part{index}.jsonl.zst").write_bytes(
+        zstandard.ZstdCompressor().compress(rows))
+    pq.write_table(pa.table({"text": texts}), directory / "parquet" / f"part{index}.parquet",
+                   row_group_size=16)
+    for line, text in enumerate(texts):
+      (directory / "txt" / f"part{index}-{line:03d}.txt").write_text(text)
+
+
+def _config(directory, cache_dir, kind="jsonl"):
+  config = base_config.base_config()
+  config.data.tokenizer.kind = "bytes"
+  pattern = {"jsonl": "*.jsonl.zst", "parquet": "*.parquet", "txt": "*.txt"}[kind]
+  config.data.sources = {"web": corpora.source_config(
+      "text_files", glob=str(directory / kind / pattern), validation_fraction=0.2)}
+  config.data.token_cache_dir = str(cache_dir)
+  return config
+
+
+def _cached_documents(config, split):
+  documents = token_cache.read(config.data.token_cache_dir, "web", split,
+                               tokenizer_lib.bytes_tokenizer().fingerprint,
+                               corpora.definition(config.data.sources.web))
+  return [ids.tolist() for ids in documents.read(range(len(documents)))]
+
+
+def _same_files(left, right):
+  comparison = filecmp.dircmp(left, right)
+  assert not comparison.left_only and not comparison.right_only
+  for sub in comparison.common_dirs:
+    _same_files(os.path.join(left, sub), os.path.join(right, sub))
+  _, mismatch, errors = filecmp.cmpfiles(left, right, comparison.common_files, shallow=False)
+  assert not mismatch and not errors, mismatch
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+  directory = tmp_path_factory.mktemp("corpus")
+  _write_corpus(directory)
+  return directory
+
+
+@pytest.fixture(scope="module")
+def prepared(corpus, tmp_path_factory):
+  """The JSONL corpus prepared in this process in one go: the reference bytes."""
+  config = _config(corpus, tmp_path_factory.mktemp("prepared") / "cache")
+  prepare.prepare(config, workers=0, progress=False)
+  return config
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "parquet", "txt"])
+def test_prepared_shards_hold_the_live_documents_of_every_format(corpus, prepared, kind,
+                                                                 tmp_path):
+  config = _config(corpus, tmp_path / "cache", kind)
+  prepare.prepare(config, workers=0, progress=False)
+  tokenizer = tokenizer_lib.bytes_tokenizer()
+  for split in corpora.SPLITS:
+    live = input_pipeline.tokenized_documents("web", config.data, split, tokenizer)
+    live = [ids.tolist() for ids in live.read(range(len(live)))]
+    assert live and _cached_documents(config, split) == live
+  # JSONL.zst, Parquet and text files hold the same documents (ids, and so splits, differ).
+  everything = lambda config: sorted(_cached_documents(config, "train") +
+                                     _cached_documents(config, "validation"))
+  assert everything(config) == everything(prepared)
+  units = corpora.read_units("web", config.data.sources.web)
+  assert len(units) == (1 if kind == "txt" else 5)  # 200 small files are read as one unit.
+
+
+def test_two_worker_processes_write_the_same_bytes(corpus, prepared, tmp_path):
+  config = _config(corpus, tmp_path / "cache")
+  prepare.prepare(config, workers=2, progress=False)
+  _same_files(prepared.data.token_cache_dir, config.data.token_cache_dir)
+
+
+def test_a_prepare_killed_mid_way_resumes_to_the_same_bytes(corpus, prepared, tmp_path,
+                                                            monkeypatch):
+  config = _config(corpus, tmp_path / "cache")
+  real_documents = corpora.unit_documents
+
+  def dies_in_unit_3(unit, source):
+    for count, document in enumerate(real_documents(unit, source)):
+      if unit.index == 3 and count == 10:
+        raise KeyboardInterrupt  # As if killed: unit 3 is half written.
+      yield document
+
+  monkeypatch.setattr(corpora, "unit_documents", dies_in_unit_3)
+  monkeypatch.setattr(prepare, "_BATCH_DOCUMENTS", 4)  # Records are written before the kill.
+  with pytest.raises(KeyboardInterrupt):
+    prepare.prepare(config, workers=0, progress=False)
+  cache = os.path.join(config.data.token_cache_dir, "web")
+  assert not os.path.exists(os.path.join(cache, "train.json"))  # Nothing readable yet.
+  assert os.path.exists(os.path.join(cache, "train-00003-of-00005.array_record.tmp"))
+
+  read = []
+  monkeypatch.setattr(corpora, "unit_documents",
+                      lambda unit, source: read.append(unit.index) or real_documents(unit, source))
+  prepare.prepare(config, workers=0, progress=False)
+  assert read == [3, 4]  # Finished shards are kept.
+  for leftover in [name for name in os.listdir(cache) if name.endswith(".tmp")]:
+    os.remove(os.path.join(cache, leftover))  # A killed writer's file; the shard was redone.
+  _same_files(prepared.data.token_cache_dir, config.data.token_cache_dir)
+
+
+def test_processes_split_the_units_and_the_last_one_joins(corpus, prepared, tmp_path):
+  config = _config(corpus, tmp_path / "cache")
+  cache = os.path.join(config.data.token_cache_dir, "web")
+  assert prepare.prepare(config, workers=0, num_processes=2, process_id=1, progress=False) == []
+  assert sorted(name for name in os.listdir(cache) if name.startswith("train-")) == [
+      f"train-0000{index}-of-00005.{suffix}" for index in (1, 3)
+      for suffix in ("array_record", "lengths.npy")]
+  assert not os.path.exists(os.path.join(cache, "train.json"))
+  joined = prepare.prepare(config, workers=0, num_processes=2, process_id=0, progress=False)
+  assert [summary["split"] for summary in joined] == list(corpora.SPLITS)
+  _same_files(prepared.data.token_cache_dir, config.data.token_cache_dir)
+
+
+def test_shards_of_another_definition_are_discarded_not_mixed_in(corpus, prepared, tmp_path,
+                                                                 monkeypatch):
+  config = _config(corpus, tmp_path / "cache")
+  config.data.sources.web.validation_fraction = 0.5
+  prepare.prepare(config, workers=0, num_processes=2, process_id=0, progress=False)  # Partial.
+  config.data.sources.web.validation_fraction = 0.2  # The reference's definition.
+  prepare.prepare(config, workers=0, progress=False)
+  _same_files(prepared.data.token_cache_dir, config.data.token_cache_dir)
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"workers": -1}, "--workers=-1"), ({"num_processes": 2, "process_id": 2}, "--process_id=2"),
+    ({"num_processes": 0}, "--num_processes=0")])
+def test_bad_process_flags_are_named(prepared, flags, message):
+  with pytest.raises(ValueError, match=message):
+    prepare.prepare(prepared, progress=False, **flags)
+
+
+def test_a_bucket_cache_is_refused_with_the_reason(prepared):
+  config = prepared.copy_and_resolve_references()
+  config.data.token_cache_dir = "gs://bucket/tokens"
+  with pytest.raises(ValueError, match="token_cache_dir='gs://bucket/tokens'.*local directory"):
+    prepare.prepare(config, progress=False)
+
+
+# Imports first, then the address space is capped at what they take plus HEADROOM bytes.
+_CAPPED_PREPARE = textwrap.dedent("""
+    import resource, sys
+    import zstandard
+    from array_record.python import array_record_module
+    import tqdm.auto
+    from cpt_jax import base_config, corpora, paths, prepare
+    config = base_config.base_config()
+    config.data.tokenizer.kind = "bytes"
+    config.data.sources = {"web": corpora.source_config("text_files", glob=sys.argv[1])}
+    config.data.token_cache_dir = sys.argv[2]
+    status = open("/proc/self/status").read()
+    cap = int(status.split("VmSize:")[1].split()[0]) * 1024 + int(sys.argv[3])
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    prepare.prepare(config, workers=0, progress=False)
+""")
+HEADROOM = 96 << 20
+
+
+def _generated_corpus(directory, megabytes):
+  """`megabytes` of text as zstd JSONL (a few hundred KB on disk), 64 KB documents."""
+  import zstandard
+  directory.mkdir()
+  document = json.dumps({"text": ("lorem ipsum dolor sit amet " * 2500)[:65536]}) + "\n"
+  for index in range(max(1, megabytes // 8)):  # 8 MB per file.
+    (directory / f"part{index}.jsonl.zst").write_bytes(
+        zstandard.ZstdCompressor().compress(document.encode() * 128))
+  return str(directory / "*.jsonl.zst")
+
+
+def _capped_prepare(glob, cache_dir, script=_CAPPED_PREPARE):
+  environment = dict(helpers.environment(), MALLOC_ARENA_MAX="1", OPENBLAS_NUM_THREADS="1")
+  return subprocess.run([sys.executable, "-c", script, glob, str(cache_dir), str(HEADROOM)],
+                        capture_output=True, text=True, env=environment, timeout=300)
+
+
+def test_a_corpus_larger_than_the_memory_cap_goes_through(tmp_path):
+  """With the address space capped at the imports plus 96 MB, 128 MB of text (and its
+  512 MB of int32 tokens) goes through; reading the corpus into memory does not."""
+  glob = _generated_corpus(tmp_path / "corpus", 128)
+  result = _capped_prepare(glob, tmp_path / "cache")
+  assert result.returncode == 0, result.stderr[-2000:]
+  cache = tmp_path / "cache" / "web"
+  metas = [json.loads((cache / f"{split}.json").read_text()) for split in corpora.SPLITS]
+  assert sum(meta["tokens"] for meta in metas) == 128 * 2**20
+  assert np.load(cache / "train.lengths.npy").sum() == metas[0]["tokens"]
+  # The cap binds: holding the corpus's texts, as prepare once did, fails under it.
+  in_memory = _capped_prepare(glob, tmp_path / "unused", _CAPPED_PREPARE.replace(
+      "prepare.prepare(config, workers=0, progress=False)",
+      "corpora.documents('web', config.data.sources.web, 'train')"))
+  assert in_memory.returncode != 0 and "MemoryError" in in_memory.stderr

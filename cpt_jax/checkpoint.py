@@ -11,6 +11,7 @@ step that fails to read falls back to the previous one with a warning naming bot
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import json
 import logging
@@ -83,10 +84,29 @@ def parse_reference(reference: str) -> tuple[str, int | None]:
   return reference, None
 
 
+@functools.cache  # Once per process.
+def _write_replicated_arrays_whole() -> None:
+  """With one process, Orbax's jax.Array handler writes each array whole instead of as one
+  slice per device. Replica-parallel writing spreads a replicated array's bytes over the
+  processes that hold it; within one process it only cuts the same write into per-device
+  pieces, each an eager slice (0.4 s of a tiny model's 0.6 s save with 8 devices). Orbax reads
+  the handler from its global registry, so this sets it there; several processes keep the
+  default."""
+  if jax.process_count() == 1:
+    default = ocp.type_handlers.get_type_handler(jax.Array)
+    # Orbax's default handler keeps an array metadata store (it records random-key arrays).
+    store = getattr(default, "_array_metadata_store", None)
+    with _quiet_logs():  # Orbax warns about every override.
+      ocp.type_handlers.register_type_handler(
+          jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False,
+                                                    array_metadata_store=store), override=True)
+
+
 class Checkpointer:
 
   def __init__(self, workdir: str, config: ml_collections.ConfigDict | None = None,
                read_only: bool = False):
+    _write_replicated_arrays_whole()
     config = config or default_config()
     self._path = directory(workdir)
     self._read_only = read_only

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import secrets
+import sys
 import tempfile
 
 from etils import epath
@@ -27,6 +28,21 @@ _WANDB_ID = "wandb_run_id"
 
 def _is_remote(path: str) -> bool:
   return "://" in path
+
+
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported (only by the writing process) without torch:
+  tensorboardX imports torch where it is installed, ~1.3 s per process, only to accept torch
+  tensors, and these records are floats."""
+  if "torch" in sys.modules or "tensorboardX" in sys.modules:
+    from tensorboardX import SummaryWriter
+    return SummaryWriter
+  sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX allows.
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    del sys.modules["torch"]
+  return SummaryWriter
 
 
 class MetricsWriter:
@@ -52,8 +68,7 @@ class MetricsWriter:
       # Keep appending after a resume.
       epath.Path(local_records).write_bytes((self._workdir / _RECORDS).read_bytes())
     self._jsonl = open(local_records, "w" if self._fresh else "a", encoding="utf-8")
-    from tensorboardX import SummaryWriter  # Deferred: only the writing process needs it.
-    self._tensorboard = SummaryWriter(logdir=self._local, flush_secs=30)
+    self._tensorboard = _summary_writer_class()(logdir=self._local, flush_secs=30)
     if self._wandb_config is not None and self._wandb_config.project:
       self._wandb = self._start_wandb()
 

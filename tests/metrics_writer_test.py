@@ -65,3 +65,22 @@ def test_weights_and_biases_offline_holds_the_records_and_a_resume_continues_its
   assert b"update_norm" in second and b"eval/code/loss" in second
 
 
+
+
+def test_tensorboard_events_are_written_without_importing_torch(tmp_path):
+  """tensorboardX imports torch (1.3 s) where it is installed; the writer keeps it out, and a
+  later `import torch` still works."""
+  import subprocess
+  import sys
+  script = (
+      "import sys\n"
+      "from cpt_jax import metrics_writer\n"
+      f"writer = metrics_writer.MetricsWriter({str(tmp_path)!r})\n"
+      "writer.write({'step': 1, 'loss': 2.5})\n"
+      "writer.close()\n"
+      "assert 'torch' not in sys.modules, 'torch was imported'\n"
+      "import torch\n")
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=helpers.environment(), timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert glob.glob(os.path.join(tmp_path, "events.out.tfevents.*"))

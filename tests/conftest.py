@@ -45,15 +45,3 @@ def reference_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("reference"))
   run_helpers.cli("train", f"--workdir={workdir}")
   return workdir
-
-
-# pytest-xdist (`--dist loadfile`) hands whole files to its workers in collection order, so a
-# long file collected last can leave one worker running alone at the end: the slowest first.
-_SLOWEST_FIRST = ("distributed_test.py", "hf_checkpoint_test.py", "study_test.py",
-                  "trainer_interruption_test.py", "trainer_test.py", "main_bad_input_test.py",
-                  "main_test.py", "model_test.py")
-
-
-def pytest_collection_modifyitems(items):
-  rank = {name: index for index, name in enumerate(_SLOWEST_FIRST)}
-  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # Stable: files keep order.

@@ -22,9 +22,10 @@ class BareStep:
     optimizer = optimizer_lib.make(config.optimizer)
     graphdef, state = train_step.init_state(model_config.from_config_dict(config.model),
                                             optimizer, 0)
-    executor = data_parallel.DataParallel(graphdef, optimizer,
-                                          run_plan.learning_rate_schedule(config))
+    schedule = run_plan.learning_rate_schedule(config)
+    executor = data_parallel.DataParallel(graphdef, optimizer, schedule)
     self._step = executor.pmapped_train_step
+    self._learning_rate = train_step.learning_rate_at(schedule)  # As the executor computes it.
     self._state = executor.place(state)
     self._tokens_per_step = config.data.global_batch_size * config.data.seq_len
     rows = next(iter(input_pipeline.stage_dataset(config.data, plans[0],
@@ -36,7 +37,7 @@ class BareStep:
     state, metrics = self._state, None
     start = time.perf_counter()
     for _ in range(steps):
-      state, metrics = self._step(state, self._batch)
+      state, metrics = self._step(state, self._batch, self._learning_rate(state.step))
     jax.block_until_ready((state, metrics))
     self._state = state
     return steps * self._tokens_per_step / (time.perf_counter() - start)

@@ -415,6 +415,7 @@ def split_record(name: str, config: ml_collections.ConfigDict) -> dict:
   """Which documents are held out for validation, for the run directory's record."""
   if config.kind == "tfds":
     return {"kind": "tfds", "validation": f"split {config.validation_split!r}"}
-  ids, _ = _documents(name, config, "validation")
+  ids = [doc_id for unit in read_units(name, config) if unit.split in ("", "validation")
+         for split, doc_id, _ in unit_documents(unit, config) if split == "validation"]
   return {"kind": config.kind, "validation_fraction": config.validation_fraction,
           "validation_ids": ids}

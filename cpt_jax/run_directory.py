@@ -17,6 +17,7 @@ from etils import epath
 import ml_collections
 
 from cpt_jax import corpora
+from cpt_jax import token_cache
 from cpt_jax import tokenizer as tokenizer_lib
 from cpt_jax.config_error import ConfigError
 
@@ -102,10 +103,23 @@ def store_identity(workdir: str, config: ml_collections.ConfigDict,
   _write_atomically(epath.Path(workdir) / CONFIG_FILE,
                     json.dumps(config_as_json(config), indent=1, sort_keys=True).encode())
   save_tokenizer(workdir, tokenizer)
-  record = {name: corpora.split_record(name, source) for name, source in
-            sorted(config.data.sources.items())}
+  record = {name: _split_record(config.data, name) for name in sorted(config.data.sources)}
   _write_atomically(epath.Path(workdir) / "data_splits.json",
                     json.dumps(record, indent=1).encode())
+
+
+def _split_record(data_config: ml_collections.ConfigDict, name: str) -> dict:
+  """Which documents a source holds out. A prepared source names its cache's split, which
+  `prepare` fixed, rather than reading the corpus again (at scale, terabytes)."""
+  cache_dir = data_config.token_cache_dir
+  if token_cache.exists(cache_dir, name, "validation"):
+    meta_path = token_cache.paths(cache_dir, name, "validation")[1]
+    with open(meta_path) as f:
+      documents = json.load(f)["documents"]
+    source = data_config.sources[name]
+    return {"kind": source.kind, "validation_fraction": source.validation_fraction,
+            "prepared": meta_path, "validation_documents": documents}
+  return corpora.split_record(name, data_config.sources[name])
 
 
 def _write_atomically(path: epath.Path, content: bytes) -> None:

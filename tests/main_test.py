@@ -1,5 +1,6 @@
 """Tests for cpt_jax/main.py (the `cpt-jax` command line) and cpt_jax/info.py."""
 
+import json
 import os
 import shlex
 import shutil
@@ -84,6 +85,11 @@ def test_prepare_writes_shards_that_training_reads(tmp_path):
   helpers.cli("train", f"--workdir={workdir}", f"--config.data.token_cache_dir={cache}",
               "--config.stages[0].steps=3", "--config.stages[1].steps=3")
   assert os.path.exists(os.path.join(workdir, "summary.json"))
+  # The held-out documents are named by the cache, not found by reading the corpus again.
+  with open(os.path.join(workdir, "data_splits.json")) as f:
+    prose = json.load(f)["prose"]
+  assert prose["prepared"] == os.path.join(cache, "prose", "validation.json")
+  assert prose["validation_documents"] == 33
 
 
 def test_the_readme_main_command_runs_as_a_user_types_it(tmp_path):

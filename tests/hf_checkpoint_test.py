@@ -4,14 +4,13 @@ Tiny random models of each family are built with transformers from a seed and sa
 `save_pretrained` (nothing is downloaded), imported, trained, exported and loaded back.
 """
 
+import importlib
 import json
 import os
 
 import ml_collections
 import numpy as np
 import pytest
-import torch
-import transformers
 from flax import nnx
 
 import run_helpers as helpers
@@ -25,6 +24,22 @@ from cpt_jax import model_config
 from cpt_jax import run_directory
 from cpt_jax import score as score_lib
 from cpt_jax import tokenizer as tokenizer_lib
+
+
+
+class _Deferred:
+  """A module imported at its first use. Every pytest-xdist worker collects this file, and
+  importing torch and transformers (~4 s) is only needed by the worker that runs it."""
+
+  def __init__(self, name):
+    self._name = name
+
+  def __getattr__(self, attribute):
+    return getattr(importlib.import_module(self._name), attribute)
+
+
+torch = _Deferred("torch")
+transformers = _Deferred("transformers")
 
 VOCAB = 320
 TEXTS = ["To be, or not to be, that is the question.", "def f(x):\n    return x + 1\n"] * 50
@@ -51,7 +66,7 @@ FAMILIES = {
         num_key_value_heads=2, intermediate_size=128, max_position_embeddings=128,
         rope_scaling=LLAMA3_ROPE, rope_theta=5000.0),
 }
-HF_CLASSES = {"gpt_neox": transformers.GPTNeoXForCausalLM, "llama": transformers.LlamaForCausalLM}
+HF_CLASSES = {"gpt_neox": "GPTNeoXForCausalLM", "llama": "LlamaForCausalLM"}
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +79,7 @@ def _save_hf(family, directory, tokenizer, max_shard_size=None):
   torch.manual_seed(0)
   config = FAMILIES[family]()
   config.eos_token_id = config.bos_token_id = tokenizer.eos_id
-  model = HF_CLASSES[config.model_type](config).eval()
+  model = getattr(transformers, HF_CLASSES[config.model_type])(config).eval()
   if max_shard_size:
     model.save_pretrained(directory, max_shard_size=max_shard_size)
   else:
@@ -111,7 +126,7 @@ def test_sharded_import_then_export_is_bit_identical(family, tokenizer, tmp_path
   hf_checkpoint.import_hf(str(tmp_path / "hf"), str(tmp_path / "run"))
   hf_checkpoint.export_hf(str(tmp_path / "run"), str(tmp_path / "out"), max_shard_bytes=60_000)
   assert os.path.exists(tmp_path / "out" / "model.safetensors.index.json")
-  loaded, info = HF_CLASSES[hf_model.config.model_type].from_pretrained(
+  loaded, info = getattr(transformers, HF_CLASSES[hf_model.config.model_type]).from_pretrained(
       str(tmp_path / "out"), output_loading_info=True)
   assert not info["missing_keys"] and not info["unexpected_keys"], info
   original = hf_model.state_dict()

@@ -61,8 +61,10 @@ def _quiet_logs():
   sys.unraisablehook = lambda unraisable: None
   try:
     yield
-  finally:
+  except BaseException:
     gc.collect()  # Collects a failed read's leftovers while their messages are silenced.
+    raise
+  finally:
     sys.unraisablehook = unraisable_hook
     for logger, level in zip(loggers, levels):
       logger.setLevel(level)

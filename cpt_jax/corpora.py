@@ -339,13 +339,19 @@ def unit_documents(unit: ReadUnit, config: ml_collections.ConfigDict):
     yield split, doc_id, text
 
 
-def iter_documents(name: str, config: ml_collections.ConfigDict, split: str):
-  """The texts of source `name`'s `split` in order, read as they are reached."""
+def _documents_of_units_holding(name: str, config: ml_collections.ConfigDict, split: str):
+  """(split, id, text) of every document of the units that can hold `split`'s documents
+  (a fixed-split unit of the other split is not read)."""
   for unit in read_units(name, config):
     if unit.split in ("", split):
-      for doc_split, _, text in unit_documents(unit, config):
-        if doc_split == split:
-          yield text
+      yield from unit_documents(unit, config)
+
+
+def iter_documents(name: str, config: ml_collections.ConfigDict, split: str):
+  """The texts of source `name`'s `split` in order, read as they are reached."""
+  for doc_split, _, text in _documents_of_units_holding(name, config, split):
+    if doc_split == split:
+      yield text
 
 
 def _tfds(config, split: str, where: str):
@@ -388,12 +394,11 @@ def _documents(name: str, config: ml_collections.ConfigDict, split: str):
   if config.kind == "tfds":
     return None, _tfds(config, split, where)
   ids, texts, any_text = [], [], False
-  for unit in read_units(name, config):
-    for doc_split, doc_id, text in unit_documents(unit, config):
-      any_text = any_text or bool(text.strip())
-      if doc_split == split:
-        ids.append(doc_id)
-        texts.append(text)
+  for doc_split, doc_id, text in _documents_of_units_holding(name, config, split):
+    any_text = any_text or bool(text.strip())
+    if doc_split == split:
+      ids.append(doc_id)
+      texts.append(text)
   if config.kind == "text_files" and not any_text:
     pattern_field = "validation_glob" if split == "validation" and config.validation_glob else "glob"
     raise ConfigError(f"{where}.{pattern_field}={config[pattern_field]!r}: the matching files "
@@ -415,7 +420,7 @@ def split_record(name: str, config: ml_collections.ConfigDict) -> dict:
   """Which documents are held out for validation, for the run directory's record."""
   if config.kind == "tfds":
     return {"kind": "tfds", "validation": f"split {config.validation_split!r}"}
-  ids = [doc_id for unit in read_units(name, config) if unit.split in ("", "validation")
-         for split, doc_id, _ in unit_documents(unit, config) if split == "validation"]
+  ids = [doc_id for split, doc_id, _ in _documents_of_units_holding(name, config, "validation")
+         if split == "validation"]
   return {"kind": config.kind, "validation_fraction": config.validation_fraction,
           "validation_ids": ids}

@@ -19,6 +19,7 @@ from cpt_jax import optimizer
 from cpt_jax import profiling
 from cpt_jax import run_plan
 from cpt_jax import schedule_config
+from cpt_jax import token_cache
 from cpt_jax import tokenizer as tokenizer_lib
 from cpt_jax.config_error import ConfigError
 
@@ -44,10 +45,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if data.tokenizer.kind not in tokenizer_lib.KINDS:
     raise ConfigError(f"data.tokenizer.kind={data.tokenizer.kind!r}: expected one of "
                       f"{tokenizer_lib.KINDS}")
-  if "://" in data.token_cache_dir:
-    raise ConfigError(f"data.token_cache_dir={data.token_cache_dir!r}: the token cache must be a "
-                      "local directory for now (prepare writes ArrayRecord shards locally); "
-                      "prepare on each host's disk, or copy the cache there")
+  token_cache.check_local(data.token_cache_dir)
   if not data.sources:
     raise ConfigError("data.sources is empty; expected {name: corpora.source_config(...)}")
   for name, source in data.sources.items():

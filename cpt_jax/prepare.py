@@ -126,7 +126,9 @@ def prepare(config: ml_collections.ConfigDict, *, workers: int = 1, num_processe
             process_id: int = 0, progress: bool = True) -> list[dict]:
   """Tokenizes this process's share of every source's units into the cache, then joins each
   split whose shards are all complete. Returns the summaries of the splits joined now."""
-  from cpt_jax import paths  # Deferred: it imports the checkpoint layer; workers need none.
+  # Deferred: they import the checkpoint layer and Grain, which the workers do not need.
+  from cpt_jax import input_pipeline
+  from cpt_jax import paths
 
   _check_processes(workers, num_processes, process_id)
   config = paths.resolve_config(config)
@@ -134,16 +136,14 @@ def prepare(config: ml_collections.ConfigDict, *, workers: int = 1, num_processe
   if not cache_dir:
     raise ConfigError("data.token_cache_dir is empty: set where `prepare` writes the shards, "
                       "e.g. --config.data.token_cache_dir=/data/tokens")
-  if paths.is_url(cache_dir):
-    raise ConfigError(f"data.token_cache_dir={cache_dir!r}: expected a local directory; "
-                      "ArrayRecord opens local files only (mount a bucket with gcsfuse)")
+  token_cache.check_local(cache_dir)
   os.makedirs(cache_dir, exist_ok=True)
   # The cache directory doubles as the tokenizer's home: trained once, reused by every run.
   tokenizer = run_directory.tokenizer_for_run(config, cache_dir)
   run_directory.save_tokenizer(cache_dir, tokenizer)
 
   jobs, to_join = [], []
-  for name in sorted(config.data.sources.keys()):
+  for name in input_pipeline.source_names(config.data):
     source = config.data.sources[name]
     definition = corpora.definition(source)
     todo = []

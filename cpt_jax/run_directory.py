@@ -113,12 +113,11 @@ def _split_record(data_config: ml_collections.ConfigDict, name: str) -> dict:
   `prepare` fixed, rather than reading the corpus again (at scale, terabytes)."""
   cache_dir = data_config.token_cache_dir
   if token_cache.exists(cache_dir, name, "validation"):
-    meta_path = token_cache.paths(cache_dir, name, "validation")[1]
-    with open(meta_path) as f:
-      documents = json.load(f)["documents"]
     source = data_config.sources[name]
     return {"kind": source.kind, "validation_fraction": source.validation_fraction,
-            "prepared": meta_path, "validation_documents": documents}
+            "prepared": token_cache.paths(cache_dir, name, "validation")[1],
+            "validation_documents": token_cache.read_meta(cache_dir, name,
+                                                          "validation")["documents"]}
   return corpora.split_record(name, data_config.sources[name])
 
 

@@ -48,6 +48,14 @@ def _pending_path(cache_dir: str, source: str, split: str) -> str:
   return os.path.join(cache_dir, source, f"{split}.pending.json")
 
 
+def check_local(cache_dir: str) -> None:
+  """Refuses a URL (gs://...) as the cache: ArrayRecord opens local files only."""
+  if "://" in cache_dir:
+    raise ConfigError(f"data.token_cache_dir={cache_dir!r}: the token cache must be a local "
+                      "directory; ArrayRecord opens local files only (google/array_record#120): "
+                      "mount the bucket with gcsfuse, or prepare on each host's disk")
+
+
 def exists(cache_dir: str, source: str, split: str) -> bool:
   return bool(cache_dir) and all(os.path.exists(p) for p in paths(cache_dir, source, split)[1:])
 
@@ -69,12 +77,17 @@ def _mismatch(meta: dict, source: str, definition: dict, fingerprint: str) -> st
   return None
 
 
+def read_meta(cache_dir: str, source: str, split: str) -> dict:
+  """A prepared split's `<split>.json`: its shards, counts, tokenizer and source definition."""
+  with open(paths(cache_dir, source, split)[1]) as f:
+    return json.load(f)
+
+
 def mismatch(cache_dir: str, source: str, split: str, definition: dict,
              fingerprint: str) -> str | None:
   """Why the prepared split does not hold `definition`'s documents tokenized with
   `fingerprint` (None if it does)."""
-  with open(paths(cache_dir, source, split)[1]) as f:
-    return _mismatch(json.load(f), source, definition, fingerprint)
+  return _mismatch(read_meta(cache_dir, source, split), source, definition, fingerprint)
 
 
 def _write_atomically(path: str, write) -> None:
@@ -171,13 +184,12 @@ class CachedDocuments:
     return [_decode(self._records[int(index)]) for index in indices]
 
 
-def records_paths(cache_dir: str, source: str, split: str) -> list[str]:
-  """The record files of a prepared split, in document order."""
-  legacy_records, meta_path, _ = paths(cache_dir, source, split)
-  with open(meta_path) as f:
-    meta = json.load(f)
+def records_paths(cache_dir: str, source: str, split: str,
+                  meta: dict | None = None) -> list[str]:
+  """The record files of a prepared split, in document order (`meta`: its read_meta)."""
+  meta = meta or read_meta(cache_dir, source, split)
   if "shards" not in meta:
-    return [legacy_records]
+    return [paths(cache_dir, source, split)[0]]  # Written before shards: one file.
   return [os.path.join(cache_dir, source, shard) for shard in meta["shards"]]
 
 
@@ -188,14 +200,13 @@ def read(cache_dir: str, source: str, split: str, fingerprint: str,
   import grain  # Deferred: `prepare` only writes.
 
   _, meta_path, lengths_path = paths(cache_dir, source, split)
-  with open(meta_path) as f:
-    meta = json.load(f)
+  meta = read_meta(cache_dir, source, split)
   reason = _mismatch(meta, source, definition, fingerprint)
   if reason:
     raise ConfigError(f"{meta_path}: {reason}; re-run `cpt-jax prepare` with this config or "
                       "point data.token_cache_dir elsewhere")
   try:
-    records = grain.sources.ArrayRecordDataSource(records_paths(cache_dir, source, split))
+    records = grain.sources.ArrayRecordDataSource(records_paths(cache_dir, source, split, meta))
     if len(records) != meta["documents"]:
       raise ConfigError(f"holds {len(records)} records, {meta_path} says {meta['documents']}")
     lengths = np.load(lengths_path)

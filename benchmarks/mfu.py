@@ -12,12 +12,15 @@ The last line reads `mfu: <x>` for the last preset (or `mfu: n/a`).
 
 import argparse
 
+from cpt_jax import huge_pages
+
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--presets", default="")
 parser.add_argument("--batch_per_device", type=int, default=8)
 parser.add_argument("--seq_len", type=int, default=0)
 parser.add_argument("--steps", type=int, default=20)
 args = parser.parse_args()
+huge_pages.reexec_with_huge_pages()  # The step as `cpt-jax` runs it (cpt_jax/huge_pages.py).
 
 import jax  # noqa: E402
 
@@ -39,7 +42,7 @@ def main():
     config = demo.get_config("smoke")
     overrides = dict(max_seq_len=max(seq_len, model_config.preset(preset).max_seq_len))
     if not on_cpu:
-      overrides.update(compute_dtype="bfloat16", remat=True)
+      overrides.update(compute_dtype="bfloat16", remat="full")
     config.model = model_config.preset_config_dict(preset, **overrides)
     config.data.tokenizer.kind = "bytes"
     config.data.seq_len = seq_len

@@ -7,15 +7,19 @@ Both sides build the same GPT-NeoX (cpt_jax's preset, converted with hf_convert)
 full training step on one fixed batch: forward, backward, global-norm clipping at 1.0, AdamW
 (b 0.9/0.95, eps 1e-8, decay 0.1). cpt_jax is its compiled bare step (benchmarks/bare_step.py);
 PyTorch runs eager and, unless --no_compile, under torch.compile. The three alternate for
-several rounds (small shared CPUs drift by ~10% within a minute) and the per-round medians are
-reported. On a CPU both use float32; on a GPU bfloat16 (autocast for PyTorch) and SDPA.
+several rounds (small shared CPUs drift by ~10% within a minute), each in its own process,
+and the per-round medians are reported. On a CPU both use float32; on a GPU bfloat16 (autocast
+for PyTorch) and SDPA.
 The last line reads `cpt_jax/transformers ratio: <x>`, against the faster PyTorch variant.
 """
 
 import argparse
+import multiprocessing
 import os
 import statistics
 import time
+
+from cpt_jax import huge_pages
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--devices", type=int, default=0, help="Emulated CPU devices (0: as is).")
@@ -26,6 +30,9 @@ parser.add_argument("--batch", type=int, default=16)
 parser.add_argument("--seq_len", type=int, default=256)
 parser.add_argument("--no_compile", action="store_true", help="Skip torch.compile.")
 args = parser.parse_args()
+huge_pages.reexec_with_huge_pages()  # The step as `cpt-jax` runs it (cpt_jax/huge_pages.py).
+# The contenders take turns on one accelerator: neither may hold most of its memory.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 if args.devices:
   os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
 
@@ -89,26 +96,55 @@ class TorchStep:
     return steps * args.batch * args.seq_len / (time.perf_counter() - start)
 
 
+def _build(name: str, config):
+  model = model_config.from_config_dict(config.model)
+  if name == "cpt_jax":
+    return BareStep(config)
+  return TorchStep(model, compile_model=name == "torch.compile")
+
+
+def _serve(name: str, connection) -> None:
+  """A contender in its own process: builds (and warms up), then times `steps` per request."""
+  try:
+    contender = _build(name, cpt_jax_config())
+  except Exception as error:  # torch.compile without a C++ toolchain, ...: say so, go on.
+    connection.send(f"{type(error).__name__}: {str(error).splitlines()[0][:200]}")
+    return
+  connection.send("ready")
+  while steps := connection.recv():
+    connection.send(contender.tokens_per_second(steps))
+
+
 def main():
   config = cpt_jax_config()
   model = model_config.from_config_dict(config.model)
   print(f"{args.preset}, batch {args.batch} x {args.seq_len}, {model.compute_dtype}; jax "
         f"{jax.__version__} on {jax.devices()[0].device_kind} x {jax.device_count()}; torch "
         f"{torch.__version__} ({torch.get_num_threads()} threads), transformers "
-        f"{transformers.__version__}")
-  contenders = {"cpt_jax": BareStep(config), "torch eager": TorchStep(model, False)}
-  if not args.no_compile:
-    try:
-      contenders["torch.compile"] = TorchStep(model, True)
-    except Exception as error:  # No C++ toolchain, an unsupported op, ...: say so, go on.
-      print(f"torch.compile unavailable here: {type(error).__name__}: "
-            f"{str(error).splitlines()[0][:200]}")
+        f"{transformers.__version__}; attention {model.attention}, huge pages "
+        f"{'on' if huge_pages.TUNABLE in os.environ.get('GLIBC_TUNABLES', '') else 'off'}")
+  # One process per contender, as a user runs one framework: in one process, torch's
+  # OpenMP workers and allocator slowed the JAX step after them by 7-12%.
+  context = multiprocessing.get_context("spawn")
+  contenders = {}
+  for name in ("cpt_jax", "torch eager") + (() if args.no_compile else ("torch.compile",)):
+    parent, child = context.Pipe()
+    process = context.Process(target=_serve, args=(name, child), daemon=True)
+    process.start()
+    answer = parent.recv()  # One at a time: building includes compiling and warming up.
+    if answer == "ready":
+      contenders[name] = parent
+    else:
+      print(f"{name} unavailable here: {answer}")
   rounds = {name: [] for name in contenders}
   for round_index in range(args.rounds):
-    for name, contender in contenders.items():
-      rounds[name].append(contender.tokens_per_second(args.steps))
+    for name, connection in contenders.items():
+      connection.send(args.steps)
+      rounds[name].append(connection.recv())
     print(f"round {round_index + 1}: " + ", ".join(
         f"{name} {values[-1]:,.0f} tok/s" for name, values in rounds.items()))
+  for connection in contenders.values():
+    connection.send(0)
   medians = {name: statistics.median(values) for name, values in rounds.items()}
   best_torch = max((name for name in medians if name != "cpt_jax"), key=medians.get)
   for name, value in medians.items():

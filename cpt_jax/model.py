@@ -14,10 +14,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from cpt_jax import attention
 from cpt_jax import model_config
 from cpt_jax.model_config import ModelConfig
 
 _INIT_STDDEV = 0.02
+# What a rematerialised block keeps for the backward pass (model_config.REMAT_POLICIES).
+# "dots" keeps the outputs of matmuls with weights (no batch dimensions), not attention's
+# batched score and value products, whose (B, N, T, T) activations dominate memory.
+_REMAT_POLICIES = {"dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+                   "full": jax.checkpoint_policies.nothing_saveable}
 
 
 def _linear(config: ModelConfig, in_dim: int, out_dim: int, *, rngs: nnx.Rngs,
@@ -68,14 +74,6 @@ def apply_rotary(x_BxTxNxH: jax.Array, positions_BxT: jax.Array,
   return jnp.concatenate([rotated.astype(x_BxTxNxH.dtype), x_BxTxNxH[..., rotary_dims:]], -1)
 
 
-def attention_mask(segment_ids_BxT: jax.Array) -> jax.Array:
-  """Causal mask within documents, shape (B, 1, T, T): query t sees keys s <= t of its segment."""
-  length = segment_ids_BxT.shape[1]
-  causal_TxT = jnp.tril(jnp.ones((length, length), dtype=jnp.bool_))
-  same_doc_BxTxT = segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :]
-  return (causal_TxT & same_doc_BxTxT)[:, None, :, :]
-
-
 class Attention(nnx.Module):
   """Multi-head attention with grouped-query K/V, fused QKV projection and rotary positions."""
 
@@ -87,7 +85,7 @@ class Attention(nnx.Module):
     self.out = _linear(config, config.num_heads * config.head_dim, config.model_dim, rngs=rngs,
                        stddev=_INIT_STDDEV / (2 * config.num_layers) ** 0.5)
 
-  def __call__(self, x_BxTxD, positions_BxT, mask_Bx1xTxT):
+  def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT):
     c = self.config
     batch, length, _ = x_BxTxD.shape
     qkv = self.qkv(x_BxTxD).reshape(batch, length, c.num_heads + 2 * c.num_kv_heads, c.head_dim)
@@ -97,8 +95,8 @@ class Attention(nnx.Module):
     inv_freq_R = rotary_inverse_frequencies(c)
     q_BxTxNxH = apply_rotary(q_BxTxNxH, positions_BxT, inv_freq_R)
     k_BxTxKxH = apply_rotary(k_BxTxKxH, positions_BxT, inv_freq_R)
-    # XLA on CPU/TPU; cuDNN flash attention is picked on GPU when shapes and dtypes allow.
-    y_BxTxNxH = jax.nn.dot_product_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask=mask_Bx1xTxT)
+    y_BxTxNxH = attention.attend(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT,
+                                 c.attention)
     return self.out(y_BxTxNxH.reshape(batch, length, c.num_heads * c.head_dim))
 
 
@@ -129,8 +127,8 @@ class Block(nnx.Module):
     self.mlp_norm = _norm(config, rngs=rngs)
     self.mlp = Mlp(config, rngs=rngs)
 
-  def __call__(self, x_BxTxD, positions_BxT, mask_Bx1xTxT):
-    attended = self.attention(self.attention_norm(x_BxTxD), positions_BxT, mask_Bx1xTxT)
+  def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT):
+    attended = self.attention(self.attention_norm(x_BxTxD), positions_BxT, segment_ids_BxT)
     if self.parallel_residual:
       return x_BxTxD + attended + self.mlp(self.mlp_norm(x_BxTxD))
     h_BxTxD = x_BxTxD + attended
@@ -158,13 +156,12 @@ class Transformer(nnx.Module):
       positions_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)
     if segment_ids_BxT is None:
       segment_ids_BxT = jnp.ones_like(tokens_BxT)
-    mask_Bx1xTxT = attention_mask(segment_ids_BxT)
     x_BxTxD = self.embed(tokens_BxT)
+    apply_block = lambda blk, x: blk(x, positions_BxT, segment_ids_BxT)
+    if self.config.remat != "none":
+      apply_block = nnx.remat(apply_block, policy=_REMAT_POLICIES[self.config.remat])
     for block in self.blocks:
-      if self.config.remat:
-        x_BxTxD = nnx.remat(lambda blk, x: blk(x, positions_BxT, mask_Bx1xTxT))(block, x_BxTxD)
-      else:
-        x_BxTxD = block(x_BxTxD, positions_BxT, mask_Bx1xTxT)
+      x_BxTxD = apply_block(block, x_BxTxD)
     x_BxTxD = self.final_norm(x_BxTxD).astype(jnp.float32)
     if self.config.tie_embeddings:
       return x_BxTxD @ self.embed.embedding[...].T

@@ -18,6 +18,8 @@ Family = Literal["pythia", "llama"]
 FAMILIES = ("pythia", "llama")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 ROPE_SCALINGS = ("", "llama3")
+REMAT_POLICIES = ("none", "dots", "full")
+ATTENTIONS = ("auto", "xla", "chunked", "cudnn")  # attention.py says what each one is.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +47,11 @@ class ModelConfig:
   tie_embeddings: bool = False
   norm_eps: float = 1e-5
   compute_dtype: str = "float32"
-  remat: bool = False
+  # Activations the backward pass recomputes instead of keeping, per block: "none"; "dots":
+  # keep the projections' outputs, recompute attention and elementwise ops; "full": keep only
+  # each block's input.
+  remat: str = "none"
+  attention: str = "auto"  # The kernel (attention.py): "auto", "xla", "chunked" or "cudnn".
   attention_head_dim: int = 0  # Dims per head; 0: model_dim // num_heads (Llama's head_dim).
   sequential_residual: bool = False  # pythia: GPT-NeoX's use_parallel_residual=False.
   rope_scaling: str = ""  # "" or "llama3" (Llama 3.1+: the four rope_* fields below).
@@ -96,6 +102,10 @@ class ModelConfig:
       fail("rope_scaling", f"one of {ROPE_SCALINGS}")
     if self.sequential_residual and self.family != "pythia":
       fail("sequential_residual", "False outside the pythia family (Llama is sequential)")
+    if self.remat not in REMAT_POLICIES:
+      fail("remat", f"one of {REMAT_POLICIES}")
+    if self.attention not in ATTENTIONS:
+      fail("attention", f"one of {ATTENTIONS}")
     if self.compute_dtype not in COMPUTE_DTYPES:
       fail("compute_dtype", f"one of {COMPUTE_DTYPES}")
     if self.tie_embeddings and self.family == "pythia":
@@ -142,7 +152,10 @@ def from_config_dict(model: ml_collections.ConfigDict) -> ModelConfig:
   unknown = sorted(set(model.keys()) - known)
   if unknown:
     raise ConfigError(f"config.model has unknown fields {unknown}; expected fields {sorted(known)}")
-  return ModelConfig(**model.to_dict()).validate()
+  fields = model.to_dict()
+  if isinstance(fields.get("remat"), bool):  # Before remat policies: True meant "full".
+    fields["remat"] = "full" if fields["remat"] else "none"
+  return ModelConfig(**fields).validate()
 
 
 def flops_per_token(config: ModelConfig, seq_len: int, non_embedding_params: int) -> int:

@@ -22,6 +22,12 @@ from cpt_jax import tokenizer as tokenizer_lib
 from cpt_jax.config_error import ConfigError
 
 CONFIG_FILE = "config.json"
+# config.model fields that say how the model is computed, not what it is: a run started
+# from another run's checkpoint keeps its own.
+COMPUTE_FIELDS = ("compute_dtype", "remat", "attention")
+# Of those, the ones that change the program but not the function it computes (beyond
+# float rounding): a resumed run may change them.
+_EXECUTION_FIELDS = ("remat", "attention")
 
 
 class ConfigMismatchError(ConfigError):
@@ -50,6 +56,8 @@ def fields_that_matter(config_json: dict, stages_done: int) -> dict[str, object]
   """Model shape, tokenizer, data sources and layout, optimizer, schedules, and the stages up
   to and including the current one: changing these mid-run silently changes the experiment."""
   selected = {key: config_json.get(key) for key in ("model", "optimizer", "schedule", "seed")}
+  selected["model"] = {key: value for key, value in (selected["model"] or {}).items()
+                       if key not in _EXECUTION_FIELDS}
   data = config_json.get("data", {})
   selected["data"] = {key: data.get(key) for key in ("tokenizer", "seq_len", "global_batch_size",
                                                      "shuffle_seed", "sources")}
@@ -132,7 +140,7 @@ def _write_atomically(path: epath.Path, content: bytes) -> None:
 
 def with_source_model(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """With `init.model="source"`, `config` with the architecture of the run it starts from
-  (its compute_dtype and remat kept): weights fix the shape, so a continued model (an
+  (its COMPUTE_FIELDS kept): weights fix the shape, so a continued model (an
   imported Hugging Face one included) needs no restated architecture."""
   if not config.init.from_checkpoint or config.init.model != "source":
     return config
@@ -140,8 +148,7 @@ def with_source_model(config: ml_collections.ConfigDict) -> ml_collections.Confi
   stored = stored_config(checkpoint_lib.parse_reference(config.init.from_checkpoint)[0])
   if stored is None:
     return config  # Not a run directory: the trainer names the problem.
-  model = {**stored["model"], "compute_dtype": config.model.compute_dtype,
-           "remat": config.model.remat}
+  model = {**stored["model"], **{field: config.model[field] for field in COMPUTE_FIELDS}}
   config = copy.deepcopy(config)
   with config.unlocked():
     config.model = ml_collections.ConfigDict(model)

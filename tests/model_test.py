@@ -1,9 +1,12 @@
 """Tests for cpt_jax/model.py and cpt_jax/model_config.py."""
 
 import dataclasses
+import re
 
 import jax
+import jax.ad_checkpoint
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
@@ -102,11 +105,39 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
                              atol=0.05)
 
 
-def test_remat_gives_the_same_logits():
+@pytest.mark.parametrize("policy", ["dots", "full"])
+def test_remat_policies_give_the_same_logits_and_gradients(policy):
   tokens = jnp.arange(10)[None] % 97
-  plain = _model(SMALL_LLAMA)(tokens)
-  remat = _model(dataclasses.replace(SMALL_LLAMA, remat=True))(tokens)
-  np.testing.assert_allclose(remat, plain, atol=1e-6)
+
+  def loss_and_grads(config):
+    graphdef, params = nnx.split(_model(config), nnx.Param)
+    loss = lambda p: jnp.mean(nnx.merge(graphdef, p)(tokens) ** 2)
+    return jax.value_and_grad(loss)(params)
+
+  plain, remat = loss_and_grads(SMALL_LLAMA), loss_and_grads(
+      dataclasses.replace(SMALL_LLAMA, remat=policy))
+  np.testing.assert_allclose(remat[0], plain[0], rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), remat[1], plain[1])
+
+
+def test_remat_policies_keep_fewer_activations_for_the_backward_pass(capsys):
+  tokens = jnp.arange(4 * 64).reshape(4, 64) % 97
+
+  def saved_floats(remat):
+    graphdef, params = nnx.split(_model(dataclasses.replace(SMALL_LLAMA, remat=remat)), nnx.Param)
+    jax.ad_checkpoint.print_saved_residuals(
+        lambda p: jnp.sum(nnx.merge(graphdef, p)(tokens)), params)
+    shapes = re.findall(r"^f32\[([\d,]*)\]", capsys.readouterr().out, re.M)
+    return sum(int(np.prod([int(d) for d in shape.split(",") if d])) for shape in shapes)
+
+  none, dots, full = (saved_floats(policy) for policy in ("none", "dots", "full"))
+  assert none > dots > full
+
+
+def test_remat_of_a_stored_config_before_policies_reads_as_a_policy():
+  for old, policy in ((True, "full"), (False, "none")):
+    stored = ml_collections.ConfigDict({**dataclasses.asdict(SMALL_PYTHIA), "remat": old})
+    assert model_config.from_config_dict(stored).remat == policy
 
 
 @pytest.mark.parametrize("name, total, non_embedding", [
@@ -135,6 +166,8 @@ def test_tied_embeddings_have_no_output_matrix():
     ("num_kv_heads", 3, "model.num_kv_heads=3"),
     ("family", "gpt", "model.family='gpt'"),
     ("compute_dtype", "float16", "model.compute_dtype"),
+    ("remat", "some", "model.remat='some': expected one of"),
+    ("attention", "flash", "model.attention='flash': expected one of"),
     ("vocab_size", 0, "model.vocab_size=0: expected a positive integer"),
 ])
 def test_invalid_model_fields_are_named(field, value, message):

@@ -1,0 +1,102 @@
+"""Tests for cpt_jax/attention.py: every implementation computes the same function."""
+
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cpt_jax import attention
+
+LENGTH = 200  # Three query blocks of 64 and a ragged last one of 8.
+
+
+def _inputs(heads=4, kv_heads=2, head_dim=16, batch=2):
+  keys = jax.random.split(jax.random.key(0), 3)
+  q = jax.random.normal(keys[0], (batch, LENGTH, heads, head_dim))
+  k = jax.random.normal(keys[1], (batch, LENGTH, kv_heads, head_dim))
+  v = jax.random.normal(keys[2], (batch, LENGTH, kv_heads, head_dim))
+  # Row 0 packs three documents (boundaries inside query blocks); row 1 is one document.
+  segments = jnp.stack([jnp.repeat(jnp.array([1, 2, 3]), jnp.array([50, 97, 53]),
+                                   total_repeat_length=LENGTH), jnp.ones(LENGTH, jnp.int32)])
+  return q, k, v, segments
+
+
+def _reference(q, k, v, segments):
+  """Attention written out in numpy, one query at a time."""
+  q, k, v, segments = (np.asarray(x, np.float64) for x in (q, k, v, segments))
+  group = q.shape[2] // k.shape[2]
+  out = np.zeros_like(q)
+  for b in range(q.shape[0]):
+    for t in range(q.shape[1]):
+      visible = (np.arange(q.shape[1]) <= t) & (segments[b] == segments[b, t])
+      for n in range(q.shape[2]):
+        scores = k[b, visible, n // group] @ q[b, t, n] / np.sqrt(q.shape[3])
+        weights = np.exp(scores - scores.max())
+        out[b, t, n] = weights / weights.sum() @ v[b, visible, n // group]
+  return out
+
+
+def _dot_output_shapes(jaxpr):
+  """Every dot_general's output shape, inside nested jaxprs (jnp.einsum's) too."""
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      yield eqn.outvars[0].aval.shape
+    for param in eqn.params.values():
+      inner = getattr(param, "jaxpr", param)
+      if hasattr(inner, "eqns"):
+        yield from _dot_output_shapes(inner)
+
+
+def test_the_query_blocks_cover_the_sequence_in_at_most_eight_blocks():
+  assert attention.query_block_size(128) == 64
+  assert attention.query_block_size(200) == 64
+  assert attention.query_block_size(2048) == 256
+  assert attention.query_block_size(2049) == 257
+
+
+@pytest.mark.parametrize("implementation", ["xla", "chunked"])
+def test_each_implementation_equals_attention_written_out(implementation):
+  q, k, v, segments = _inputs()
+  out = attention.attend(q, k, v, segments, implementation)
+  np.testing.assert_allclose(out, _reference(q, k, v, segments), atol=2e-5)
+
+
+def test_chunked_gradients_equal_xla_gradients():
+  q, k, v, segments = _inputs()
+  cotangent = jax.random.normal(jax.random.key(1), q.shape)
+
+  def grads(implementation):
+    loss = lambda q, k, v: jnp.sum(attention.attend(q, k, v, segments, implementation)
+                                   * cotangent)
+    return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+
+  for chunked, xla in zip(grads("chunked"), grads("xla")):
+    np.testing.assert_allclose(chunked, xla, atol=2e-5)
+
+
+def test_chunked_never_computes_the_blocks_above_the_diagonal():
+  """Four query blocks against keys up to each block's end: the score matrices the program
+  builds cover 64 * (64 + 128 + 192) + 8 * 200 query-key pairs, not 200 * 200."""
+  q, k, v, segments = _inputs(heads=1, kv_heads=1, batch=1)
+  jaxpr = jax.make_jaxpr(
+      lambda q, k, v: attention.attend(q, k, v, segments[:1], "chunked"))(q, k, v)
+  scored = sum(np.prod(shape) for shape in _dot_output_shapes(jaxpr.jaxpr) if 16 not in shape)
+  assert scored == 64 * (64 + 128 + 192) + 8 * 200
+
+
+def test_auto_picks_chunked_on_cpu():
+  assert jax.default_backend() == "cpu"
+  assert attention.resolve("auto", jnp.float32) == ("chunked", "")
+
+
+def test_cudnn_without_a_gpu_falls_back_to_xla_and_says_why(caplog):
+  q, k, v, segments = _inputs()
+  with caplog.at_level(logging.WARNING):
+    out = attention.attend(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16),
+                           v.astype(jnp.bfloat16), segments, "cudnn")
+  assert "attention 'cudnn': cuDNN attention needs an NVIDIA GPU; the backend is cpu" in caplog.text
+  expected = attention.attend(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16),
+                              v.astype(jnp.bfloat16), segments, "xla")
+  np.testing.assert_array_equal(out, expected)

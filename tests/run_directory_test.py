@@ -1,0 +1,31 @@
+"""Tests for cpt_jax/run_directory.py's resume check: which config changes it refuses."""
+
+import json
+
+import pytest
+
+from configs import demo
+from cpt_jax import run_directory
+
+
+@pytest.fixture
+def run_before_compute_choices(tmp_path):
+  """A run directory whose config.json predates model.attention and remat policies."""
+  stored = run_directory.config_as_json(demo.get_config("smoke"))
+  del stored["model"]["attention"]
+  stored["model"]["remat"] = False
+  (tmp_path / run_directory.CONFIG_FILE).write_text(json.dumps(stored))
+  return str(tmp_path)
+
+
+def test_how_the_model_is_computed_may_change_on_resume(run_before_compute_choices):
+  config = demo.get_config("smoke")
+  config.model.attention, config.model.remat = "xla", "dots"
+  run_directory.check_config(run_before_compute_choices, config, 0, allow_change=False)
+
+
+def test_what_the_model_is_may_not(run_before_compute_choices):
+  config = demo.get_config("smoke")
+  config.model.num_layers += 1
+  with pytest.raises(run_directory.ConfigMismatchError, match="model.num_layers: 4 -> 5"):
+    run_directory.check_config(run_before_compute_choices, config, 0, allow_change=False)

@@ -1,7 +1,7 @@
 """The training step against Hugging Face transformers (PyTorch) on the same model.
 
   python -m benchmarks.vs_transformers [--devices=N] [--rounds=3] [--steps=10]
-      [--preset=tiny] [--batch=16] [--seq_len=256] [--no_compile]
+      [--preset=tiny] [--batch=16] [--seq_len=256] [--no_compile] [--xla_attention]
 
 Both sides build the same GPT-NeoX (cpt_jax's preset, converted with hf_convert) and time a
 full training step on one fixed batch: forward, backward, global-norm clipping at 1.0, AdamW
@@ -29,6 +29,8 @@ parser.add_argument("--preset", default="tiny")
 parser.add_argument("--batch", type=int, default=16)
 parser.add_argument("--seq_len", type=int, default=256)
 parser.add_argument("--no_compile", action="store_true", help="Skip torch.compile.")
+parser.add_argument("--xla_attention", action="store_true",
+                    help="Also time cpt_jax with model.attention=xla, side by side.")
 args = parser.parse_args()
 huge_pages.reexec_with_huge_pages()  # The step as `cpt-jax` runs it (cpt_jax/huge_pages.py).
 # The contenders take turns on one accelerator: neither may hold most of its memory.
@@ -45,6 +47,7 @@ from configs import demo  # noqa: E402
 from cpt_jax import hf_convert, model_config  # noqa: E402
 
 ON_CPU = jax.default_backend() == "cpu"
+_XLA_ATTENTION = "cpt_jax (xla attention)"
 
 
 def cpt_jax_config():
@@ -97,10 +100,12 @@ class TorchStep:
 
 
 def _build(name: str, config):
-  model = model_config.from_config_dict(config.model)
-  if name == "cpt_jax":
+  if name == _XLA_ATTENTION:
+    config.model.attention = "xla"
+  if name.startswith("cpt_jax"):
     return BareStep(config)
-  return TorchStep(model, compile_model=name == "torch.compile")
+  return TorchStep(model_config.from_config_dict(config.model),
+                   compile_model=name == "torch.compile")
 
 
 def _serve(name: str, connection) -> None:
@@ -127,7 +132,9 @@ def main():
   # OpenMP workers and allocator slowed the JAX step after them by 7-12%.
   context = multiprocessing.get_context("spawn")
   contenders = {}
-  for name in ("cpt_jax", "torch eager") + (() if args.no_compile else ("torch.compile",)):
+  names = (("cpt_jax",) + ((_XLA_ATTENTION,) if args.xla_attention else ()) + ("torch eager",)
+           + (() if args.no_compile else ("torch.compile",)))
+  for name in names:
     parent, child = context.Pipe()
     process = context.Process(target=_serve, args=(name, child), daemon=True)
     process.start()
@@ -146,9 +153,10 @@ def main():
   for connection in contenders.values():
     connection.send(0)
   medians = {name: statistics.median(values) for name, values in rounds.items()}
-  best_torch = max((name for name in medians if name != "cpt_jax"), key=medians.get)
+  best_torch = max((name for name in medians if not name.startswith("cpt_jax")),
+                   key=medians.get)
   for name, value in medians.items():
-    print(f"{name:14s} {value:>10,.0f} tok/s (median of {args.rounds})")
+    print(f"{name:24s} {value:>10,.0f} tok/s (median of {args.rounds})")
   print(f"cpt_jax/transformers ratio: {medians['cpt_jax'] / medians[best_torch]:.3f} "
         f"(against {best_torch})")
 

@@ -12,7 +12,7 @@ The last line reads `mfu: <x>` for the last preset (or `mfu: n/a`).
 
 import argparse
 
-from cpt_jax import huge_pages
+from cpt_jax import cpu_runtime
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--presets", default="")
@@ -20,8 +20,8 @@ parser.add_argument("--batch_per_device", type=int, default=8)
 parser.add_argument("--seq_len", type=int, default=0)
 parser.add_argument("--steps", type=int, default=20)
 args = parser.parse_args()
-huge_pages.reexec_with_huge_pages()  # The step as `cpt-jax` runs it (cpt_jax/huge_pages.py).
 
+cpu_runtime.configure()  # The step as `cpt-jax` runs it (cpt_jax/cpu_runtime.py).
 import jax  # noqa: E402
 
 from configs import demo  # noqa: E402

@@ -16,7 +16,7 @@ import argparse
 import os
 import tempfile
 
-from cpt_jax import huge_pages
+from cpt_jax import cpu_runtime
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--devices", type=int, default=0, help="Emulated CPU devices (0: as is).")
@@ -27,10 +27,10 @@ parser.add_argument("--batch", type=int, default=32)
 parser.add_argument("--seq_len", type=int, default=128)
 parser.add_argument("--dtype", default="", help="Compute dtype; default bfloat16 off CPU.")
 args = parser.parse_args()
-huge_pages.reexec_with_huge_pages()  # The step as `cpt-jax` runs it (cpt_jax/huge_pages.py).
 if args.devices:
   os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
 
+cpu_runtime.configure()  # The step as `cpt-jax` runs it (cpt_jax/cpu_runtime.py).
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 

@@ -2,6 +2,7 @@
 
   python -m benchmarks.vs_transformers [--devices=N] [--rounds=3] [--steps=10]
       [--preset=tiny] [--batch=16] [--seq_len=256] [--no_compile] [--xla_attention]
+      [--onednn]
 
 Both sides build the same GPT-NeoX (cpt_jax's preset, converted with hf_convert) and time a
 full training step on one fixed batch: forward, backward, global-norm clipping at 1.0, AdamW
@@ -19,7 +20,7 @@ import os
 import statistics
 import time
 
-from cpt_jax import huge_pages
+from cpt_jax import cpu_runtime
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--devices", type=int, default=0, help="Emulated CPU devices (0: as is).")
@@ -31,13 +32,16 @@ parser.add_argument("--seq_len", type=int, default=256)
 parser.add_argument("--no_compile", action="store_true", help="Skip torch.compile.")
 parser.add_argument("--xla_attention", action="store_true",
                     help="Also time cpt_jax with model.attention=xla, side by side.")
+parser.add_argument("--onednn", action="store_true",
+                    help="Also time cpt_jax with XLA:CPU's oneDNN matmuls (CPT_JAX_ONEDNN=1).")
 args = parser.parse_args()
-huge_pages.reexec_with_huge_pages()  # The step as `cpt-jax` runs it (cpt_jax/huge_pages.py).
 # The contenders take turns on one accelerator: neither may hold most of its memory.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-if args.devices:
-  os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
+if args.devices and "device_count" not in os.environ.get("XLA_FLAGS", ""):  # Kept by children.
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             f" --xla_force_host_platform_device_count={args.devices}").strip()
 
+cpu_runtime.configure()  # The step as `cpt-jax` runs it (cpt_jax/cpu_runtime.py).
 import jax  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
@@ -48,6 +52,7 @@ from cpt_jax import hf_convert, model_config  # noqa: E402
 
 ON_CPU = jax.default_backend() == "cpu"
 _XLA_ATTENTION = "cpt_jax (xla attention)"
+_ONEDNN = "cpt_jax (oneDNN)"  # CPT_JAX_ONEDNN=1: see cpt_jax/cpu_runtime.py.
 
 
 def cpt_jax_config():
@@ -127,17 +132,22 @@ def main():
         f"{jax.__version__} on {jax.devices()[0].device_kind} x {jax.device_count()}; torch "
         f"{torch.__version__} ({torch.get_num_threads()} threads), transformers "
         f"{transformers.__version__}; attention {model.attention}, huge pages "
-        f"{'on' if huge_pages.TUNABLE in os.environ.get('GLIBC_TUNABLES', '') else 'off'}")
+        f"{'on' if cpu_runtime.TUNABLE in os.environ.get('GLIBC_TUNABLES', '') else 'off'}")
   # One process per contender, as a user runs one framework: in one process, torch's
   # OpenMP workers and allocator slowed the JAX step after them by 7-12%.
   context = multiprocessing.get_context("spawn")
   contenders = {}
-  names = (("cpt_jax",) + ((_XLA_ATTENTION,) if args.xla_attention else ()) + ("torch eager",)
+  names = (("cpt_jax",) + ((_XLA_ATTENTION,) if args.xla_attention else ())
+           + ((_ONEDNN,) if args.onednn else ()) + ("torch eager",)
            + (() if args.no_compile else ("torch.compile",)))
   for name in names:
     parent, child = context.Pipe()
     process = context.Process(target=_serve, args=(name, child), daemon=True)
+    flags = os.environ.get("XLA_FLAGS", "")
+    if name == _ONEDNN:  # XLA reads its flags when the child's backend starts.
+      os.environ["XLA_FLAGS"] = cpu_runtime.xla_flags_with_onednn(os.environ)
     process.start()
+    os.environ["XLA_FLAGS"] = flags
     answer = parent.recv()  # One at a time: building includes compiling and warming up.
     if answer == "ready":
       contenders[name] = parent

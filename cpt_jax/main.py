@@ -27,7 +27,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from cpt_jax import huge_pages
+from cpt_jax import cpu_runtime
 from cpt_jax.config_error import ConfigError
 
 # Each command and the flags it reads.
@@ -295,5 +295,5 @@ def main(argv: list[str]) -> int:
 
 def run() -> None:
   """Console-script entry point."""
-  huge_pages.reexec_with_huge_pages()  # Faster XLA:CPU steps; see the module.
+  cpu_runtime.configure()  # oneDNN and huge pages for XLA:CPU; may re-execute.
   sys.exit(main(sys.argv))

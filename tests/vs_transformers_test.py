@@ -12,12 +12,12 @@ REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_each_contender_runs_in_its_own_process_and_the_ratio_is_printed():
   result = subprocess.run(
       [sys.executable, "-m", "benchmarks.vs_transformers", "--batch=2", "--seq_len=64",
-       "--rounds=1", "--steps=1", "--no_compile", "--xla_attention"],
+       "--rounds=1", "--steps=1", "--no_compile", "--xla_attention", "--onednn"],
       cwd=REPOSITORY, capture_output=True, text=True, timeout=300,
       env={**os.environ, "XLA_FLAGS": ""})
   assert result.returncode == 0, result.stderr[-2000:]
   lines = result.stdout.splitlines()
   assert re.fullmatch(r"round 1: cpt_jax [\d,]+ tok/s, cpt_jax \(xla attention\) [\d,]+ tok/s, "
-                      r"torch eager [\d,]+ tok/s", lines[1])
+                      r"cpt_jax \(oneDNN\) [\d,]+ tok/s, torch eager [\d,]+ tok/s", lines[1])
   ratio = re.fullmatch(r"cpt_jax/transformers ratio: ([\d.]+) \(against torch eager\)", lines[-1])
   assert ratio and float(ratio[1]) > 0

@@ -39,8 +39,13 @@ def test_a_run_interrupted_every_way_resumes_bit_identical(reference_run, tmp_pa
     while helpers.last_train_step(workdir) <= saved:
       assert first.poll() is None, first.stdout.read()[-2000:]
       time.sleep(0.05)
-    # In this process, so the check is quick and the first run is still well short of its end.
-    second = helpers.cli("train", f"--workdir={workdir}", check=False)
+    # The first run is paused (alive, holding the lock) while this process checks, so it
+    # cannot reach its end before the Ctrl-C below however fast its steps are.
+    first.send_signal(signal.SIGSTOP)
+    try:
+      second = helpers.cli("train", f"--workdir={workdir}", check=False)
+    finally:
+      first.send_signal(signal.SIGCONT)
     assert second.returncode == 2
     assert second.stderr.strip().splitlines()[-1] == (
         f"cpt-jax: error: {workdir} is in use by process {first.pid} on this host "

@@ -295,5 +295,5 @@ def main(argv: list[str]) -> int:
 
 def run() -> None:
   """Console-script entry point."""
-  cpu_runtime.configure()  # oneDNN and huge pages for XLA:CPU; may re-execute.
+  cpu_runtime.configure()  # Huge pages (and oneDNN if asked) for XLA:CPU; may re-execute.
   sys.exit(main(sys.argv))

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+_log = logging.getLogger(__name__)
 _MIN_QUERY_BLOCK = 64  # Smaller blocks cost more in per-op overhead than they save.
 _MAX_QUERY_BLOCKS = 8  # Bounds the program's size at long sequences: 56% of the square.
 
@@ -66,7 +67,7 @@ def attend(q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array,
       # dtype, head dim, layout, cuDNN version.
       chosen, reason = "xla", f"cuDNN attention does not apply: {str(error).splitlines()[0]}"
   if reason:
-    logging.warning("attention %r: %s; using XLA's attention", implementation, reason)
+    _log.warning("attention %r: %s; using XLA's attention", implementation, reason)
   if chosen == "chunked":
     return _chunked(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT)
   return jax.nn.dot_product_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH,

@@ -91,7 +91,9 @@ def test_auto_picks_chunked_on_cpu():
   assert attention.resolve("auto", jnp.float32) == ("chunked", "")
 
 
-def test_cudnn_without_a_gpu_falls_back_to_xla_and_says_why(caplog):
+def test_cudnn_without_a_gpu_falls_back_to_xla_and_says_why(caplog, monkeypatch):
+  # The command line keeps the library's logs to itself; here they reach caplog's handler.
+  monkeypatch.setattr(logging.getLogger("cpt_jax"), "propagate", True)
   q, k, v, segments = _inputs()
   with caplog.at_level(logging.WARNING):
     out = attention.attend(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16),

@@ -12,6 +12,17 @@ import numpy as np
 import run_helpers as helpers
 
 
+def _signal_masks(pid):
+  """The kernel's view of which signals a process ignores, catches and has pending."""
+  try:
+    with open(f"/proc/{pid}/status") as status:
+      return " ".join(line.strip() for line in status if line.startswith(("SigPnd", "ShdPnd",
+                                                                        "SigBlk", "SigIgn",
+                                                                        "SigCgt")))
+  except OSError:
+    return "(no /proc)"
+
+
 def test_a_run_interrupted_every_way_resumes_bit_identical(reference_run, tmp_path):
   """One run, stopped in each way a real one is, in turn: SIGKILL mid stage 1 (an async save
   may be in flight), SIGTERM (preemption) and SIGHUP (a dropped ssh session: both save and
@@ -45,6 +56,7 @@ def test_a_run_interrupted_every_way_resumes_bit_identical(reference_run, tmp_pa
     first.send_signal(signal.SIGSTOP)
     try:
       second = helpers.cli("train", f"--workdir={workdir}", check=False)
+      signal_masks = _signal_masks(first.pid)  # Names why, should the Ctrl-C be lost.
       first.send_signal(signal.SIGINT)
     finally:
       first.send_signal(signal.SIGCONT)
@@ -56,7 +68,7 @@ def test_a_run_interrupted_every_way_resumes_bit_identical(reference_run, tmp_pa
     returncode = first.returncode
   finally:
     first.kill()
-  assert returncode == 130, output[-2000:]
+  assert returncode == 130, f"{signal_masks}\n{output[-2000:]}"
   assert "Traceback" not in output
   saved = int(output.split("interrupted (Ctrl-C): saved step ")[1].split(";")[0])
   assert str(saved) in os.listdir(os.path.join(workdir, "checkpoints"))

@@ -69,8 +69,19 @@ def run(*args, devices=8, check=True, **kwargs):
 
 
 def start(*args, **kwargs):
-  return subprocess.Popen(command(*args, **kwargs), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, env=environment(), cwd=ROOT)
+  """`cpt-jax ARGS` in a subprocess that takes Ctrl-C as one started from a terminal does.
+  A test run started in the background by a non-interactive shell (`.ci/run &`) ignores
+  SIGINT, and exec keeps an ignored signal ignored in children; a handler is reset to the
+  default instead, so one is set while the child starts."""
+  ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+  if ignored:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    return subprocess.Popen(command(*args, **kwargs), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=environment(), cwd=ROOT)
+  finally:
+    if ignored:
+      signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def garble(directory):

@@ -86,8 +86,9 @@ def configure() -> None:
   """Sets what applies; re-executes this process where huge pages do. Call it before
   importing JAX and before any work worth keeping."""
   environ = dict(os.environ)
-  if environ.get(ONEDNN_OPT_IN) == "1" and xla_flags_with_onednn(environ):
-    environ["XLA_FLAGS"] = xla_flags_with_onednn(environ)
+  flags = xla_flags_with_onednn(environ) if environ.get(ONEDNN_OPT_IN) == "1" else ""
+  if flags:
+    environ["XLA_FLAGS"] = flags
   with_huge_pages = environment_with_huge_pages(environ)
   if with_huge_pages is not None:
     sys.stdout.flush()

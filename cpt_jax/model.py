@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from cpt_jax import attention
@@ -44,8 +45,8 @@ class _Linear(nnx.Linear):
 def _linear(config: ModelConfig, in_dim: int, out_dim: int, *, rngs: nnx.Rngs,
             stddev: float = _INIT_STDDEV) -> nnx.Linear:
   return _Linear(in_dim, out_dim, use_bias=config.use_bias,
-                    dtype=jnp.dtype(config.compute_dtype), param_dtype=jnp.float32,
-                    kernel_init=nnx.initializers.normal(stddev), rngs=rngs)
+                 dtype=jnp.dtype(config.compute_dtype), param_dtype=jnp.float32,
+                 kernel_init=nnx.initializers.normal(stddev), rngs=rngs)
 
 
 def _norm(config: ModelConfig, *, rngs: nnx.Rngs) -> nnx.Module:
@@ -115,6 +116,12 @@ class Attention(nnx.Module):
     return self.out(y_BxTxNxH.reshape(batch, length, c.num_heads * c.head_dim))
 
 
+def _gelu(x: jax.Array) -> jax.Array:
+  """Exact GELU as torch computes it, through erf. jax.nn.gelu's erfc form is as accurate
+  but 3x slower on XLA:CPU (1.8 against 0.6 ms at 4096 x 512)."""
+  return x * 0.5 * (1 + jax.lax.erf(x * jnp.asarray(np.sqrt(0.5), x.dtype)))
+
+
 class Mlp(nnx.Module):
   """GELU MLP (pythia) or SwiGLU MLP (llama)."""
 
@@ -129,7 +136,7 @@ class Mlp(nnx.Module):
   def __call__(self, x_BxTxD):
     if self.family == "llama":
       return self.down(jax.nn.silu(self.gate(x_BxTxD)) * self.up(x_BxTxD))
-    return self.down(jax.nn.gelu(self.up(x_BxTxD), approximate=False))
+    return self.down(_gelu(self.up(x_BxTxD)))
 
 
 class Block(nnx.Module):
@@ -163,8 +170,8 @@ class Transformer(nnx.Module):
     self.final_norm = _norm(config, rngs=rngs)
     if not config.tie_embeddings:  # In float32: logits and the loss keep their precision.
       self.unembed = _Linear(config.model_dim, config.vocab_size, use_bias=False,
-                                dtype=jnp.float32, param_dtype=jnp.float32,
-                                kernel_init=nnx.initializers.normal(_INIT_STDDEV), rngs=rngs)
+                             dtype=jnp.float32, param_dtype=jnp.float32,
+                             kernel_init=nnx.initializers.normal(_INIT_STDDEV), rngs=rngs)
 
   def __call__(self, tokens_BxT, positions_BxT=None, segment_ids_BxT=None):
     if positions_BxT is None:

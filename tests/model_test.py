@@ -140,6 +140,32 @@ def test_remat_of_a_stored_config_before_policies_reads_as_a_policy():
     assert model_config.from_config_dict(stored).remat == policy
 
 
+def test_linear_on_rows_equals_flax_linear_with_its_gradients():
+  rows_linear = model_lib._Linear(8, 5, rngs=nnx.Rngs(0))
+  flax_linear = nnx.Linear(8, 5, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(1), (3, 4, 8))
+  weights = jax.random.normal(jax.random.key(2), (3, 4, 5))
+
+  def grads(layer):
+    return nnx.grad(lambda layer, x: jnp.sum(layer(x) * weights), argnums=(0, 1))(layer, x)
+
+  np.testing.assert_allclose(rows_linear(x), flax_linear(x), rtol=1e-6, atol=1e-6)
+  (d_layer, d_x), (ref_d_layer, ref_d_x) = grads(rows_linear), grads(flax_linear)
+  np.testing.assert_allclose(d_x, ref_d_x, rtol=1e-6, atol=1e-6)
+  for name in ("kernel", "bias"):
+    np.testing.assert_allclose(getattr(d_layer, name)[...], getattr(ref_d_layer, name)[...],
+                               rtol=1e-5, atol=1e-6)  # Sums in another order.
+
+
+def test_gelu_is_the_exact_gelu_across_its_range():
+  x = jnp.linspace(-12.0, 12.0, 4001)
+  np.testing.assert_allclose(model_lib._gelu(x), jax.nn.gelu(x, approximate=False),
+                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(jax.grad(lambda x: model_lib._gelu(x).sum())(x),
+                             jax.grad(lambda x: jax.nn.gelu(x, approximate=False).sum())(x),
+                             rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("name, total, non_embedding", [
     ("pythia-70m", 70_426_624, 18_915_328),
     ("pythia-160m", 162_322_944, 85_056_000),

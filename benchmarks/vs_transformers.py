@@ -117,7 +117,8 @@ def _build(name: str, config):
 
 
 def _serve(name: str, connection) -> None:
-  """A contender in its own process: builds (and warms up), then times `steps` per request."""
+  """A contender in its own process: builds (and warms up), then per request takes one
+  untimed step and times `steps`."""
   try:
     contender = _build(name, cpt_jax_config())
   except Exception as error:  # torch.compile without a C++ toolchain, ...: say so, go on.
@@ -125,6 +126,8 @@ def _serve(name: str, connection) -> None:
     return
   connection.send("ready")
   while steps := connection.recv():
+    contender.tokens_per_second(1)  # Untimed: a turn's first step, after the other
+    # contenders' turns, ran 3-10% slower for every contender (caches, freed pages).
     connection.send(contender.tokens_per_second(steps))
 
 

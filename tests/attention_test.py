@@ -8,18 +8,21 @@ import numpy as np
 import pytest
 
 from cpt_jax import attention
+from cpt_jax import sharded
 
 LENGTH = 200  # Three query blocks of 64 and a ragged last one of 8.
 
 
-def _inputs(heads=4, kv_heads=2, head_dim=16, batch=2):
+def _inputs(heads=4, kv_heads=2, head_dim=16, batch=2, length=LENGTH):
   keys = jax.random.split(jax.random.key(0), 3)
-  q = jax.random.normal(keys[0], (batch, LENGTH, heads, head_dim))
-  k = jax.random.normal(keys[1], (batch, LENGTH, kv_heads, head_dim))
-  v = jax.random.normal(keys[2], (batch, LENGTH, kv_heads, head_dim))
-  # Row 0 packs three documents (boundaries inside query blocks); row 1 is one document.
-  segments = jnp.stack([jnp.repeat(jnp.array([1, 2, 3]), jnp.array([50, 97, 53]),
-                                   total_repeat_length=LENGTH), jnp.ones(LENGTH, jnp.int32)])
+  q = jax.random.normal(keys[0], (batch, length, heads, head_dim))
+  k = jax.random.normal(keys[1], (batch, length, kv_heads, head_dim))
+  v = jax.random.normal(keys[2], (batch, length, kv_heads, head_dim))
+  # Even rows pack three documents (boundaries inside query blocks); odd rows are one.
+  packed = jnp.repeat(jnp.array([1, 2, 3]), jnp.array([50, 97, length - 147]),
+                      total_repeat_length=length)
+  segments = jnp.stack([packed if row % 2 == 0 else jnp.ones(length, jnp.int32)
+                        for row in range(batch)])
   return q, k, v, segments
 
 
@@ -89,6 +92,61 @@ def test_chunked_never_computes_the_blocks_above_the_diagonal():
 def test_auto_picks_chunked_on_cpu():
   assert jax.default_backend() == "cpu"
   assert attention.resolve("auto", jnp.float32) == ("chunked", "")
+
+
+def test_auto_picks_splash_on_tpu(monkeypatch):
+  monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+  assert attention.resolve("auto", jnp.bfloat16) == ("splash", "")
+
+
+def _grads(implementation, q, k, v, segments):
+  cotangent = jax.random.normal(jax.random.key(1), q.shape)
+  loss = lambda q, k, v: jnp.sum(attention.attend(q, k, v, segments, implementation)
+                                 * cotangent)
+  return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+
+
+def test_splash_kernel_equals_attention_written_out_with_its_gradients(monkeypatch):
+  """The TPU kernel run by Pallas's interpreter: 256 tokens (one 256-block), grouped queries,
+  a row of three documents."""
+  monkeypatch.setattr(attention, "_SPLASH_INTERPRET", True)
+  q, k, v, segments = _inputs(head_dim=32, length=256)
+  out = jax.jit(attention.attend, static_argnums=4)(q, k, v, segments, "splash")
+  np.testing.assert_allclose(out, _reference(q, k, v, segments), atol=2e-5)
+  for splash, xla in zip(_grads("splash", q, k, v, segments), _grads("xla", q, k, v, segments)):
+    np.testing.assert_allclose(splash, xla, atol=5e-5)
+
+
+def test_splash_under_a_mesh_runs_on_each_devices_rows(monkeypatch):
+  monkeypatch.setattr(attention, "_SPLASH_INTERPRET", True)
+  q, k, v, segments = _inputs(head_dim=32, length=128, batch=8)
+  mesh = sharded.make_mesh(fsdp_devices=4)  # (data 2, fsdp 4), as the FSDP path makes it.
+  attend = jax.jit(attention.attend, static_argnums=4)
+  with jax.set_mesh(mesh):
+    jaxpr = jax.make_jaxpr(attend, static_argnums=4)(q, k, v, segments, "splash")
+    out = attend(q, k, v, segments, "splash")
+  assert "shard_map" in str(jaxpr)
+  np.testing.assert_allclose(out, _reference(q, k, v, segments), atol=2e-5)
+
+
+def test_splash_off_a_tpu_falls_back_to_xla_and_says_why(caplog, monkeypatch):
+  monkeypatch.setattr(logging.getLogger("cpt_jax"), "propagate", True)
+  q, k, v, segments = _inputs()
+  with caplog.at_level(logging.WARNING):
+    out = attention.attend(q, k, v, segments, "splash")
+  assert "attention 'splash': splash attention needs a TPU; the backend is cpu" in caplog.text
+  np.testing.assert_array_equal(out, attention.attend(q, k, v, segments, "xla"))
+
+
+def test_splash_needs_a_multiple_of_128_tokens_else_falls_back(caplog, monkeypatch):
+  monkeypatch.setattr(logging.getLogger("cpt_jax"), "propagate", True)
+  monkeypatch.setattr(attention, "_SPLASH_INTERPRET", True)
+  q, k, v, segments = _inputs()
+  with caplog.at_level(logging.WARNING):
+    out = attention.attend(q, k, v, segments, "splash")
+  assert ("splash attention needs a sequence length that is a multiple of 128, not 200"
+          in caplog.text)
+  np.testing.assert_array_equal(out, attention.attend(q, k, v, segments, "xla"))
 
 
 def test_cudnn_without_a_gpu_falls_back_to_xla_and_says_why(caplog, monkeypatch):

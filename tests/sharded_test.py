@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+from cpt_jax import attention
 from cpt_jax import data_parallel
 from cpt_jax import model_config
 from cpt_jax import optimizer as optimizer_lib
@@ -53,6 +54,32 @@ def test_fsdp_steps_equal_pmap_steps(fsdp_devices):
   pmap_sum, pmap_count = pmap.eval_step(pmap_state.params, _batch(9))
   np.testing.assert_allclose(float(loss_sum) / float(count), float(pmap_sum) / float(pmap_count),
                              rtol=1e-5)
+
+
+def test_fsdp_with_the_splash_kernel_equals_pmap_with_xla_attention(monkeypatch):
+  """The TPU kernel (Pallas's interpreter) inside the FSDP step, on each device's rows."""
+  monkeypatch.setattr(attention, "_SPLASH_INTERPRET", True)
+  rows_per_call = []
+  splash = attention._splash
+  monkeypatch.setattr(attention, "_splash", lambda q, *rest: (rows_per_call.append(q.shape[0]),
+                                                              splash(q, *rest))[1])
+  optimizer = optimizer_lib.make(optimizer_lib.default_config())
+  steps = {}
+  for kernel in ("splash", "xla"):
+    graphdef, state = train_step_lib.init_state(dataclasses.replace(CONFIG, attention=kernel),
+                                                optimizer, seed=0)
+    mode = sharded.Sharded if kernel == "splash" else data_parallel.DataParallel
+    steps[kernel] = mode(graphdef, optimizer, optax.constant_schedule(1e-3))
+    steps[kernel].state = steps[kernel].place(state)
+  for seed in range(2):
+    batch = _batch(seed, length=128)
+    batch["segment_ids"][:, 77:] = 2  # Two documents a row.
+    losses = {}
+    for kernel, executor in steps.items():
+      executor.state, metrics = executor.train_step(executor.state, batch)
+      losses[kernel] = metrics["loss"]
+    np.testing.assert_allclose(losses["splash"], losses["xla"], rtol=1e-5)
+  assert set(rows_per_call) == {16 // jax.device_count()}  # Each device's own rows.
 
 
 def test_fsdp_shards_parameters_and_adam_moments():

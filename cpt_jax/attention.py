@@ -6,8 +6,9 @@ own document (`segment_ids`), softmax in float32, scale 1/sqrt(head dim). They d
 - "xla": `jax.nn.dot_product_attention` over the full (B, 1, T, T) mask.
 - "chunked": the queries in blocks, each block against only the keys up to its own end, so
   most of the masked upper triangle is never computed ((n + 1) / 2n of the square for n
-  blocks) and a block's scores stay in cache. On XLA:CPU it runs forward and backward about
-  1.6x faster than "xla" at 16 x 256 x 4 x 32 (22 against 36 ms).
+  blocks) and a block's scores stay in cache; its backward is flash attention's (below). On
+  XLA:CPU it runs forward and backward about 1.6x faster than "xla" at 16 x 256 x 4 x 32
+  (22 against 36 ms).
 - "cudnn": cuDNN's fused flash attention on NVIDIA GPUs (bfloat16 or float16), causal with
   the document mask. Where cuDNN cannot run it (no GPU, float32, an unsupported shape) the
   run falls back to "xla" and logs why.
@@ -124,13 +125,48 @@ def _chunked(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT):
   outputs = []
   for start in range(0, length, block):
     stop = min(start + block, length)
-    scores = jnp.einsum("bkgth,bksh->bkgts", q_BxKxGxTxH[:, :, :, start:stop],
-                        k_BxKxTxH[:, :, :stop], preferred_element_type=jnp.float32)
     mask_Bx1x1xTxS = document_mask(segment_ids_BxT, slice(start, stop), slice(0, stop))[:, :, None]
-    scores = jnp.where(mask_Bx1x1xTxS, scores, jnp.finfo(jnp.float32).min)
-    probabilities = jax.nn.softmax(scores, axis=-1).astype(v_BxTxKxH.dtype)
-    outputs.append(jnp.einsum("bkgts,bksh->bkgth", probabilities, v_BxKxTxH[:, :, :stop]))
+    outputs.append(_query_block(q_BxKxGxTxH[:, :, :, start:stop], k_BxKxTxH[:, :, :stop],
+                                v_BxKxTxH[:, :, :stop], mask_Bx1x1xTxS))
   return _token_major(jnp.concatenate(outputs, axis=3))
+
+
+@jax.custom_vjp
+def _query_block(q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, mask_Bx1x1xTxS):
+  """One block of queries against its keys. The backward is flash attention's: it keeps the
+  unnormalised probabilities and gets softmax's row sums from the output (sum of dy * y), one
+  pass over the scores fewer than autodiff's; the step ran 4-10% faster (issue 14)."""
+  return _query_block_forward(q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, mask_Bx1x1xTxS)[0]
+
+
+def _query_block_forward(q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, mask_Bx1x1xTxS):
+  scores = jnp.einsum("bkgth,bksh->bkgts", q_BxKxGxTxH, k_BxKxSxH,
+                      preferred_element_type=jnp.float32)
+  scores = jnp.where(mask_Bx1x1xTxS, scores, jnp.finfo(jnp.float32).min)
+  unnormalised = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))  # Masked: 0.
+  inverse_sum_BxKxGxTx1 = 1 / jnp.sum(unnormalised, axis=-1, keepdims=True)
+  y_BxKxGxTxH = jnp.einsum("bkgts,bksh->bkgth", unnormalised.astype(v_BxKxSxH.dtype), v_BxKxSxH,
+                           preferred_element_type=jnp.float32) * inverse_sum_BxKxGxTx1
+  y_BxKxGxTxH = y_BxKxGxTxH.astype(v_BxKxSxH.dtype)
+  return y_BxKxGxTxH, (q_BxKxGxTxH, k_BxKxSxH, v_BxKxSxH, unnormalised, inverse_sum_BxKxGxTx1,
+                       y_BxKxGxTxH)
+
+
+def _query_block_backward(residuals, dy_BxKxGxTxH):
+  q, k, v, unnormalised, inverse_sum_BxKxGxTx1, y_BxKxGxTxH = residuals
+  d_probabilities = jnp.einsum("bkgth,bksh->bkgts", dy_BxKxGxTxH, v,
+                               preferred_element_type=jnp.float32)
+  row_sums = jnp.sum(dy_BxKxGxTxH.astype(jnp.float32) * y_BxKxGxTxH.astype(jnp.float32),
+                     axis=-1, keepdims=True)
+  d_scores = unnormalised * inverse_sum_BxKxGxTx1 * (d_probabilities - row_sums)
+  dq = jnp.einsum("bkgts,bksh->bkgth", d_scores, k, preferred_element_type=jnp.float32)
+  dk = jnp.einsum("bkgts,bkgth->bksh", d_scores, q, preferred_element_type=jnp.float32)
+  dv = jnp.einsum("bkgts,bkgth->bksh", unnormalised,
+                  dy_BxKxGxTxH.astype(jnp.float32) * inverse_sum_BxKxGxTx1)
+  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
+
+
+_query_block.defvjp(_query_block_forward, _query_block_backward)
 
 
 def _per_device_rows(attention_fn):

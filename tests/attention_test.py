@@ -52,6 +52,13 @@ def _dot_output_shapes(jaxpr):
         yield from _dot_output_shapes(inner)
 
 
+def _grads(implementation, q, k, v, segments):
+  cotangent = jax.random.normal(jax.random.key(1), q.shape)
+  loss = lambda q, k, v: jnp.sum(attention.attend(q, k, v, segments, implementation)
+                                 * cotangent)
+  return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+
+
 def test_the_query_blocks_cover_the_sequence_in_at_most_eight_blocks():
   assert attention.query_block_size(128) == 64
   assert attention.query_block_size(200) == 64
@@ -68,15 +75,24 @@ def test_each_implementation_equals_attention_written_out(implementation):
 
 def test_chunked_gradients_equal_xla_gradients():
   q, k, v, segments = _inputs()
-  cotangent = jax.random.normal(jax.random.key(1), q.shape)
-
-  def grads(implementation):
-    loss = lambda q, k, v: jnp.sum(attention.attend(q, k, v, segments, implementation)
-                                   * cotangent)
-    return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
-
-  for chunked, xla in zip(grads("chunked"), grads("xla")):
+  for chunked, xla in zip(_grads("chunked", q, k, v, segments),
+                          _grads("xla", q, k, v, segments)):
     np.testing.assert_allclose(chunked, xla, atol=2e-5)
+
+
+def test_chunked_in_bfloat16_keeps_the_dtype_and_follows_xla():
+  q, k, v, segments = (x.astype(jnp.bfloat16) if x.dtype == jnp.float32 else x
+                       for x in _inputs())
+  out = attention.attend(q, k, v, segments, "chunked")
+  assert out.dtype == jnp.bfloat16
+  np.testing.assert_allclose(out.astype(jnp.float32),
+                             attention.attend(q, k, v, segments, "xla").astype(jnp.float32),
+                             atol=2e-2)
+  for chunked, xla in zip(_grads("chunked", q, k, v, segments),
+                          _grads("xla", q, k, v, segments)):
+    assert chunked.dtype == jnp.bfloat16
+    np.testing.assert_allclose(chunked.astype(jnp.float32), xla.astype(jnp.float32),
+                               atol=5e-2, rtol=5e-2)
 
 
 def test_chunked_never_computes_the_blocks_above_the_diagonal():
@@ -97,13 +113,6 @@ def test_auto_picks_chunked_on_cpu():
 def test_auto_picks_splash_on_tpu(monkeypatch):
   monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
   assert attention.resolve("auto", jnp.bfloat16) == ("splash", "")
-
-
-def _grads(implementation, q, k, v, segments):
-  cotangent = jax.random.normal(jax.random.key(1), q.shape)
-  loss = lambda q, k, v: jnp.sum(attention.attend(q, k, v, segments, implementation)
-                                 * cotangent)
-  return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
 
 
 def test_splash_kernel_equals_attention_written_out_with_its_gradients(monkeypatch):

@@ -172,7 +172,8 @@ def main():
   best_torch = max((name for name in medians if not name.startswith("cpt_jax")),
                    key=medians.get)
   for name, value in medians.items():
-    share = f", {value / medians[best_torch]:.3f} of {best_torch}" if name.startswith("cpt_jax") else ""
+    share = (f", {value / medians[best_torch]:.3f} of {best_torch}"
+             if name.startswith("cpt_jax") else "")
     print(f"{name:24s} {value:>10,.0f} tok/s (median of {args.rounds}{share})")
   print(f"cpt_jax/transformers ratio: {medians['cpt_jax'] / medians[best_torch]:.3f} "
         f"(against {best_torch})")

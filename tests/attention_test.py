@@ -52,6 +52,13 @@ def _dot_output_shapes(jaxpr):
         yield from _dot_output_shapes(inner)
 
 
+@pytest.fixture
+def library_logs(caplog, monkeypatch):
+  """caplog, reached by the library's logs (the command line keeps them to itself)."""
+  monkeypatch.setattr(logging.getLogger("cpt_jax"), "propagate", True)
+  return caplog
+
+
 def _grads(implementation, q, k, v, segments):
   cotangent = jax.random.normal(jax.random.key(1), q.shape)
   loss = lambda q, k, v: jnp.sum(attention.attend(q, k, v, segments, implementation)
@@ -138,34 +145,32 @@ def test_splash_under_a_mesh_runs_on_each_devices_rows(monkeypatch):
   np.testing.assert_allclose(out, _reference(q, k, v, segments), atol=2e-5)
 
 
-def test_splash_off_a_tpu_falls_back_to_xla_and_says_why(caplog, monkeypatch):
-  monkeypatch.setattr(logging.getLogger("cpt_jax"), "propagate", True)
+def test_splash_off_a_tpu_falls_back_to_xla_and_says_why(library_logs):
   q, k, v, segments = _inputs()
-  with caplog.at_level(logging.WARNING):
+  with library_logs.at_level(logging.WARNING):
     out = attention.attend(q, k, v, segments, "splash")
-  assert "attention 'splash': splash attention needs a TPU; the backend is cpu" in caplog.text
+  assert ("attention 'splash': splash attention needs a TPU; the backend is cpu"
+          in library_logs.text)
   np.testing.assert_array_equal(out, attention.attend(q, k, v, segments, "xla"))
 
 
-def test_splash_needs_a_multiple_of_128_tokens_else_falls_back(caplog, monkeypatch):
-  monkeypatch.setattr(logging.getLogger("cpt_jax"), "propagate", True)
+def test_splash_needs_a_multiple_of_128_tokens_else_falls_back(library_logs, monkeypatch):
   monkeypatch.setattr(attention, "_SPLASH_INTERPRET", True)
   q, k, v, segments = _inputs()
-  with caplog.at_level(logging.WARNING):
+  with library_logs.at_level(logging.WARNING):
     out = attention.attend(q, k, v, segments, "splash")
   assert ("splash attention needs a sequence length that is a multiple of 128, not 200"
-          in caplog.text)
+          in library_logs.text)
   np.testing.assert_array_equal(out, attention.attend(q, k, v, segments, "xla"))
 
 
-def test_cudnn_without_a_gpu_falls_back_to_xla_and_says_why(caplog, monkeypatch):
-  # The command line keeps the library's logs to itself; here they reach caplog's handler.
-  monkeypatch.setattr(logging.getLogger("cpt_jax"), "propagate", True)
+def test_cudnn_without_a_gpu_falls_back_to_xla_and_says_why(library_logs):
   q, k, v, segments = _inputs()
-  with caplog.at_level(logging.WARNING):
+  with library_logs.at_level(logging.WARNING):
     out = attention.attend(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16),
                            v.astype(jnp.bfloat16), segments, "cudnn")
-  assert "attention 'cudnn': cuDNN attention needs an NVIDIA GPU; the backend is cpu" in caplog.text
+  assert ("attention 'cudnn': cuDNN attention needs an NVIDIA GPU; the backend is cpu"
+          in library_logs.text)
   expected = attention.attend(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16),
                               v.astype(jnp.bfloat16), segments, "xla")
   np.testing.assert_array_equal(out, expected)

@@ -61,8 +61,12 @@ def test_fsdp_with_the_splash_kernel_equals_pmap_with_xla_attention(monkeypatch)
   monkeypatch.setattr(attention, "_SPLASH_INTERPRET", True)
   rows_per_call = []
   splash = attention._splash
-  monkeypatch.setattr(attention, "_splash", lambda q, *rest: (rows_per_call.append(q.shape[0]),
-                                                              splash(q, *rest))[1])
+
+  def counting_splash(q, *rest):
+    rows_per_call.append(q.shape[0])
+    return splash(q, *rest)
+
+  monkeypatch.setattr(attention, "_splash", counting_splash)
   optimizer = optimizer_lib.make(optimizer_lib.default_config())
   steps = {}
   for kernel in ("splash", "xla"):

@@ -6,14 +6,14 @@ import re
 import subprocess
 import sys
 
-REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import run_helpers as helpers
 
 
 def test_each_contender_runs_in_its_own_process_and_the_ratio_is_printed():
   result = subprocess.run(
       [sys.executable, "-m", "benchmarks.vs_transformers", "--batch=2", "--seq_len=64",
        "--rounds=1", "--steps=1", "--no_compile", "--xla_attention", "--onednn"],
-      cwd=REPOSITORY, capture_output=True, text=True, timeout=300,
+      cwd=helpers.ROOT, capture_output=True, text=True, timeout=300,
       env={**os.environ, "XLA_FLAGS": ""})
   assert result.returncode == 0, result.stderr[-2000:]
   lines = result.stdout.splitlines()

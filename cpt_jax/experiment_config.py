@@ -45,7 +45,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if data.tokenizer.kind not in tokenizer_lib.KINDS:
     raise ConfigError(f"data.tokenizer.kind={data.tokenizer.kind!r}: expected one of "
                       f"{tokenizer_lib.KINDS}")
-  token_cache.check_local(data.token_cache_dir)
+  token_cache.check_cache_dir(data.token_cache_dir)
   if not data.sources:
     raise ConfigError("data.sources is empty; expected {name: corpora.source_config(...)}")
   for name, source in data.sources.items():

@@ -35,6 +35,10 @@ from cpt_jax import token_cache
 from cpt_jax import tokenizer as tokenizer_lib
 from cpt_jax.config_error import ConfigError
 
+# Batches a background thread reads ahead from a token cache in a bucket: each batch's records
+# arrive by range requests whose latency the step would otherwise wait on.
+_BUCKET_PREFETCH_BATCHES = 2
+
 
 def default_config() -> ml_collections.ConfigDict:
   """The `config.data` block; `sources` is filled by each experiment."""
@@ -43,11 +47,12 @@ def default_config() -> ml_collections.ConfigDict:
   config.global_batch_size = 32  # Rows per optimizer step, over all devices and processes.
   config.tokenizer = tokenizer_lib.default_config()
   config.sources = ml_collections.ConfigDict()  # {name: corpora.source_config(...)}.
-  config.token_cache_dir = ""  # Pre-tokenized shards from `cpt-jax prepare`; "" = tokenize live.
+  config.token_cache_dir = ""  # `cpt-jax prepare`'s shards, local or gs://; "" = tokenize live.
   config.shuffle_seed = 0  # Document order within each source's training split (per epoch).
   # Batches a background thread builds ahead of the train step. 0 builds them in the training
   # loop, which costs nothing while the device runs the previous step (dispatch is async) and
   # avoids the thread's per-batch overhead; use 1-2 if batches are slow (heavy live tokenizing).
+  # A token cache in a bucket (gs://) reads ahead at least _BUCKET_PREFETCH_BATCHES.
   config.prefetch_batches = 0
   return config
 
@@ -217,9 +222,11 @@ def stage_dataset(data_config: ml_collections.ConfigDict, stage: run_plan.StageP
     return _StageIterator(streams, mixture, first_rows, source_ids, batch_size, shard)
 
   dataset = _StageDataset(make_iterator)
-  if data_config.prefetch_batches:
-    dataset = grain.experimental.ThreadPrefetchIterDataset(
-        dataset, prefetch_buffer_size=data_config.prefetch_batches)
+  prefetch = data_config.prefetch_batches
+  if token_cache.in_bucket(data_config.token_cache_dir):
+    prefetch = max(prefetch, _BUCKET_PREFETCH_BATCHES)
+  if prefetch:
+    dataset = grain.experimental.ThreadPrefetchIterDataset(dataset, prefetch_buffer_size=prefetch)
   return dataset
 
 

@@ -20,10 +20,10 @@ import concurrent.futures
 import dataclasses
 import logging
 import multiprocessing
-import os
 import time
 
 import ml_collections
+from etils import epath
 
 from cpt_jax import corpora
 from cpt_jax import run_directory
@@ -136,8 +136,8 @@ def prepare(config: ml_collections.ConfigDict, *, workers: int = 1, num_processe
   if not cache_dir:
     raise ConfigError("data.token_cache_dir is empty: set where `prepare` writes the shards, "
                       "e.g. --config.data.token_cache_dir=/data/tokens")
-  token_cache.check_local(cache_dir)
-  os.makedirs(cache_dir, exist_ok=True)
+  token_cache.check_cache_dir(cache_dir)
+  epath.Path(cache_dir).mkdir(parents=True, exist_ok=True)
   # The cache directory doubles as the tokenizer's home: trained once, reused by every run.
   tokenizer = run_directory.tokenizer_for_run(config, cache_dir)
   run_directory.save_tokenizer(cache_dir, tokenizer)

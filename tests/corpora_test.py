@@ -1,6 +1,5 @@
 """Tests for cpt_jax/corpora.py."""
 
-import contextlib
 import gzip
 import json
 import os
@@ -11,6 +10,8 @@ import numpy as np
 import pytest
 
 from cpt_jax import corpora
+
+import fake_bucket
 
 
 def test_embedded_corpora_split_deterministically_and_disjointly():
@@ -186,34 +187,11 @@ def test_a_missing_text_column_is_named(tmp_path):
     _file_documents(str(tmp_path / "data" / "*.parquet"), "body")
 
 
-@contextlib.contextmanager
-def _fake_bucket(local_root):
-  """gs://bucket/... served from `local_root` through epath's mock backend (no network)."""
-  from etils import epath
-  prefix = "gs://bucket"
-
-  def local(path):
-    return os.fspath(path).replace(prefix, str(local_root), 1)
-
-  def remote(path):
-    return path.replace(str(local_root), prefix, 1)
-
-  def glob(_, pattern):
-    import glob as glob_lib
-    return [remote(path) for path in glob_lib.glob(local(pattern), recursive=True)]
-
-  with epath.testing.mock_epath(
-      open=lambda _, path, mode="r", **kwargs: open(local(path), mode, **kwargs),
-      glob=glob, exists=lambda _, path: os.path.exists(local(path)),
-      isdir=lambda _, path: os.path.isdir(local(path))):
-    yield prefix
-
-
 def test_a_gs_glob_reads_the_same_documents_through_epath(tmp_path):
   _write_formats(tmp_path / "data")
   local = _file_documents(str(tmp_path / "data" / "*.parquet"))
-  with _fake_bucket(tmp_path) as bucket:
-    remote = _file_documents(f"{bucket}/data/*.parquet")
+  with fake_bucket.serve(tmp_path) as bucket:
+    remote = _file_documents(f"{bucket.prefix}/data/*.parquet")
     with pytest.raises(ValueError, match="no files match"):
-      _file_documents(f"{bucket}/data/*.csv")
+      _file_documents(f"{bucket.prefix}/data/*.csv")
   assert remote == local  # The same ids (relative to the glob's root) and texts.

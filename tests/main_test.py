@@ -7,6 +7,9 @@ import shutil
 import subprocess
 import sys
 
+from cpt_jax import metrics_writer
+
+import fake_bucket
 import run_helpers as helpers
 
 
@@ -90,6 +93,26 @@ def test_prepare_writes_shards_that_training_reads(tmp_path):
     prose = json.load(f)["prose"]
   assert prose["prepared"] == os.path.join(cache, "prose", "validation.json")
   assert prose["validation_documents"] == 33
+
+
+def test_a_run_from_a_bucket_cache_equals_one_from_a_local_cache(tmp_path):
+  """`prepare` into gs:// (fake_bucket: epath and ArrayRecord's reader, no network), then
+  `train` from it: the same losses as from a local cache."""
+  short = ("--config.stages[0].steps=3", "--config.stages[1].steps=3")
+  losses = {}
+  with fake_bucket.serve(tmp_path / "bucket") as bucket:
+    for cache in (str(tmp_path / "tokens"), f"{bucket.prefix}/tokens"):
+      helpers.cli("prepare", "--workers=0", f"--config.data.token_cache_dir={cache}")
+      workdir = str(tmp_path / f"run{len(losses)}")
+      helpers.cli("train", f"--workdir={workdir}", f"--config.data.token_cache_dir={cache}",
+                  *short)
+      records, _ = metrics_writer.read_records(workdir)
+      losses[cache] = [(r["step"], r["loss"]) for r in records if "loss" in r]
+      with open(os.path.join(workdir, "data_splits.json")) as f:
+        assert json.load(f)["prose"]["prepared"] == f"{cache}/prose/validation.json"
+  assert any(name.startswith("tokens/prose/train-") for name in bucket.objects_read)
+  local, remote = losses.values()
+  assert len(local) == 6 and remote == local
 
 
 def test_the_readme_main_command_runs_as_a_user_types_it(tmp_path):

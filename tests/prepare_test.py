@@ -14,9 +14,11 @@ from cpt_jax import base_config
 from cpt_jax import corpora
 from cpt_jax import input_pipeline
 from cpt_jax import prepare
+from cpt_jax import run_plan
 from cpt_jax import token_cache
 from cpt_jax import tokenizer as tokenizer_lib
 
+import fake_bucket
 import run_helpers as helpers
 
 
@@ -164,10 +166,36 @@ def test_bad_process_flags_are_named(prepared, flags, message):
     prepare.prepare(prepared, progress=False, **flags)
 
 
-def test_a_bucket_cache_is_refused_with_the_reason(prepared):
+def test_a_bucket_cache_holds_the_local_bytes_and_trains_the_same(corpus, prepared, tmp_path):
+  """prepare into gs://, then the stage pipeline reads it back through Cloud Storage's API
+  (ArrayRecord's own reader, against fake_bucket's server), ahead in a thread."""
+  config = _config(corpus, "gs://bucket/tokens")
+  config.stages = [run_plan.stage("a", 4, {"web": 1.0})]
+  [plan] = run_plan.plan(config)
+  tokenizer = tokenizer_lib.bytes_tokenizer()
+  with fake_bucket.serve(tmp_path / "bucket") as bucket:
+    prepare.prepare(config, workers=0, progress=False)
+    _same_files(prepared.data.token_cache_dir, os.path.join(bucket.root, "tokens"))
+    dataset = input_pipeline.stage_dataset(config.data, plan, tokenizer)
+    from_bucket = [next(iterator)["tokens"] for iterator in [iter(dataset)] for _ in range(3)]
+  assert type(dataset).__name__ == "ThreadPrefetchIterDataset"
+  assert any(name.startswith("tokens/web/train-") for name in bucket.objects_read)
+  local = iter(input_pipeline.stage_dataset(prepared.data, plan, tokenizer))
+  for got in from_bucket:
+    np.testing.assert_array_equal(got, next(local)["tokens"])
+
+
+@pytest.mark.parametrize("cache_dir, version, message", [
+    ("s3://bucket/tokens", (0, 8, 6), r"token_cache_dir='s3://bucket/tokens': expected a local "
+                                      r"directory or a gs:// path"),
+    ("gs://bucket/tokens", (0, 8, 1), r"token_cache_dir='gs://bucket/tokens': .* needs "
+                                      r"array-record>=0\.8\.3")])
+def test_a_cache_arrayrecord_cannot_read_is_refused_with_the_reason(
+    prepared, monkeypatch, cache_dir, version, message):
+  monkeypatch.setattr(token_cache, "_array_record_version", lambda: version)
   config = prepared.copy_and_resolve_references()
-  config.data.token_cache_dir = "gs://bucket/tokens"
-  with pytest.raises(ValueError, match="token_cache_dir='gs://bucket/tokens'.*local directory"):
+  config.data.token_cache_dir = cache_dir
+  with pytest.raises(ValueError, match=message):
     prepare.prepare(config, progress=False)
 
 

@@ -4,26 +4,40 @@ Orbax refuses relative checkpoint paths (in a background thread, with async savi
 run that resumes from another working directory must find the same files. So every local
 path a command takes (run directories, checkpoint references, the token cache, tokenizer and
 source files) is made absolute once, at the library's entry points (`train`, `prepare`,
-`anneal`), with `~` expanded. `gs://` and other URLs are left alone.
+`anneal`), with `~` expanded. `gs://` and other URLs are left alone, once a client that
+reaches them is known to be installed.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
 
 import ml_collections
 
 from cpt_jax import checkpoint as checkpoint_lib
+from cpt_jax.config_error import ConfigError
 
 
 def is_url(path: str) -> bool:
   return "://" in path
 
 
+def gcs_client_installed() -> bool:
+  """etils.epath reaches gs:// through gcsfs or TensorFlow; without either it fails at the
+  first file it opens, deep in a run."""
+  return any(importlib.util.find_spec(client) for client in ("gcsfs", "tensorflow"))
+
+
 def resolve(path: str) -> str:
   """'' stays ''; 'gs://b/x' stays; 'runs/a' and '~/a' become absolute local paths."""
-  if not path or is_url(path):
+  if not path:
+    return path
+  if is_url(path):
+    if path.startswith("gs://") and not gcs_client_installed():
+      raise ConfigError(f"{path}: gs:// paths need gcsfs, which is not installed: "
+                        "pip install -e '.[gcs]'")
     return path
   return os.path.abspath(os.path.expanduser(path))
 

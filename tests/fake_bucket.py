@@ -1,6 +1,7 @@
 """A gs:// bucket on local disk, with no network: for the tests of gs:// data paths.
 
-Two clients reach a bucket, and both are pointed at one local directory:
+Two clients reach a bucket, and both are pointed at one local directory (and the check that
+a gs:// client is installed, `paths.gcs_client_installed`, passes):
 - Python code (etils.epath) through epath's mock backend, which maps `gs://bucket/...` to the
   directory for every file operation;
 - ArrayRecord's C++ reader, which talks to Cloud Storage's JSON API itself, through a small
@@ -20,6 +21,9 @@ import re
 import threading
 import time
 import urllib.parse
+from unittest import mock
+
+from cpt_jax import paths
 
 BUCKET = "gs://bucket"
 
@@ -121,7 +125,7 @@ def serve(root, latency_s: float = 0.0) -> FakeBucket:
   endpoint = os.environ.get("CLOUD_STORAGE_EMULATOR_ENDPOINT")
   os.environ["CLOUD_STORAGE_EMULATOR_ENDPOINT"] = f"http://127.0.0.1:{server.server_port}"
   try:
-    with _epath_mock(root):
+    with _epath_mock(root), mock.patch.object(paths, "gcs_client_installed", lambda: True):
       yield bucket
   finally:
     server.shutdown()

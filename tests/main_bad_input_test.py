@@ -281,6 +281,18 @@ def test_a_changed_source_definition_prepares_the_cache_again(capsys, files, tmp
   assert code == 2 and "prepared from another definition of source 'code'" in err[0]
 
 
+def test_a_gs_path_without_a_client_for_it_is_named(capsys, monkeypatch, tmp_path):
+  from cpt_jax import paths
+  monkeypatch.setattr(paths, "gcs_client_installed", lambda: False)  # Where gcsfs is installed.
+  for args, path in ((_train("gs://bucket/run"), "gs://bucket/run"),
+                     (_train(str(tmp_path / "run"), "--config.data.token_cache_dir=gs://b/t"),
+                      "gs://b/t")):
+    code, _, err = _cli(capsys, *args)
+    assert code == 2 and err == [f"cpt-jax: error: {path}: gs:// paths need gcsfs, which is "
+                                 "not installed: pip install -e '.[gcs]'"]
+  assert not os.path.exists(tmp_path / "run")
+
+
 def test_help_prints_usage_and_exits_zero(capsys):
   for args in (("--help",), ("-h",), ("help",), ("train", "--help"), ("anneal", "-h"),
                ("info", "--help")):

@@ -13,6 +13,7 @@ import pytest
 from cpt_jax import base_config
 from cpt_jax import corpora
 from cpt_jax import input_pipeline
+from cpt_jax import paths
 from cpt_jax import prepare
 from cpt_jax import run_plan
 from cpt_jax import token_cache
@@ -193,6 +194,7 @@ def test_a_bucket_cache_holds_the_local_bytes_and_trains_the_same(corpus, prepar
 def test_a_cache_arrayrecord_cannot_read_is_refused_with_the_reason(
     prepared, monkeypatch, cache_dir, version, message):
   monkeypatch.setattr(token_cache, "_array_record_version", lambda: version)
+  monkeypatch.setattr(paths, "gcs_client_installed", lambda: True)  # As with '.[gcs]'.
   config = prepared.copy_and_resolve_references()
   config.data.token_cache_dir = cache_dir
   with pytest.raises(ValueError, match=message):

@@ -178,9 +178,10 @@ def tokenizer_for_run(config: ml_collections.ConfigDict, workdir: str, *,
     eos = source.get("data", {}).get("tokenizer", {}).get("eos_token", settings.eos_token)
     return tokenizer_lib.load(loaded_kind, str(epath.Path(inherit_from) / file_name), eos)
   if settings.kind == "bpe":
-    cache_copy = epath.Path(config.data.token_cache_dir or ".") / "tokenizer.json"
-    if config.data.token_cache_dir and cache_copy.exists():
-      return tokenizer_lib.load("hf_json", str(cache_copy), settings.eos_token)
+    cache_dir = config.data.token_cache_dir
+    if cache_dir and (epath.Path(cache_dir) / "tokenizer.json").exists():
+      return tokenizer_lib.load("hf_json", str(epath.Path(cache_dir) / "tokenizer.json"),
+                                settings.eos_token)
     source = _first_stage_source(config)
     texts = corpora.iter_documents(source, config.data.sources[source], "train")
     return tokenizer_lib.train_bpe(texts, settings.vocab_size, settings.train_megabytes)

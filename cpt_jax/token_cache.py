@@ -238,8 +238,11 @@ class CachedDocuments:
     return len(self._records)
 
   def read(self, indices) -> list[np.ndarray]:
+    keys = [int(index) for index in indices]
+    if not keys:
+      return []  # ArrayRecord's parallel read refuses an empty list.
     # One call: the records of each shard are read in parallel, which hides a bucket's latency.
-    return [_decode(record) for record in self._records.__getitems__([int(i) for i in indices])]
+    return [_decode(record) for record in self._records.__getitems__(keys)]
 
 
 def records_paths(cache_dir: str, source: str, split: str,

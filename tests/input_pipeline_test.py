@@ -234,6 +234,7 @@ def test_a_cache_from_before_shards_still_reads(tmp_path):
   cached = token_cache.read(str(tmp_path), "old", "train", "fp", {})
   for got, want in zip(cached.read(range(3)), arrays):
     np.testing.assert_array_equal(got, want)
+  assert cached.read([]) == []
 
 
 def test_background_prefetch_gives_the_same_batches_and_state(data_config):

@@ -223,10 +223,17 @@ class _Run:
     return into <= dense_steps and into % self.config.eval.dense_every == 0
 
   def run_stage(self, stage_plan, bar, preemption) -> None:
-    config = self.config
     data_iterator = iter(input_pipeline.stage_dataset(
-        config.data, stage_plan, self.tokenizer, self.shard,
-        input_pipeline.stream_positions(config.data, self.plans, stage_plan.index)))
+        self.config.data, stage_plan, self.tokenizer, self.shard,
+        input_pipeline.stream_positions(self.config.data, self.plans, stage_plan.index)))
+    try:
+      self._train_stage(stage_plan, data_iterator, bar, preemption)
+    finally:  # Stops a read-ahead thread (data.prefetch_batches, a bucket's token cache).
+      if hasattr(data_iterator, "close"):
+        data_iterator.close()
+
+  def _train_stage(self, stage_plan, data_iterator, bar, preemption) -> None:
+    config = self.config
     resume.position_data(self.start, stage_plan.start_step, self.step, data_iterator)
     if (self.step == stage_plan.start_step and stage_plan.index > 0
         and stage_plan.optimizer_state == "reset"):  # The stage transition.

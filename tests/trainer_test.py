@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import run_helpers as helpers
+from cpt_jax import trainer
 
 
 def test_run_writes_records_summary_and_curves(reference_run):
@@ -167,8 +168,7 @@ def test_records_carry_norms_dense_stage_starts_and_the_asked_profile(reference_
   assert not os.path.exists(os.path.join(reference_run, "profile"))  # Not asked, not written.
 
 
-def test_train_from_python_returns_the_summary(tmp_path):
-  import cpt_jax
+def _tiny_config():
   from configs import demo
   config = demo.get_config("smoke")
   config.model.update(model_dim=32, num_layers=2, num_heads=2, num_kv_heads=2, mlp_dim=64,
@@ -177,6 +177,37 @@ def test_train_from_python_returns_the_summary(tmp_path):
   config.data.tokenizer.kind = "bytes"
   config.stages[0].steps = config.stages[1].steps = 3
   config.log.progress_bar = False
+  return config
+
+
+def test_train_from_python_returns_the_summary(tmp_path):
+  import cpt_jax
+  config = _tiny_config()
   summary = cpt_jax.train(config, str(tmp_path / "from_python"))
   assert [stage["name"] for stage in summary["stages"]] == ["prose", "code"]
   assert summary == json.load(open(tmp_path / "from_python" / "summary.json"))
+
+
+def test_each_stage_stops_its_read_ahead_thread(tmp_path, monkeypatch):
+  """A stage's data iterator is closed when the stage ends, so its read-ahead thread (and a
+  bucket cache's readers) do not outlive it; older Grain releases never stop them otherwise."""
+  from cpt_jax import input_pipeline
+  config = _tiny_config()
+  config.data.prefetch_batches = 2
+  iterators, stage_dataset = [], input_pipeline.stage_dataset
+
+  class Recorded:
+    def __init__(self, dataset):
+      self.dataset = dataset
+
+    def __iter__(self):
+      iterators.append(iter(self.dataset))
+      return iterators[-1]
+
+  monkeypatch.setattr(input_pipeline, "stage_dataset",
+                      lambda *args, **kwargs: Recorded(stage_dataset(*args, **kwargs)))
+  trainer.train(config, str(tmp_path / "run"))
+  assert len(iterators) == 2
+  for iterator in iterators:
+    with pytest.raises(ValueError, match="closed iterator"):
+      next(iterator)

@@ -4,6 +4,10 @@ with 5% Pile replay, re-warmed and re-decayed cosine, optimizer state reset betw
 Command:  cpt-jax train --config=configs/pythia_410m_pile_slimpajama.py --workdir=gs://B/run \\
             --config.data.tokenizer.path=/data/neox/tokenizer.json \\
             --config.data.sources.pile.glob='/data/pile/train/*.jsonl' ...
+          At 300B tokens a source, tokenize once into a bucket, a share of the files on each
+          host (`--num_processes=N --process_id=I`), and train from it (every host reads its
+          own rows): add `--config.data.token_cache_dir=gs://B/tokens` to `cpt-jax prepare`
+          and to `cpt-jax train` (`pip install -e '.[gcs]'`).
           Variant `:infinite` replaces the cosines by one infinite schedule (constant 1.65e-4,
           cooldown over 60% of the first stage, never annealed: branch with `cpt-jax anneal`).
           Variant `:replay0` drops the replay (the paper's forgetting baseline).

@@ -1,4 +1,5 @@
-"""A gs:// bucket on local disk, with no network: for the tests of gs:// data paths.
+"""A gs:// bucket on local disk, with no network: for the tests of gs:// data paths (and
+benchmarks/bucket_read.py).
 
 Two clients reach a bucket, and both are pointed at one local directory (and the check that
 a gs:// client is installed, `paths.gcs_client_installed`, passes):

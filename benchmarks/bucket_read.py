@@ -12,7 +12,9 @@ bucket's first byte does. A loop then takes batches as training does, with a ste
 - from the bucket without read-ahead (`data.prefetch_batches` 0, as a local cache runs);
 - from the bucket as `cpt-jax train` reads it (two batches ahead in a thread).
 It also times one batch's worth of documents read one record at a time against one
-parallel read. The last line reads `bucket wait per step: <x> ms (read-ahead), <y> ms (none)`.
+parallel read, and a batch of short generated documents (50-400 tokens) read 32 documents at
+a time (as local and live sources are) against up to 1024 (as a bucket cache is).
+The last line reads `bucket wait per step: <x> ms (read-ahead), <y> ms (none)`.
 """
 
 import argparse
@@ -33,7 +35,8 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import demo  # noqa: E402
-from cpt_jax import corpora, input_pipeline, prepare, run_directory, run_plan, token_cache  # noqa: E402
+from cpt_jax import (corpora, input_pipeline, packing, prepare, run_directory,  # noqa: E402
+                     run_plan, token_cache)
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 import fake_bucket  # noqa: E402
@@ -81,6 +84,22 @@ def one_batch_of_records_ms(config):
   return count, serial, parallel
 
 
+def short_documents_batch_ms(bucket, documents_per_read):
+  """ms per 32 x seq_len batch of short documents, packed from the bucket."""
+  tokens = [np.random.default_rng(index).integers(0, 4000, 50 + index % 350, dtype=np.int32)
+            for index in range(20_000)]
+  if not os.path.exists(os.path.join(bucket.root, "short")):
+    token_cache.write(os.path.join(bucket.root, "short"), "web", "train", tokens, "fp", {})
+  documents = token_cache.read(f"{bucket.prefix}/short", "web", "train", "fp", {})
+  stream = packing.PackedStream(documents, args.seq_len, 0, shuffle_seed=0,
+                                documents_per_read=documents_per_read)
+  stream.rows(0, 32)
+  start = time.perf_counter()
+  for batch in range(1, 11):
+    stream.rows(32 * batch, 32)
+  return (time.perf_counter() - start) / 10 * 1e3
+
+
 def summary(name, waits):
   print(f"{name:34s} wait per step: median {statistics.median(waits):7.1f} ms, "
         f"mean {statistics.mean(waits):7.1f}, max {max(waits):7.1f}")
@@ -99,6 +118,10 @@ def main():
     count, serial, parallel = one_batch_of_records_ms(remote)
     print(f"a batch's {count} code documents: one record at a time {serial:.0f} ms, "
           f"one parallel read {parallel:.0f} ms")
+    by_32, by_many = (short_documents_batch_ms(bucket, count) for count in (
+        packing.DOCUMENTS_PER_READ, input_pipeline._BUCKET_DOCUMENTS_PER_READ))
+    print(f"a batch of short documents: {by_32:.0f} ms read {packing.DOCUMENTS_PER_READ} at a "
+          f"time, {by_many:.0f} ms up to {input_pipeline._BUCKET_DOCUMENTS_PER_READ}")
     none = summary("bucket, no read-ahead", waits_ms(remote, read_ahead=0))
     ahead = summary("bucket, read-ahead (cpt-jax train)", waits_ms(remote, read_ahead=2))
   print(f"bucket wait per step: {ahead:.1f} ms (read-ahead), {none:.1f} ms (none)")

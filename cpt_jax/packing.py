@@ -24,7 +24,8 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-_READ_DOCUMENTS = 32  # Documents read (and tokenized) at a time, at most...
+# A read takes at most DOCUMENTS_PER_READ documents (a stream may set another number)...
+DOCUMENTS_PER_READ = 32  # ...which bounds the tokenizing a live source does at a time...
 _READ_TOKENS = 1 << 16  # ...and about this many tokens beyond what a request needs, at most.
 ROW_KEYS = ("tokens", "segment_ids", "positions")
 LOOP_BOUNDARIES = 16  # Up to this many documents starting inside a batch's rows, loop.
@@ -43,10 +44,12 @@ class PackedStream:
   """Rows of one source's token stream; its state is the buffered window's first document."""
 
   def __init__(self, documents: Documents, seq_len: int, eos_id: int, *,
-               shuffle_seed: int | None = None, endless: bool = True):
+               shuffle_seed: int | None = None, endless: bool = True,
+               documents_per_read: int = DOCUMENTS_PER_READ):
     if len(documents) == 0:
       raise ValueError("no documents to pack")
     self._documents, self._eos_id = documents, eos_id
+    self._documents_per_read = documents_per_read
     self._stride, self._length = seq_len, seq_len + 1
     self._seed, self._endless = shuffle_seed, endless
     self._tokens_read, self._documents_read = 0, 0  # For the size of the next read.
@@ -96,7 +99,7 @@ class PackedStream:
       return 1
     wanted = max(until - int(self._starts[-1]), 0) + _READ_TOKENS
     mean = self._tokens_read / self._documents_read
-    return int(min(_READ_DOCUMENTS, max(1, np.ceil(wanted / mean))))
+    return int(min(self._documents_per_read, max(1, np.ceil(wanted / mean))))
 
   def _read_more(self, until: int) -> bool:
     """Appends the next documents to the window, towards stream position `until`; False at

@@ -27,6 +27,7 @@ from unittest import mock
 from cpt_jax import paths
 
 BUCKET = "gs://bucket"
+_PIECE = 64 << 10  # Bytes the server sends at a time.
 
 
 @dataclasses.dataclass
@@ -55,27 +56,31 @@ def _object_server(root: str, objects_read: list[str],
         return
       objects_read.append(name)
       time.sleep(latency_s)
-      with open(path, "rb") as f:
-        data = f.read()
-      start, stop = 0, len(data)
+      size = os.path.getsize(path)
+      start, stop = 0, size
       ranged = re.fullmatch(r"bytes=(\d*)-(\d*)", self.headers.get("Range", ""))
       if ranged:
         first, last = ranged.groups()
         if not first:  # The last N bytes.
-          start = max(0, len(data) - int(last))
+          start = max(0, size - int(last))
         else:
-          start, stop = int(first), min(len(data), int(last) + 1) if last else len(data)
+          start, stop = int(first), min(size, int(last) + 1) if last else size
         self.send_response(206)
-        self.send_header("Content-Range", f"bytes {start}-{stop - 1}/{len(data)}")
+        self.send_header("Content-Range", f"bytes {start}-{stop - 1}/{size}")
       else:
         self.send_response(200)
       self.send_header("Content-Length", str(stop - start))
       self.send_header("x-goog-generation", "1")
       self.end_headers()
-      try:
-        self.wfile.write(data[start:stop])
-      except ConnectionError:
-        pass  # The reader hangs up once it has the bytes it wanted from an open range.
+      with open(path, "rb") as f:  # In pieces, as a bucket streams: a reader hangs up once it
+        f.seek(start)               # has what it wanted from an open-ended range.
+        while start < stop:
+          piece = f.read(min(_PIECE, stop - start))
+          try:
+            self.wfile.write(piece)
+          except ConnectionError:
+            return
+          start += len(piece)
 
   class QuietServer(http.server.ThreadingHTTPServer):
     daemon_threads = True

@@ -9,18 +9,20 @@ EOS = 99
 
 
 class _Documents:
-  """In-memory `packing.Documents`, with or without known lengths; counts reads."""
+  """In-memory `packing.Documents`, with or without known lengths; counts the documents
+  read and the calls."""
 
   def __init__(self, arrays, known_lengths):
     self._arrays = arrays
     self.lengths = np.array([len(a) for a in arrays]) if known_lengths else None
-    self.reads = 0
+    self.reads = self.calls = 0
 
   def __len__(self):
     return len(self._arrays)
 
   def read(self, indices):
     self.reads += len(indices)
+    self.calls += 1
     return [self._arrays[i] for i in indices]
 
 
@@ -149,3 +151,16 @@ def test_small_documents_are_still_read_in_groups():
   documents = _documents([50] * 1000)
   packing.PackedStream(documents, 128, EOS, shuffle_seed=0).rows(0, 64)
   assert documents.reads >= 32 and documents.reads < 1000
+
+
+@pytest.mark.parametrize("known_lengths", [True, False])
+def test_rows_do_not_depend_on_how_many_documents_a_read_takes(known_lengths):
+  # A bucket's token cache reads up to 1024 documents at a time, live sources 32.
+  few, many = (_documents([30] * 3000, known_lengths=known_lengths) for _ in range(2))
+  by_few = packing.PackedStream(few, 128, EOS, shuffle_seed=0, documents_per_read=4)
+  by_many = packing.PackedStream(many, 128, EOS, shuffle_seed=0, documents_per_read=1024)
+  for first in (0, 40, 37, 900):  # Forward, back, and across an epoch.
+    a, b = by_few.rows(first, 16), by_many.rows(first, 16)
+    for key in packing.ROW_KEYS:
+      np.testing.assert_array_equal(a[key], b[key])
+  assert many.calls < few.calls / 10

@@ -178,7 +178,9 @@ def test_a_bucket_cache_holds_the_local_bytes_and_trains_the_same(corpus, prepar
     prepare.prepare(config, workers=0, progress=False)
     _same_files(prepared.data.token_cache_dir, os.path.join(bucket.root, "tokens"))
     dataset = input_pipeline.stage_dataset(config.data, plan, tokenizer)
-    from_bucket = [next(iterator)["tokens"] for iterator in [iter(dataset)] for _ in range(3)]
+    iterator = iter(dataset)
+    from_bucket = [next(iterator)["tokens"] for _ in range(3)]
+    iterator.close()  # Its read-ahead thread, before the bucket goes.
     stream = input_pipeline._stream("web", config.data, "train", tokenizer)
     assert stream._documents_per_read == input_pipeline._BUCKET_DOCUMENTS_PER_READ  # vs 32.
   assert type(dataset).__name__ == "ThreadPrefetchIterDataset"

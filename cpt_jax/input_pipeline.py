@@ -106,8 +106,7 @@ def _stream(name: str, data_config: ml_collections.ConfigDict, split: str,
   if len(documents) == 0:
     raise ConfigError(f"data source {name!r}: its {split} split has no documents")
   training = split == "train"
-  from_bucket = (isinstance(documents, token_cache.CachedDocuments)
-                 and token_cache.in_bucket(data_config.token_cache_dir))
+  from_bucket = isinstance(documents, token_cache.CachedDocuments) and documents.in_bucket
   return packing.PackedStream(
       documents, data_config.seq_len, tokenizer.eos_id,
       shuffle_seed=data_config.shuffle_seed if training else None, endless=training,

@@ -239,14 +239,14 @@ class CachedDocuments:
 
   def __init__(self, records, lengths: np.ndarray, in_bucket: bool = False):
     self._records, self.lengths = records, lengths  # records: grain's ArrayRecordDataSource.
-    self._in_bucket = in_bucket
+    self.in_bucket = in_bucket  # Read through object-store requests (a gs:// cache).
 
   def __len__(self) -> int:
     return len(self._records)
 
   def read(self, indices) -> list[np.ndarray]:
     keys = [int(index) for index in indices]
-    if self._in_bucket and keys:  # The parallel call refuses an empty list.
+    if self.in_bucket and keys:  # The parallel call refuses an empty list.
       return [_decode(record) for record in self._records.__getitems__(keys)]
     return [_decode(self._records[key]) for key in keys]
 

@@ -2,7 +2,7 @@
 
   python -m benchmarks.vs_transformers [--devices=N] [--rounds=3] [--steps=10]
       [--preset=tiny] [--batch=16] [--seq_len=256] [--no_compile] [--xla_attention]
-      [--onednn]
+      [--onednn] [--torch_glibc_defaults]
 
 Both sides build the same GPT-NeoX (cpt_jax's preset, converted with hf_convert) and time a
 full training step on one fixed batch: forward, backward, global-norm clipping at 1.0, AdamW
@@ -10,7 +10,10 @@ full training step on one fixed batch: forward, backward, global-norm clipping a
 PyTorch runs eager and, unless --no_compile, under torch.compile. The three alternate for
 several rounds (small shared CPUs drift by ~10% within a minute), each in its own process,
 and the per-round medians are reported. On a CPU both use float32; on a GPU bfloat16 (autocast
-for PyTorch) and SDPA.
+for PyTorch) and SDPA. Every contender runs with the glibc tunables `cpt-jax` sets for itself
+(cpt_jax/cpu_runtime.py: huge pages, freed memory kept for reuse), since PyTorch gains from
+them too; --torch_glibc_defaults also times PyTorch eager without them, as a PyTorch script
+runs when started by hand.
 The last line reads `cpt_jax/transformers ratio: <x>`, against the faster PyTorch variant.
 """
 
@@ -34,6 +37,8 @@ parser.add_argument("--xla_attention", action="store_true",
                     help="Also time cpt_jax with model.attention=xla, side by side.")
 parser.add_argument("--onednn", action="store_true",
                     help="Also time cpt_jax with XLA:CPU's oneDNN matmuls (CPT_JAX_ONEDNN=1).")
+parser.add_argument("--torch_glibc_defaults", action="store_true",
+                    help="Also time PyTorch eager without cpt-jax's glibc tunables.")
 args = parser.parse_args()
 # The contenders take turns on one accelerator: neither may hold most of its memory.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -53,6 +58,7 @@ from cpt_jax import hf_convert, model_config  # noqa: E402
 ON_CPU = jax.default_backend() == "cpu"
 _XLA_ATTENTION = "cpt_jax (xla attention)"
 _ONEDNN = "cpt_jax (oneDNN)"  # CPT_JAX_ONEDNN=1: see cpt_jax/cpu_runtime.py.
+_TORCH_GLIBC_DEFAULTS = "torch eager (glibc defaults)"
 
 
 def cpt_jax_config():
@@ -116,6 +122,20 @@ def _build(name: str, config):
                    compile_model=name == "torch.compile")
 
 
+def _environment_changes(name: str) -> dict[str, str]:
+  """What a contender's process changes in this one's environment: XLA reads its flags and
+  glibc its tunables when the child starts."""
+  if name == _ONEDNN:
+    return {"XLA_FLAGS": cpu_runtime.xla_flags_with_onednn(os.environ)}
+  if name == _TORCH_GLIBC_DEFAULTS:
+    ours = {**cpu_runtime.HUGE_PAGES, **cpu_runtime.MEMORY_REUSE}
+    return {"GLIBC_TUNABLES": ":".join(
+                item for item in os.environ.get("GLIBC_TUNABLES", "").split(":")
+                if item.split("=")[0] not in ours),
+            cpu_runtime.HUGE_PAGES_OPT_OUT: "0", cpu_runtime.MEMORY_REUSE_OPT_OUT: "0"}
+  return {}
+
+
 def _serve(name: str, connection) -> None:
   """A contender in its own process: builds (and warms up), then per request takes one
   untimed step and times `steps`."""
@@ -124,7 +144,7 @@ def _serve(name: str, connection) -> None:
   except Exception as error:  # torch.compile without a C++ toolchain, ...: say so, go on.
     connection.send(f"{type(error).__name__}: {str(error).splitlines()[0][:200]}")
     return
-  connection.send("ready")
+  connection.send(("ready", os.environ.get("GLIBC_TUNABLES") or "(none)"))
   while steps := connection.recv():
     contender.tokens_per_second(1)  # Untimed: a turn's first step, after the other
     # contenders' turns, ran 3-10% slower for every contender (caches, freed pages).
@@ -137,26 +157,31 @@ def main():
   print(f"{args.preset}, batch {args.batch} x {args.seq_len}, {model.compute_dtype}; jax "
         f"{jax.__version__} on {jax.devices()[0].device_kind} x {jax.device_count()}; torch "
         f"{torch.__version__} ({torch.get_num_threads()} threads), transformers "
-        f"{transformers.__version__}; attention {model.attention}, huge pages "
-        f"{'on' if cpu_runtime.TUNABLE in os.environ.get('GLIBC_TUNABLES', '') else 'off'}")
+        f"{transformers.__version__}; attention {model.attention}")
   # One process per contender, as a user runs one framework: in one process, torch's
   # OpenMP workers and allocator slowed the JAX step after them by 7-12%.
   context = multiprocessing.get_context("spawn")
   contenders = {}
   names = (("cpt_jax",) + ((_XLA_ATTENTION,) if args.xla_attention else ())
            + ((_ONEDNN,) if args.onednn else ()) + ("torch eager",)
+           + ((_TORCH_GLIBC_DEFAULTS,) if args.torch_glibc_defaults else ())
            + (() if args.no_compile else ("torch.compile",)))
   for name in names:
     parent, child = context.Pipe()
     process = context.Process(target=_serve, args=(name, child), daemon=True)
-    flags = os.environ.get("XLA_FLAGS", "")
-    if name == _ONEDNN:  # XLA reads its flags when the child's backend starts.
-      os.environ["XLA_FLAGS"] = cpu_runtime.xla_flags_with_onednn(os.environ)
+    changes = _environment_changes(name)
+    kept = {key: os.environ.get(key) for key in changes}
+    os.environ.update(changes)
     process.start()
-    os.environ["XLA_FLAGS"] = flags
+    for key, value in kept.items():
+      if value is None:
+        os.environ.pop(key)
+      else:
+        os.environ[key] = value
     answer = parent.recv()  # One at a time: building includes compiling and warming up.
-    if answer == "ready":
+    if answer[0] == "ready":
       contenders[name] = parent
+      print(f"{name} runs with GLIBC_TUNABLES {answer[1]}")
     else:
       print(f"{name} unavailable here: {answer}")
   rounds = {name: [] for name in contenders}
@@ -174,7 +199,7 @@ def main():
   for name, value in medians.items():
     share = (f", {value / medians[best_torch]:.3f} of {best_torch}"
              if name.startswith("cpt_jax") else "")
-    print(f"{name:24s} {value:>10,.0f} tok/s (median of {args.rounds}{share})")
+    print(f"{name:30s} {value:>10,.0f} tok/s (median of {args.rounds}{share})")
   print(f"cpt_jax/transformers ratio: {medians['cpt_jax'] / medians[best_torch]:.3f} "
         f"(against {best_torch})")
 

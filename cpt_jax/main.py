@@ -44,6 +44,10 @@ COMMANDS = {
     "study": ("config", "workdir", "only", "report"),
 }
 _WITHOUT_CONFIG = ("anneal", "import-hf", "export-hf", "score")
+# Commands that spend their time in compiled steps: their allocator keeps freed memory for the
+# next step (cpu_runtime's setting 2). The others run no steps; `prepare`'s tokenizing
+# threads would contend for its single arena.
+_STEP_COMMANDS = ("train", "anneal", "score", "study")
 _HELP = ("--help", "-h", "help", "--helpfull")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].",
@@ -295,5 +299,6 @@ def main(argv: list[str]) -> int:
 
 def run() -> None:
   """Console-script entry point."""
-  cpu_runtime.configure()  # Huge pages (and oneDNN if asked) for XLA:CPU; may re-execute.
+  # Huge pages, memory reuse (and oneDNN if asked) for XLA:CPU; may re-execute.
+  cpu_runtime.configure(reuse_memory=len(sys.argv) > 1 and sys.argv[1] in _STEP_COMMANDS)
   sys.exit(main(sys.argv))

@@ -7,7 +7,9 @@ import shutil
 import subprocess
 import sys
 
-from cpt_jax import metrics_writer
+import pytest
+
+from cpt_jax import cpu_runtime, main, metrics_writer
 
 import fake_bucket
 import run_helpers as helpers
@@ -146,3 +148,19 @@ def test_the_readme_main_command_runs_as_a_user_types_it(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert os.path.exists(tmp_path / workdir / "summary.json")
   assert "20" in os.listdir(tmp_path / workdir / "checkpoints")
+
+
+@pytest.mark.parametrize("command, reuse_memory", [("train", True), ("anneal", True),
+                                                   ("score", True), ("study", True),
+                                                   ("prepare", False), ("export-hf", False),
+                                                   ("info", False)])
+def test_only_commands_that_run_steps_keep_memory_for_reuse(monkeypatch, command,
+                                                             reuse_memory):
+  asked = []
+  monkeypatch.setattr(cpu_runtime, "configure", lambda reuse_memory: asked.append(reuse_memory))
+  monkeypatch.setattr(main, "main", lambda argv: 0)
+  monkeypatch.setattr(sys, "argv", ["cpt-jax", command])
+  with pytest.raises(SystemExit):
+    main.run()
+  assert asked == [reuse_memory]
+

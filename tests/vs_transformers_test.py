@@ -7,17 +7,27 @@ import subprocess
 import sys
 
 import run_helpers as helpers
+from cpt_jax import cpu_runtime
 
 
 def test_each_contender_runs_in_its_own_process_and_the_ratio_is_printed():
   result = subprocess.run(
       [sys.executable, "-m", "benchmarks.vs_transformers", "--batch=2", "--seq_len=64",
-       "--rounds=1", "--steps=1", "--no_compile", "--xla_attention", "--onednn"],
+       "--rounds=1", "--steps=1", "--no_compile", "--xla_attention", "--onednn",
+       "--torch_glibc_defaults"],
       cwd=helpers.ROOT, capture_output=True, text=True, timeout=300,
       env={**os.environ, "XLA_FLAGS": ""})
   assert result.returncode == 0, result.stderr[-2000:]
   lines = result.stdout.splitlines()
   assert re.fullmatch(r"round 1: cpt_jax [\d,]+ tok/s, cpt_jax \(xla attention\) [\d,]+ tok/s, "
-                      r"cpt_jax \(oneDNN\) [\d,]+ tok/s, torch eager [\d,]+ tok/s", lines[1])
-  ratio = re.fullmatch(r"cpt_jax/transformers ratio: ([\d.]+) \(against torch eager\)", lines[-1])
+                      r"cpt_jax \(oneDNN\) [\d,]+ tok/s, torch eager [\d,]+ tok/s, "
+                      r"torch eager \(glibc defaults\) [\d,]+ tok/s", lines[6])
+  tunables = dict(line.split(" runs with GLIBC_TUNABLES ") for line in lines[1:6])
+  ours = cpu_runtime.tunables_to_add({})
+  for name in ("cpt_jax", "cpt_jax (xla attention)", "cpt_jax (oneDNN)", "torch eager"):
+    assert set(f"{k}={v}" for k, v in ours.items()) <= set(tunables[name].split(":"))
+  assert not ours.keys() & {item.split("=")[0] for item in
+                            tunables["torch eager (glibc defaults)"].split(":")}
+  ratio = re.fullmatch(r"cpt_jax/transformers ratio: ([\d.]+) "
+                       r"\(against torch eager( \(glibc defaults\))?\)", lines[-1])
   assert ratio and float(ratio[1]) > 0

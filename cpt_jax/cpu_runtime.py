@@ -24,7 +24,7 @@
 3. **oneDNN for the CPU's matmuls** (opt-in: CPT_JAX_ONEDNN=1), with the elementwise ops and
    reductions fused into them, in place of YNNPACK (XLA's default since jaxlib 0.8.1): the
    same step went from 7,908-8,021 to 9,230-9,250 tokens/s (jaxlib 0.10.2), but it is
-   slower since the model's weight matmuls take (B*T, D) inputs (11,981 against 13,442).
+   slower since the model's weight matmuls take (B*T, D) inputs (10,605 against 13,709 tok/s).
    Not the default: JAX's persistent compilation cache cannot store programs with oneDNN
    fusions ("ToProto is not implemented for thunk kind: onednn-fusion"), so every process
    compiles afresh and warns at each compile. Added to XLA_FLAGS on x86-64 Linux from

@@ -1,0 +1,101 @@
+"""Attention alone, forward and backward: each of cpt_jax's kernels and PyTorch's SDPA.
+
+  python -m benchmarks.attention [--batch=16] [--seq_len=256] [--heads=4] [--kv_heads=4]
+      [--head_dim=32] [--documents=4] [--rounds=5] [--calls=10]
+
+The attention kernels are most of what separates cpt_jax's step from transformers' on a CPU
+(README, "Speed"), and timing them inside the step drowns a change in the step's noise. Each
+contender computes the gradient of sum(attention * cotangent) with respect to q, k and v; the
+cpt_jax kernels (model.attention choices that run here) see rows packed with `--documents`
+documents each, torch SDPA the plain causal mask (its fused CPU kernel takes no document
+mask). They alternate for several rounds and the per-round medians are reported. The last line
+reads `chunked/xla: <x>` (the speed-up of the CPU default over XLA's attention).
+"""
+
+import argparse
+import statistics
+import time
+
+from cpt_jax import cpu_runtime
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--batch", type=int, default=16)
+parser.add_argument("--seq_len", type=int, default=256)
+parser.add_argument("--heads", type=int, default=4)
+parser.add_argument("--kv_heads", type=int, default=4)
+parser.add_argument("--head_dim", type=int, default=32)
+parser.add_argument("--documents", type=int, default=4, help="Documents packed in each row.")
+parser.add_argument("--rounds", type=int, default=5)
+parser.add_argument("--calls", type=int, default=10, help="Calls per measurement.")
+args = parser.parse_args()
+
+cpu_runtime.configure()  # As `cpt-jax` runs (cpt_jax/cpu_runtime.py).
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from cpt_jax import attention  # noqa: E402
+
+
+def cpt_jax_contender(implementation: str):
+  rng = np.random.default_rng(0)
+  shape = (args.batch, args.seq_len)
+  q = jnp.asarray(rng.standard_normal((*shape, args.heads, args.head_dim), np.float32))
+  k, v = (jnp.asarray(rng.standard_normal((*shape, args.kv_heads, args.head_dim), np.float32))
+          for _ in range(2))
+  segment_ids = jnp.asarray(np.sort(rng.integers(0, args.documents, shape), axis=1))
+  cotangent = jnp.asarray(rng.standard_normal(q.shape, np.float32))
+  loss = lambda q, k, v: jnp.sum(attention.attend(q, k, v, segment_ids, implementation)
+                                 * cotangent)
+  gradients = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+  return lambda: jax.block_until_ready(gradients(q, k, v))
+
+
+def torch_contender():
+  import torch  # The test extra's CPU build; optional here.
+  torch.manual_seed(0)
+  q = torch.randn(args.batch, args.heads, args.seq_len, args.head_dim, requires_grad=True)
+  k, v = (torch.randn(args.batch, args.kv_heads, args.seq_len, args.head_dim,
+                      requires_grad=True) for _ in range(2))
+  cotangent = torch.randn_like(q)
+
+  def call():
+    y = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, is_causal=True, enable_gqa=args.heads != args.kv_heads)
+    y.backward(cotangent)
+  return call
+
+
+def milliseconds_per_call(call) -> float:
+  start = time.perf_counter()
+  for _ in range(args.calls):
+    call()
+  return (time.perf_counter() - start) / args.calls * 1e3
+
+
+def main():
+  print(f"attention forward and backward, batch {args.batch} x {args.seq_len}, {args.heads} "
+        f"query / {args.kv_heads} key-value heads of {args.head_dim}, float32; jax "
+        f"{jax.__version__} on {jax.devices()[0].device_kind}")
+  contenders = {name: cpt_jax_contender(name) for name in ("chunked", "xla")}
+  try:
+    contenders["torch sdpa (causal only)"] = torch_contender()
+  except ImportError:
+    print("torch is not installed: cpt_jax's kernels only")
+  for call in contenders.values():
+    call()  # Compile and warm up.
+  rounds = {name: [] for name in contenders}
+  for round_index in range(args.rounds):
+    for name, call in contenders.items():
+      call()  # Untimed: the first call after another contender's turn runs slower.
+      rounds[name].append(milliseconds_per_call(call))
+    print(f"round {round_index + 1}: " + ", ".join(
+        f"{name} {values[-1]:.1f} ms" for name, values in rounds.items()))
+  medians = {name: statistics.median(values) for name, values in rounds.items()}
+  for name, value in medians.items():
+    print(f"{name:<26} {value:7.2f} ms (median of {args.rounds})")
+  print(f"chunked/xla: {medians['xla'] / medians['chunked']:.3f}")
+
+
+if __name__ == "__main__":
+  main()

@@ -173,12 +173,17 @@ def main():
     kept = {key: os.environ.get(key) for key in changes}
     os.environ.update(changes)
     process.start()
+    child.close()  # Only the child holds its end: recv() raises EOFError if the child dies.
     for key, value in kept.items():
       if value is None:
         os.environ.pop(key)
       else:
         os.environ[key] = value
-    answer = parent.recv()  # One at a time: building includes compiling and warming up.
+    try:
+      answer = parent.recv()  # One at a time: building includes compiling and warming up.
+    except EOFError:  # It died without a word: XLA aborted while compiling, say.
+      process.join()
+      answer = f"its process exited with code {process.exitcode}"
     if answer[0] == "ready":
       contenders[name] = parent
       print(f"{name} runs with GLIBC_TUNABLES {answer[1]}")

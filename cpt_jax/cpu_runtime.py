@@ -21,15 +21,15 @@
    ran at 0.7 instead of 1.8M tokens/s, so `prepare` does not ask for it). Not applied where
    a GPU or TPU plugin is installed or JAX_PLATFORMS names another platform first: the
    step's temporaries are not in host memory there. Off with CPT_JAX_REUSE_MEMORY=0.
-3. **oneDNN for the CPU's matmuls** (opt-in: CPT_JAX_ONEDNN=1), with the elementwise ops and
-   reductions fused into them, in place of YNNPACK (XLA's default since jaxlib 0.8.1): the
-   same step went from 7,908-8,021 to 9,230-9,250 tokens/s (jaxlib 0.10.2), but it is
-   slower since the model's weight matmuls take (B*T, D) inputs (10,605 against 13,709 tok/s).
-   Not the default: JAX's persistent compilation cache cannot store programs with oneDNN
-   fusions ("ToProto is not implemented for thunk kind: onednn-fusion"), so every process
-   compiles afresh and warns at each compile. Added to XLA_FLAGS on x86-64 Linux from
-   jaxlib 0.8.1 (older versions abort on the YNNPACK flag they do not know) unless XLA_FLAGS
-   already picks these libraries.
+3. **oneDNN for the CPU's matmuls** (opt-in: CPT_JAX_ONEDNN=1) in place of YNNPACK (XLA's
+   default since jaxlib 0.8.1), without XLA's experimental oneDNN fusions: those (with
+   "dot,eltwise,reduce") abort the process while compiling the model ("partition compile
+   failed": oneDNN's graph API loses a tensor when an elementwise op feeds a matmul; the MLP
+   block alone fails, and since issue 14's attention layout the whole step). Plain oneDNN
+   matmuls compile, and the persistent compilation cache stores them (it could not store
+   the fusions). Not the default: the step runs at about 0.93 of the default's speed. Added
+   to XLA_FLAGS on x86-64 Linux from jaxlib 0.8.1 (older versions abort on the YNNPACK flag
+   they do not know) unless XLA_FLAGS already picks these libraries.
 
 glibc reads its tunables once, at start, so the process re-executes itself (same pid,
 arguments and streams) with the tunables added to GLIBC_TUNABLES: on Linux with glibc, for
@@ -52,7 +52,7 @@ MEMORY_REUSE = {"glibc.malloc.arena_max": "1", "glibc.malloc.mmap_max": "0",
 MEMORY_REUSE_OPT_OUT = "CPT_JAX_REUSE_MEMORY"  # "0": glibc's default arenas and maps.
 ONEDNN_OPT_IN = "CPT_JAX_ONEDNN"  # "1": XLA:CPU's matmuls through oneDNN.
 ONEDNN_FLAGS = ("--xla_cpu_use_onednn=true",
-                "--xla_cpu_experimental_onednn_fusion_type=dot,eltwise,reduce",
+                "--xla_cpu_experimental_onednn_fusion_type=",  # None: they abort (above).
                 "--xla_cpu_experimental_ynn_fusion_type=")
 _FIRST_JAXLIB_WITH_YNNPACK = (0, 8, 1)
 _THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"

@@ -2,15 +2,19 @@
 
   python -m benchmarks.vs_transformers [--devices=N] [--rounds=3] [--steps=10]
       [--preset=tiny] [--batch=16] [--seq_len=256] [--no_compile] [--xla_attention]
-      [--onednn] [--torch_glibc_defaults]
+      [--onednn] [--torch_glibc_defaults] [--peak_flops=F]
 
 Both sides build the same GPT-NeoX (cpt_jax's preset, converted with hf_convert) and time a
 full training step on one fixed batch: forward, backward, global-norm clipping at 1.0, AdamW
 (b 0.9/0.95, eps 1e-8, decay 0.1). cpt_jax is its compiled bare step (benchmarks/bare_step.py);
 PyTorch runs eager and, unless --no_compile, under torch.compile. The three alternate for
 several rounds (small shared CPUs drift by ~10% within a minute), each in its own process,
-and the per-round medians are reported. On a CPU both use float32; on a GPU bfloat16 (autocast
-for PyTorch) and SDPA. Every contender runs with the glibc tunables `cpt-jax` sets for itself
+and the per-round medians are reported. On a CPU both use float32 and the tiny preset at 256
+tokens; on a GPU bfloat16 (autocast for PyTorch), SDPA, and pythia-410m at 2048 tokens unless
+--preset and --seq_len say otherwise. Where the device's peak FLOP/s is known
+(cpt_jax/device_peaks.py, or --peak_flops) each contender's MFU is printed too: model FLOPs
+per token (PaLM's convention, as benchmarks/mfu.py) x tokens/s over the peak of the devices
+it runs on. Every contender runs with the glibc tunables `cpt-jax` sets for itself
 (cpt_jax/cpu_runtime.py: huge pages, freed memory kept for reuse), since PyTorch gains from
 them too; --torch_glibc_defaults also times PyTorch eager without them, as a PyTorch script
 runs when started by hand.
@@ -29,9 +33,9 @@ parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--devices", type=int, default=0, help="Emulated CPU devices (0: as is).")
 parser.add_argument("--rounds", type=int, default=3)
 parser.add_argument("--steps", type=int, default=10, help="Steps per measurement.")
-parser.add_argument("--preset", default="tiny")
+parser.add_argument("--preset", default="", help="Default: tiny on a CPU, else pythia-410m.")
 parser.add_argument("--batch", type=int, default=16)
-parser.add_argument("--seq_len", type=int, default=256)
+parser.add_argument("--seq_len", type=int, default=0, help="Default: 256 on a CPU, else 2048.")
 parser.add_argument("--no_compile", action="store_true", help="Skip torch.compile.")
 parser.add_argument("--xla_attention", action="store_true",
                     help="Also time cpt_jax with model.attention=xla, side by side.")
@@ -39,6 +43,9 @@ parser.add_argument("--onednn", action="store_true",
                     help="Also time cpt_jax with XLA:CPU's oneDNN matmuls (CPT_JAX_ONEDNN=1).")
 parser.add_argument("--torch_glibc_defaults", action="store_true",
                     help="Also time PyTorch eager without cpt-jax's glibc tunables.")
+parser.add_argument("--peak_flops", type=float, default=0,
+                    help="One device's peak FLOP/s for MFU (0: its datasheet figure where "
+                         "cpt_jax/device_peaks.py knows the device).")
 args = parser.parse_args()
 # The contenders take turns on one accelerator: neither may hold most of its memory.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -53,9 +60,12 @@ import transformers  # noqa: E402
 
 from benchmarks.bare_step import BareStep  # noqa: E402
 from configs import demo  # noqa: E402
-from cpt_jax import hf_convert, model_config  # noqa: E402
+from cpt_jax import device_peaks, hf_convert, model_config  # noqa: E402
+from cpt_jax import model as model_lib  # noqa: E402
 
 ON_CPU = jax.default_backend() == "cpu"
+PRESET = args.preset or ("tiny" if ON_CPU else "pythia-410m")
+SEQ_LEN = args.seq_len or (256 if ON_CPU else 2048)
 _XLA_ATTENTION = "cpt_jax (xla attention)"
 _ONEDNN = "cpt_jax (oneDNN)"  # CPT_JAX_ONEDNN=1: see cpt_jax/cpu_runtime.py.
 _TORCH_GLIBC_DEFAULTS = "torch eager (glibc defaults)"
@@ -64,10 +74,10 @@ _TORCH_GLIBC_DEFAULTS = "torch eager (glibc defaults)"
 def cpt_jax_config():
   config = demo.get_config("smoke")
   config.model = model_config.preset_config_dict(
-      args.preset, max_seq_len=max(args.seq_len, model_config.preset(args.preset).max_seq_len),
+      PRESET, max_seq_len=max(SEQ_LEN, model_config.preset(PRESET).max_seq_len),
       compute_dtype="float32" if ON_CPU else "bfloat16")
   config.data.tokenizer.kind = "bytes"
-  config.data.seq_len, config.data.global_batch_size = args.seq_len, args.batch
+  config.data.seq_len, config.data.global_batch_size = SEQ_LEN, args.batch
   config.stages = config.stages[:1]
   return config
 
@@ -86,7 +96,7 @@ class TorchStep:
     self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=3e-4, betas=(0.9, 0.95),
                                        eps=1e-8, weight_decay=0.1)
     self.forward = torch.compile(self.model) if compile_model else self.model
-    self.tokens = torch.randint(0, model.vocab_size, (args.batch, args.seq_len), device=device)
+    self.tokens = torch.randint(0, model.vocab_size, (args.batch, SEQ_LEN), device=device)
     self.autocast = torch.autocast("cuda", torch.bfloat16, enabled=not ON_CPU)
     self.device = device
     self.tokens_per_second(2)  # Warm up (and compile).
@@ -110,7 +120,7 @@ class TorchStep:
     loss.item()  # Waits for the device.
     if self.device == "cuda":
       torch.cuda.synchronize()
-    return steps * args.batch * args.seq_len / (time.perf_counter() - start)
+    return steps * args.batch * SEQ_LEN / (time.perf_counter() - start)
 
 
 def _build(name: str, config):
@@ -154,7 +164,7 @@ def _serve(name: str, connection) -> None:
 def main():
   config = cpt_jax_config()
   model = model_config.from_config_dict(config.model)
-  print(f"{args.preset}, batch {args.batch} x {args.seq_len}, {model.compute_dtype}; jax "
+  print(f"{PRESET}, batch {args.batch} x {SEQ_LEN}, {model.compute_dtype}; jax "
         f"{jax.__version__} on {jax.devices()[0].device_kind} x {jax.device_count()}; torch "
         f"{torch.__version__} ({torch.get_num_threads()} threads), transformers "
         f"{transformers.__version__}; attention {model.attention}")
@@ -201,10 +211,14 @@ def main():
   medians = {name: statistics.median(values) for name, values in rounds.items()}
   best_torch = max((name for name in medians if not name.startswith("cpt_jax")),
                    key=medians.get)
+  peak = args.peak_flops or device_peaks.peak_flops_per_device()
+  flops_per_token = model_lib.training_flops_per_token(model, SEQ_LEN)
   for name, value in medians.items():
     share = (f", {value / medians[best_torch]:.3f} of {best_torch}"
              if name.startswith("cpt_jax") else "")
-    print(f"{name:30s} {value:>10,.0f} tok/s (median of {args.rounds}{share})")
+    devices = jax.device_count() if name.startswith("cpt_jax") else 1  # PyTorch: one.
+    mfu = f", MFU {value * flops_per_token / (peak * devices):.1%}" if peak else ""
+    print(f"{name:30s} {value:>10,.0f} tok/s (median of {args.rounds}{share}{mfu})")
   print(f"cpt_jax/transformers ratio: {medians['cpt_jax'] / medians[best_torch]:.3f} "
         f"(against {best_torch})")
 

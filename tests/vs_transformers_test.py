@@ -8,13 +8,15 @@ import sys
 
 import run_helpers as helpers
 from cpt_jax import cpu_runtime
+from cpt_jax import model
+from cpt_jax import model_config
 
 
 def test_each_contender_runs_in_its_own_process_and_the_ratio_is_printed():
   result = subprocess.run(
       [sys.executable, "-m", "benchmarks.vs_transformers", "--batch=2", "--seq_len=64",
        "--rounds=1", "--steps=1", "--no_compile", "--xla_attention", "--onednn",
-       "--torch_glibc_defaults"],
+       "--torch_glibc_defaults", "--peak_flops=1e12"],
       cwd=helpers.ROOT, capture_output=True, text=True, timeout=300,
       env={**os.environ, "XLA_FLAGS": ""})
   assert result.returncode == 0, result.stderr[-2000:]
@@ -28,6 +30,14 @@ def test_each_contender_runs_in_its_own_process_and_the_ratio_is_printed():
     assert set(f"{k}={v}" for k, v in ours.items()) <= set(tunables[name].split(":"))
   assert not ours.keys() & {item.split("=")[0] for item in
                             tunables["torch eager (glibc defaults)"].split(":")}
+  # With a peak given, each contender's MFU: its tokens/s x the model's FLOPs per token / peak.
+  flops_per_token = model.training_flops_per_token(
+      model_config.from_config_dict(model_config.preset_config_dict("tiny", max_seq_len=256)), 64)
+  for line in lines[-6:-1]:
+    speed = re.fullmatch(r".+ ([\d,]+) tok/s \(median of 1.*, MFU ([\d.]+)%\)", line)
+    assert speed, line
+    expected = float(speed[1].replace(",", "")) * flops_per_token / 1e12
+    assert abs(float(speed[2]) / 100 - expected) <= 0.0005 + 0.01 * expected, line
   ratio = re.fullmatch(r"cpt_jax/transformers ratio: ([\d.]+) "
                        r"\(against torch eager( \(glibc defaults\))?\)", lines[-1])
   assert ratio and float(ratio[1]) > 0

@@ -8,8 +8,10 @@ The attention kernels are most of what separates cpt_jax's step from transformer
 contender computes the gradient of sum(attention * cotangent) with respect to q, k and v; the
 cpt_jax kernels (model.attention choices that run here) see rows packed with `--documents`
 documents each, torch SDPA the plain causal mask (its fused CPU kernel takes no document
-mask). They alternate for several rounds and the per-round medians are reported. The last line
-reads `chunked/xla: <x>` (the speed-up of the CPU default over XLA's attention).
+mask). They alternate for several rounds in one process and the per-round medians are
+reported; torch's threads may slow the JAX kernels after them a little (benchmarks/
+vs_transformers.py gives each framework its own process). The last line reads
+`chunked/xla: <x>` (the speed-up of the CPU default over XLA's attention).
 """
 
 import argparse

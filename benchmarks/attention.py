@@ -3,7 +3,7 @@
   python -m benchmarks.attention [--batch=16] [--seq_len=256] [--heads=4] [--kv_heads=4]
       [--head_dim=32] [--documents=4] [--rounds=5] [--calls=10]
 
-The attention kernels are most of what separates cpt_jax's step from transformers' on a CPU
+The attention kernels were most of what separated cpt_jax's step from transformers' on a CPU
 (README, "Speed"), and timing them inside the step drowns a change in the step's noise. Each
 contender computes the gradient of sum(attention * cotangent) with respect to q, k and v; the
 cpt_jax kernels (model.attention choices that run here) see rows packed with `--documents`

@@ -4,7 +4,7 @@
       [--head_dim=32] [--documents=4] [--rounds=5] [--calls=10]
 
 The attention kernels were most of what separated cpt_jax's step from transformers' on a CPU
-(README, "Speed"), and timing them inside the step drowns a change in the step's noise. Each
+(README, "Benchmarks"), and timing them inside the step drowns a change in the step's noise. Each
 contender computes the gradient of sum(attention * cotangent) with respect to q, k and v; the
 cpt_jax kernels (model.attention choices that run here) see rows packed with `--documents`
 documents each, torch SDPA the plain causal mask (its fused CPU kernel takes no document

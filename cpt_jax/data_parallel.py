@@ -104,3 +104,8 @@ class DataParallel:
 
   def eval_step(self, params, model_batch: dict):
     return self._eval_step(params, split_for_devices(model_batch))
+
+  def lower_train_step(self, state, model_batch: dict) -> jax.stages.Lowered:
+    """The step for a state and host batch of these shapes, lowered; nothing runs."""
+    return self.pmapped_train_step.lower(state, split_for_devices(model_batch),
+                                         train_step_lib.LEARNING_RATE)

@@ -1,10 +1,12 @@
 """`cpt-jax info`: what a config will train, before anything is launched.
 
-Owns the human-readable description: parameter counts, FLOPs per token and the stage plan.
+Owns the human-readable description: parameter counts, FLOPs per token and the stage plan;
+with `--memory`, the compiled step's memory per device (`step_memory.py`) against capacity.
 """
 
 from __future__ import annotations
 
+import jax
 import ml_collections
 
 from cpt_jax import checkpoint as checkpoint_lib
@@ -13,6 +15,7 @@ from cpt_jax import model_config
 from cpt_jax import paths
 from cpt_jax import run_directory
 from cpt_jax import run_plan
+from cpt_jax import step_memory
 
 
 def _schedule_summary(schedule: ml_collections.ConfigDict | None) -> str:
@@ -72,3 +75,21 @@ def describe(config: ml_collections.ConfigDict) -> str:
     if stage_config.get("schedule") is not None:
       lines.append(f"    schedule: {_schedule_summary(stage_config.schedule)}")
   return "\n".join(lines)
+
+
+def describe_memory(config: ml_collections.ConfigDict) -> str:
+  """One line: the train step's bytes per device as XLA plans them here, and whether they fit
+  the device (what to change where they do not)."""
+  memory = step_memory.of_train_step(config)
+  devices = f"{jax.local_devices()[0].device_kind} x {jax.local_device_count()}"
+  line = f"train step memory ({config.parallel} on {devices}): {memory.describe()}"
+  capacity = step_memory.device_capacity()
+  if capacity is None:
+    return f"{line}; the device reports no capacity (a CPU: the host's memory)"
+  if memory.total <= step_memory.FITTING_SHARE * capacity:
+    verdict = "fits"
+  else:
+    verdict = ("does not fit: lower data.global_batch_size, raise optimizer.microbatches, "
+               "set model.remat or use parallel=fsdp")
+  return (f"{line}; capacity {step_memory.in_units(capacity)} "
+          f"({memory.total / capacity:.0%} of it): {verdict}")

@@ -1,7 +1,8 @@
 """The `cpt-jax` command line: a thin shell over the library's modules.
 
   cpt-jax train          --config=configs/demo.py --workdir=RUN_DIR [--config.a.b=v ...]
-  cpt-jax info           --config=configs/demo.py            parameters, FLOPs, run plan
+  cpt-jax info           --config=configs/demo.py [--memory]  parameters, FLOPs, run plan
+                         (and the train step's memory per device, compiled here)
   cpt-jax plot-schedule  --config=configs/demo.py --out=lr.png
   cpt-jax prepare        --config=configs/demo.py [--workers=N] [--num_processes=N
                          --process_id=I]    tokenize sources into the cache, shard by shard
@@ -34,7 +35,7 @@ from cpt_jax.config_error import ConfigError
 COMMANDS = {
     "train": ("config", "workdir", "allow_config_change", "coordinator_address",
               "num_processes", "process_id"),
-    "info": ("config", "from"),
+    "info": ("config", "from", "memory"),
     "plot-schedule": ("config", "out"),
     "prepare": ("config", "workers", "num_processes", "process_id"),
     "anneal": ("from", "workdir", "steps", "shape", "end_value"),
@@ -64,6 +65,9 @@ _SEQ_LEN = flags.DEFINE_integer("seq_len", None, "score: window length (default:
 _STEPS = flags.DEFINE_integer("steps", None, "anneal: steps of the anneal.")
 _SHAPE = flags.DEFINE_string("shape", "1-sqrt", "anneal: decay shape.")
 _END_VALUE = flags.DEFINE_float("end_value", 0.0, "anneal: the final learning rate.")
+_MEMORY = flags.DEFINE_bool("memory", False, "info: also compile the train step for this "
+                            "machine's devices and report its memory per device against "
+                            "their capacity.")
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "allow_config_change", False, "train: resume although fields that matter changed.")
 _ONLY = flags.DEFINE_list("only", [], "study: train only these variants (and the runs they "
@@ -188,7 +192,15 @@ def _require(flag, name: str):
 
 def _command_info(config) -> None:
   from cpt_jax import info
-  print(info.describe(config) if config is not None else info.describe_run(_FROM.value))
+  if config is None:
+    if _MEMORY.value:
+      raise UsageError("--memory needs --config: the step's memory follows the experiment's "
+                       "batch, model and parallel mode")
+    print(info.describe_run(_FROM.value))
+    return
+  print(info.describe(config))
+  if _MEMORY.value:
+    print(info.describe_memory(config))
 
 
 def _command_plot_schedule(config) -> None:

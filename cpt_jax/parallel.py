@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+import jax
 import ml_collections
 
 from cpt_jax import data_parallel
@@ -28,6 +29,10 @@ class Executor(Protocol):
 
   def eval_step(self, params: Any, model_batch: dict) -> tuple[Any, Any]:
     """-> (loss sum, token count) over the global batch."""
+
+  def lower_train_step(self, state: Any, model_batch: dict) -> jax.stages.Lowered:
+    """`train_step` lowered for a state (arrays or `jax.ShapeDtypeStruct`s) and this
+    process's rows, without running it: what `step_memory` compiles."""
 
 
 def state_shardings(config: ml_collections.ConfigDict, tree):

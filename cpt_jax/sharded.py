@@ -80,14 +80,27 @@ class Sharded:
                                                          np.asarray(model_batch[name]))
             for name in train_step_lib.MODEL_INPUTS}
 
-  def train_step(self, state: train_step_lib.TrainState, model_batch: dict):
+  def _jitted_train_step(self, state):
     if self._compiled_train is None:  # Output layout = input layout, so no step re-lays out.
       self._compiled_train = jax.jit(
           self._step_fn, donate_argnums=(0,),
           out_shardings=(state_shardings(self.mesh, state), self._replicated))
+    return self._compiled_train
+
+  def train_step(self, state: train_step_lib.TrainState, model_batch: dict):
     batch = self._global(model_batch)
     with jax.set_mesh(self.mesh):  # Traced under the mesh: kernels run per device (attention).
-      return self._compiled_train(state, batch, self._learning_rate(state.step))
+      return self._jitted_train_step(state)(state, batch, self._learning_rate(state.step))
+
+  def lower_train_step(self, state, model_batch: dict) -> jax.stages.Lowered:
+    """The step for a state and host batch of these shapes, lowered; nothing runs. The
+    state's leaves may be abstract (`jax.ShapeDtypeStruct`): they are laid out as `place`
+    lays out arrays."""
+    placed = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(
+        leaf.shape, leaf.dtype, sharding=sharding), state, state_shardings(self.mesh, state))
+    with jax.set_mesh(self.mesh):
+      return self._jitted_train_step(state).lower(placed, self._global(model_batch),
+                                                  train_step_lib.LEARNING_RATE)
 
   def eval_step(self, params, model_batch: dict):
     batch = self._global(model_batch)

@@ -22,6 +22,7 @@ from cpt_jax.model import Transformer
 from cpt_jax.model_config import ModelConfig
 
 MODEL_INPUTS = ("inputs", "targets", "positions", "segment_ids", "loss_mask")
+LEARNING_RATE = jax.ShapeDtypeStruct((), jnp.float32)  # The step's third argument.
 
 
 @flax.struct.dataclass
@@ -38,6 +39,17 @@ def init_state(config: ModelConfig, optimizer: optax.GradientTransformation,
   graphdef, params = nnx.split(model, nnx.Param)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
                      opt_state=optimizer.init(params))
+  return graphdef, state
+
+
+def abstract_state(config: ModelConfig, optimizer: optax.GradientTransformation
+                   ) -> tuple[nnx.GraphDef, TrainState]:
+  """`init_state`'s graph definition and the shapes and dtypes of its state, with no
+  parameter allocated: what compiling the step for a model too large for this host needs."""
+  model = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
+  graphdef, params = nnx.split(model, nnx.Param)
+  state = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
+                     opt_state=jax.eval_shape(optimizer.init, params))
   return graphdef, state
 
 

@@ -1,0 +1,116 @@
+"""Tests for cpt_jax/step_memory.py and `cpt-jax info --memory` (on 8 emulated devices)."""
+
+import jax
+import pytest
+
+import run_helpers as helpers
+from configs import demo
+from cpt_jax import info
+from cpt_jax import model_config
+from cpt_jax import optimizer as optimizer_lib
+from cpt_jax import step_memory
+from cpt_jax import train_step
+
+_SEQ_LEN = 32
+_INPUT_BYTES = 5 * 4  # Five int32 or float32 model inputs per token.
+
+
+def _small_config(global_batch_size: int, parallel: str = "pmap"):
+  config = demo.get_config("smoke")
+  config.model.update(model_dim=32, num_layers=2, num_heads=2, num_kv_heads=2, mlp_dim=64,
+                      vocab_size=384)
+  config.data.tokenizer.kind = "bytes"
+  config.data.seq_len, config.data.global_batch_size = _SEQ_LEN, global_batch_size
+  config.parallel = parallel
+  return config
+
+
+def _state_bytes(config) -> int:
+  _, state = train_step.abstract_state(model_config.from_config_dict(config.model),
+                                       optimizer_lib.make(config.optimizer))
+  return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(state))
+
+
+def test_pmap_holds_the_whole_state_and_fsdp_one_eighth_of_it():
+  config = _small_config(16)
+  state = _state_bytes(config)
+  pmap = step_memory.of_train_step(config)
+  # Whole state, this device's 2 rows and the float32 learning rate; the state is donated.
+  assert pmap.arguments == state + 2 * _SEQ_LEN * _INPUT_BYTES + 4
+  assert 0 < pmap.new_outputs < 1024  # Only the metrics are new.
+  fsdp = step_memory.of_train_step(_small_config(16, "fsdp"))
+  assert state / 8 < fsdp.arguments < state / 4  # A few small leaves stay whole.
+
+
+def test_temporaries_grow_with_the_rows_of_each_device():
+  small, large = (step_memory.of_train_step(_small_config(rows * 8)) for rows in (1, 4))
+  assert large.temporaries > 2 * small.temporaries
+  assert large.total == large.arguments + large.temporaries + large.new_outputs
+
+
+def _linear(bytes_at_one: int, per_row: int, calls: list):
+  def memory_at(rows):
+    calls.append(rows)
+    return bytes_at_one + (rows - 1) * per_row
+  return memory_at
+
+
+def test_largest_fitting_batch_predicts_from_two_sizes_and_confirms_once():
+  calls = []
+  assert step_memory.largest_fitting_batch(_linear(100, 10, calls), capacity=100 + 63 * 10) == 64
+  assert calls == [1, 2, 64]
+  calls = []
+  assert step_memory.largest_fitting_batch(_linear(100, 10, calls), capacity=100 + 62 * 10) == 32
+  assert calls == [1, 2, 32]
+  assert step_memory.largest_fitting_batch(_linear(100, 10, []), capacity=10**9, most=256) == 256
+  assert step_memory.largest_fitting_batch(_linear(100, 10, []), capacity=99) == 0
+  assert step_memory.largest_fitting_batch(_linear(100, 10, []), capacity=105) == 1
+
+
+def test_largest_fitting_batch_steps_back_where_memory_grows_faster_than_predicted():
+  calls = []
+
+  def memory_at(rows):  # Linear up to 8 rows, then twice as steep.
+    calls.append(rows)
+    return 100 + (rows - 1) * 10 + max(rows - 8, 0) * 10
+
+  assert step_memory.largest_fitting_batch(memory_at, capacity=100 + 31 * 10) == 16
+  assert calls == [1, 2, 32, 16]
+
+
+def test_largest_fitting_batch_recovers_from_a_flat_start():
+  calls = []
+
+  def memory_at(rows):  # As XLA plans small steps: 2 rows cost little more than 1.
+    calls.append(rows)
+    return 100 + (rows == 2) + 6 * max(rows - 2, 0)
+
+  assert step_memory.largest_fitting_batch(memory_at, capacity=150) == 8
+  assert calls == [1, 2, 32, 8]
+
+
+def test_info_memory_reports_the_step_on_this_machines_devices(monkeypatch):
+  args = ["--memory", "--config.data.global_batch_size=16"]
+  planned = step_memory.of_train_step(_small_config(16))
+  result = helpers.cli("info", *args)
+  last = result.stdout.splitlines()[-1]
+  assert last == (f"train step memory (pmap on cpu x 8): {planned.describe()}; the device "
+                  "reports no capacity (a CPU: the host's memory)")
+  monkeypatch.setattr(step_memory, "device_capacity", lambda: 2 * planned.total)
+  assert helpers.cli("info", *args).stdout.splitlines()[-1].endswith("(50% of it): fits")
+  monkeypatch.setattr(step_memory, "device_capacity", lambda: planned.total)
+  assert helpers.cli("info", *args).stdout.splitlines()[-1].endswith(
+      "(100% of it): does not fit: lower data.global_batch_size, raise "
+      "optimizer.microbatches, set model.remat or use parallel=fsdp")
+
+
+def test_info_memory_of_a_run_directory_is_one_line_naming_the_flag(tmp_path):
+  result = helpers.cli("info", f"--from={tmp_path}", "--memory", config=None, check=False)
+  assert result.returncode == 2
+  assert result.stderr.strip() == ("cpt-jax: error: --memory needs --config: the step's memory "
+                                   "follows the experiment's batch, model and parallel mode")
+
+
+@pytest.mark.parametrize("size, text", [(2**19, "0.5 MiB"), (3 * 2**30 // 2, "1.50 GiB")])
+def test_sizes_are_shown_in_mib_below_a_gib(size, text):
+  assert step_memory.in_units(size) == text

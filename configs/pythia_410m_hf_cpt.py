@@ -11,8 +11,10 @@ Commands (the model directory holds config.json, model.safetensors, tokenizer.js
 Variant `:replay0` drops the replay (the forgetting baseline).
 Hardware: one GPU node or TPU slice. `cpt-jax info` gives 2.73e9 training FLOPs per token, so
           the 10B tokens below take about 17 hours on one H100 (989 bf16 TFLOP/s) at 45% MFU,
-          or about 16 minutes on 64 (estimates, not measured). The global batch of 1104 needs a device count that
-          divides it (e.g. 48) or `optimizer.microbatches`.
+          or about 16 minutes on 64 (estimates, not measured). The global batch of 1104
+          needs a device count that divides it (e.g. 48). `cpt-jax info --memory` on one host
+          says whether a device's rows fit it; where they do not, `optimizer.microbatches` (a
+          divisor of a device's rows) splits them.
 Data:     `new`: JSONL shards with a "text" field (the new domain); `pile`: a sample of the Pile
           (the model's pretraining data) for replay. Pythia's tokenizer comes with the import.
 Schedule: re-warm to 3e-4 over 1% of the stage, cosine to 3e-5 (Ibrahim et al.); the import has

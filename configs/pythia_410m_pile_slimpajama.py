@@ -13,8 +13,9 @@ Command:  cpt-jax train --config=configs/pythia_410m_pile_slimpajama.py --workdi
           Variant `:replay0` drops the replay (the paper's forgetting baseline).
 Hardware: a TPU pod or GPU cluster; `cpt-jax info` gives 2.73e9 training FLOPs per token, so
           600B tokens take about 16 hours on 64 H100s at 45% MFU (an estimate, not measured).
-          The global batch of 1104 needs a device count that divides it (e.g. 48, 16 x 3) or
-          `optimizer.microbatches`.
+          The global batch of 1104 needs a device count that divides it (e.g. 48, 16 x 3).
+          `cpt-jax info --memory` on one host says whether a device's rows fit it; where they
+          do not, `optimizer.microbatches` (a divisor of a device's rows) splits them.
 Data:     JSONL shards with a "text" field (Pile, SlimPajama); the GPT-NeoX tokenizer.json
           (vocabulary padded to 50304), supplied by path: nothing is downloaded.
 Result to compare with (paper, Table 2, 405M, 5% replay): final validation loss Pile 2.23,

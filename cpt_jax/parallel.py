@@ -13,6 +13,7 @@ import ml_collections
 
 from cpt_jax import data_parallel
 from cpt_jax import sharded
+from cpt_jax.config_error import ConfigError
 
 
 class Executor(Protocol):
@@ -33,6 +34,20 @@ class Executor(Protocol):
   def lower_train_step(self, state: Any, model_batch: dict) -> jax.stages.Lowered:
     """`train_step` lowered for a state (arrays or `jax.ShapeDtypeStruct`s) and this
     process's rows, without running it: what `step_memory` compiles."""
+
+
+def check_batch_split(config: ml_collections.ConfigDict) -> None:
+  """The global batch splits evenly over all devices and, under pmap, each device's rows
+  into `optimizer.microbatches` (FSDP splits the global batch); else a ConfigError."""
+  batch, devices = config.data.global_batch_size, jax.device_count()
+  if batch % devices:
+    raise ConfigError(f"data.global_batch_size={batch}: expected a multiple of the {devices} "
+                      "devices")
+  microbatches = config.optimizer.microbatches
+  if config.parallel != "fsdp" and (batch // devices) % microbatches:
+    raise ConfigError(f"optimizer.microbatches={microbatches}: must divide each device's rows "
+                      f"under parallel=pmap ({batch // devices}: data.global_batch_size={batch} "
+                      f"over {devices} devices)")
 
 
 def state_shardings(config: ml_collections.ConfigDict, tree):

@@ -57,6 +57,7 @@ def of_train_step(config: ml_collections.ConfigDict) -> StepMemory:
   """The step of `config` (model, optimizer, batch, parallel mode) compiled for this
   machine's devices. Compiling is the cost: seconds for small models, a minute or more for
   large ones."""
+  parallel.check_batch_split(config)
   optimizer = optimizer_lib.make(config.optimizer)
   graphdef, state = train_step.abstract_state(model_config.from_config_dict(config.model),
                                               optimizer)

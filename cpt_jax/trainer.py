@@ -289,9 +289,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   config, workdir = paths.resolve_config(config), paths.resolve(workdir)
   config = run_directory.with_source_model(config)
   experiment_config.validate(config)
-  if config.data.global_batch_size % jax.device_count():
-    raise ConfigError(f"data.global_batch_size={config.data.global_batch_size}: expected a "
-                      f"multiple of the {jax.device_count()} devices")
+  parallel.check_batch_split(config)
   run_dir = epath.Path(workdir)
   created = not run_dir.exists()
   try:

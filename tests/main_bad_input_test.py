@@ -130,6 +130,10 @@ def _cases(run, files, fresh):
        "bad.jsonl:1: expected a JSON object with a string field 'text'", fresh),
       ("batch not divisible by devices", _train(fresh, "--config.data.global_batch_size=12"),
        "expected a multiple of the 8 devices", fresh),
+      ("microbatches that split a device's rows unevenly",
+       _train(fresh, "--config.optimizer.microbatches=2"),
+       "optimizer.microbatches=2: must divide each device's rows under parallel=pmap (1: "
+       "data.global_batch_size=8 over 8 devices)", fresh),
       ("tokenizer larger than the model", _train(fresh, "--config.model.vocab_size=200"),
        "smaller than the tokenizer's vocabulary", fresh),
       ("prepare without a cache directory", ("prepare", DEMO), "data.token_cache_dir is empty",

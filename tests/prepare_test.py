@@ -255,4 +255,7 @@ def test_a_corpus_larger_than_the_memory_cap_goes_through(tmp_path):
   in_memory = _capped_prepare(glob, tmp_path / "unused", _CAPPED_PREPARE.replace(
       "prepare.prepare(config, workers=0, progress=False)",
       "corpora.documents('web', config.data.sources.web, 'train')"))
-  assert in_memory.returncode != 0 and "MemoryError" in in_memory.stderr
+  # Python's allocator or zstd's, whichever asks first past the cap.
+  assert in_memory.returncode != 0, in_memory.stderr[-2000:]
+  assert ("MemoryError" in in_memory.stderr
+          or "Allocation error : not enough memory" in in_memory.stderr), in_memory.stderr[-2000:]

@@ -89,7 +89,6 @@ def describe_memory(config: ml_collections.ConfigDict) -> str:
   if memory.total <= step_memory.FITTING_SHARE * capacity:
     verdict = "fits"
   else:
-    verdict = ("does not fit: lower data.global_batch_size, raise optimizer.microbatches, "
-               "set model.remat or use parallel=fsdp")
+    verdict = f"does not fit: {step_memory.REMEDIES}"
   return (f"{line}; capacity {step_memory.in_units(capacity)} "
           f"({memory.total / capacity:.0%} of it): {verdict}")

@@ -15,8 +15,8 @@
                          [--report]    the paper's grid of variants, shared runs, one table
 
 Also `python -m cpt_jax ...`; `cpt-jax COMMAND --help` lists a command's flags. Bad input ends
-with one line `cpt-jax: error: ...` and exit 2; a failed save or a diverged run with one line
-and exit 1; Ctrl-C during training saves the current step and exits 130.
+with one line `cpt-jax: error: ...` and exit 2; a failed save, a diverged run or a step out of
+device memory with one line and exit 1; Ctrl-C during training saves the current step and exits 130.
 """
 
 from __future__ import annotations
@@ -266,6 +266,14 @@ def _command_study(config) -> None:
     print(f"wrote {report}, study.json, study.png")
 
 
+def _out_of_memory_remedies(command: str) -> str:
+  if command in ("train", "study"):
+    from cpt_jax import step_memory
+    return (f"; `cpt-jax info --memory` with the same --config flags shows the step's plan per "
+            f"device; {step_memory.REMEDIES}")
+  return "; lower --seq_len" if command == "score" else ""
+
+
 def main(argv: list[str]) -> int:
   if len(argv) < 2 or argv[1] in _HELP:
     print(_usage(None), file=sys.stdout if len(argv) >= 2 else sys.stderr)
@@ -278,6 +286,7 @@ def main(argv: list[str]) -> int:
   if any(arg in _HELP for arg in argv[2:]):
     print(_usage(command))
     return 0
+  import jax
   from cpt_jax import checkpoint, trainer
   _show_library_logs()
   try:
@@ -302,6 +311,12 @@ def main(argv: list[str]) -> int:
     return 2
   except (checkpoint.CheckpointError, trainer.TrainingDiverged) as error:
     print(f"cpt-jax: error: {error}", file=sys.stderr)  # Named; checkpoints intact.
+    return 1
+  except jax.errors.JaxRuntimeError as error:
+    if not str(error).startswith("RESOURCE_EXHAUSTED"):
+      raise  # Any other runtime error is a bug.
+    print(f"cpt-jax: error: out of device memory ({str(error).splitlines()[0]})"
+          f"{_out_of_memory_remedies(command)}", file=sys.stderr)
     return 1
   except KeyboardInterrupt as interrupt:  # trainer.Interrupted: the step was saved.
     print(f"cpt-jax: {interrupt or 'interrupted'}", file=sys.stderr)

@@ -27,6 +27,9 @@ from cpt_jax import parallel
 from cpt_jax import run_plan
 from cpt_jax import train_step
 
+# What to change where a step does not fit (`info --memory`, and an out-of-memory error).
+REMEDIES = ("lower data.global_batch_size, raise optimizer.microbatches, set model.remat or use "
+            "parallel=fsdp")
 # The share of a device's capacity a step may plan for: the allocator splits its pool into
 # blocks, so a plan of exactly the capacity can still fail to allocate.
 FITTING_SHARE = 0.95

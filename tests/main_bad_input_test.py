@@ -309,6 +309,35 @@ def test_help_prints_usage_and_exits_zero(capsys):
   np.testing.assert_equal(_cli(capsys)[0], 2)  # No command at all: usage, exit 2.
 
 
+def test_out_of_device_memory_is_one_line_saying_what_to_change(capsys, monkeypatch, tmp_path):
+  import jax.numpy as jnp
+  from cpt_jax import trainer
+
+  def allocate_an_exbibyte(config, workdir, **kwargs):  # XLA's own out-of-memory error.
+    return jnp.ones((2**60,), jnp.int8).block_until_ready()
+
+  monkeypatch.setattr(trainer, "train", allocate_an_exbibyte)
+  code, _, err = _cli(capsys, *_train(str(tmp_path / "run")))
+  assert code == 1 and len(err) == 1, err[-5:]
+  assert err[0] == (
+      "cpt-jax: error: out of device memory (RESOURCE_EXHAUSTED: Out of memory allocating "
+      "1152921504606846976 bytes.); `cpt-jax info --memory` with the same --config flags shows "
+      "the step's plan per device; lower data.global_batch_size, raise optimizer.microbatches, "
+      "set model.remat or use parallel=fsdp")
+
+
+def test_other_runtime_errors_keep_their_traceback(monkeypatch, tmp_path):
+  import jax
+  from cpt_jax import trainer
+
+  def fail(config, workdir, **kwargs):
+    raise jax.errors.JaxRuntimeError("INTERNAL: a kernel failed")
+
+  monkeypatch.setattr(trainer, "train", fail)
+  with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"):
+    main.main(["cpt-jax", *_train(str(tmp_path / "run"))])
+
+
 def test_a_bug_keeps_its_traceback(capsys, monkeypatch):
   """Only ConfigError is bad input: a ValueError from inside a library is a bug to see whole."""
   from cpt_jax import info

@@ -8,7 +8,10 @@ for the host still compiles here. `cpt-jax info --memory` reports it against the
 capacity; `benchmarks/mfu.py` finds the largest batch that fits with it.
 
 Not counted: the runtime's own memory outside XLA's pool, the fragmentation of that pool
-(`FITTING_SHARE` leaves room for it), and the input pipeline's prefetched batches.
+(`FITTING_SHARE` leaves room for it), and the input pipeline's prefetched batches. Each
+backend plans its own way: XLA:CPU's plan does not shrink with `model.remat` (it drops the
+optimization barriers that hold recomputation back until the backward pass), so a plan for
+an accelerator is made on that accelerator.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -98,9 +99,10 @@ class Sharded:
     lays out arrays."""
     placed = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(
         leaf.shape, leaf.dtype, sharding=sharding), state, state_shardings(self.mesh, state))
-    with jax.set_mesh(self.mesh):
+    learning_rate = jax.ShapeDtypeStruct((), jnp.float32, sharding=self._replicated)
+    with jax.set_mesh(self.mesh):  # As `_learning_rate` returns it: where the step lives.
       return self._jitted_train_step(state).lower(placed, self._global(model_batch),
-                                                  train_step_lib.LEARNING_RATE)
+                                                  learning_rate)
 
   def eval_step(self, params, model_batch: dict):
     batch = self._global(model_batch)

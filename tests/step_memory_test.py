@@ -114,3 +114,33 @@ def test_info_memory_of_a_run_directory_is_one_line_naming_the_flag(tmp_path):
 @pytest.mark.parametrize("size, text", [(2**19, "0.5 MiB"), (3 * 2**30 // 2, "1.50 GiB")])
 def test_sizes_are_shown_in_mib_below_a_gib(size, text):
   assert step_memory.in_units(size) == text
+
+
+@pytest.mark.parametrize("parallel", ["pmap", "fsdp"])
+def test_the_plan_is_of_the_program_that_trains(parallel):
+  """Lowered from the abstract state, the step is the program the executor's `train_step`
+  lowers from the placed state, batch and learning rate: the plan is the real step's."""
+  import numpy as np
+  from cpt_jax import data_parallel
+  from cpt_jax import packing
+  from cpt_jax import parallel as parallel_lib
+  from cpt_jax import run_plan
+  config = _small_config(16, parallel)
+  optimizer = optimizer_lib.make(config.optimizer)
+  model = model_config.from_config_dict(config.model)
+  graphdef, real = train_step.init_state(model, optimizer, 0)
+  _, abstract = train_step.abstract_state(model, optimizer)
+  executor = parallel_lib.make_executor(config, graphdef, optimizer,
+                                        run_plan.learning_rate_schedule(config))
+  batch = packing.to_model_batch({key: np.zeros((16, _SEQ_LEN + 1), np.int32)
+                                  for key in packing.ROW_KEYS})
+  state = executor.place(real)
+  learning_rate = executor._learning_rate(state.step)  # What train_step passes.
+  if parallel == "pmap":
+    trained = executor.pmapped_train_step.lower(
+        state, data_parallel.split_for_devices(batch), learning_rate)
+  else:
+    with jax.set_mesh(executor.mesh):
+      trained = executor._jitted_train_step(state).lower(state, executor._global(batch),
+                                                         learning_rate)
+  assert executor.lower_train_step(abstract, batch).as_text() == trained.as_text()

@@ -66,18 +66,12 @@ def preset_config(preset: str, seq_len: int, batch_per_device: int):
 
 
 def batch_per_device(preset: str, seq_len: int, capacity: float | None) -> int:
-  """--batch_per_device, or the largest that fits `capacity`; says what it planned."""
+  """--batch_per_device, or the most rows that fit `capacity`; says what it planned."""
   if args.batch_per_device or not capacity:
     return args.batch_per_device or 8
-  planned = {}
-
-  def memory_at(rows: int) -> int:
-    planned[rows] = step_memory.of_train_step(preset_config(preset, seq_len, rows)).total
-    return planned[rows]
-
-  rows = step_memory.largest_fitting_batch(memory_at, step_memory.FITTING_SHARE * capacity)
+  rows, planned = step_memory.rows_that_fit(preset_config(preset, seq_len, 1), capacity)
   print(f"{preset}: planned per device (" + ", ".join(
-      f"{rows} x {seq_len}: {size:,} bytes" for rows, size in sorted(planned.items()))
+      f"{tried} x {seq_len}: {size:,} bytes" for tried, size in sorted(planned.items()))
       + f") of {capacity:,.0f}")
   if not rows:
     raise SystemExit(f"{preset}: one row of {seq_len} tokens does not fit the device; try "

@@ -79,7 +79,7 @@ def describe(config: ml_collections.ConfigDict) -> str:
 
 def describe_memory(config: ml_collections.ConfigDict) -> str:
   """One line: the train step's bytes per device as XLA plans them here, and whether they fit
-  the device (what to change where they do not)."""
+  the device (where they do not: how many rows per device would, and what to change)."""
   memory = step_memory.of_train_step(config)
   devices = f"{jax.local_devices()[0].device_kind} x {jax.local_device_count()}"
   line = f"train step memory ({config.parallel} on {devices}): {memory.describe()}"
@@ -88,7 +88,10 @@ def describe_memory(config: ml_collections.ConfigDict) -> str:
     return f"{line}; the device reports no capacity (a CPU: the host's memory)"
   if memory.total <= step_memory.FITTING_SHARE * capacity:
     verdict = "fits"
-  else:
-    verdict = f"does not fit: {step_memory.REMEDIES}"
+  else:  # How many rows would: a few more compiles.
+    asked = config.data.global_batch_size // jax.device_count()
+    rows, _ = step_memory.rows_that_fit(config, capacity, most=asked)
+    verdict = (f"does not fit: {rows} of its {asked} rows per device would at once; "
+               f"{step_memory.REMEDIES}")
   return (f"{line}; capacity {step_memory.in_units(capacity)} "
           f"({memory.total / capacity:.0%} of it): {verdict}")

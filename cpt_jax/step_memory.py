@@ -78,6 +78,23 @@ def of_train_step(config: ml_collections.ConfigDict) -> StepMemory:
       new_outputs=analysis.output_size_in_bytes - analysis.alias_size_in_bytes)
 
 
+def rows_that_fit(config: ml_collections.ConfigDict, capacity: float,
+                  most: int = 4096) -> tuple[int, dict[int, int]]:
+  """The most rows per device, a power of two up to `most`, whose step (no microbatches)
+  fits `FITTING_SHARE` of `capacity` bytes, 0 if one row does not; and the bytes planned for
+  each number of rows tried (`largest_fitting_batch`: three or four compiles)."""
+  planned = {}
+
+  def memory_at(rows: int) -> int:
+    sized = config.copy_and_resolve_references()
+    sized.data.global_batch_size = rows * jax.device_count()
+    sized.optimizer.microbatches = 1
+    planned[rows] = of_train_step(sized).total
+    return planned[rows]
+
+  return largest_fitting_batch(memory_at, FITTING_SHARE * capacity, most), planned
+
+
 def device_capacity() -> int | None:
   """Bytes XLA may allocate on one of this machine's devices; None where the runtime does
   not say (CPUs: the host's memory)."""

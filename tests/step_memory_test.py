@@ -98,10 +98,16 @@ def test_info_memory_reports_the_step_on_this_machines_devices(monkeypatch):
                   "reports no capacity (a CPU: the host's memory)")
   monkeypatch.setattr(step_memory, "device_capacity", lambda: 2 * planned.total)
   assert helpers.cli("info", *args).stdout.splitlines()[-1].endswith("(50% of it): fits")
-  monkeypatch.setattr(step_memory, "device_capacity", lambda: planned.total)
-  assert helpers.cli("info", *args).stdout.splitlines()[-1].endswith(
-      "(100% of it): does not fit: lower data.global_batch_size, raise "
-      "optimizer.microbatches, set model.remat or use parallel=fsdp")
+
+  # Room for 4 of the 8 rows per device that global batch 64 asks: it says so.
+  four_rows = step_memory.of_train_step(_small_config(32)).total
+  monkeypatch.setattr(step_memory, "device_capacity",
+                      lambda: (four_rows + 1) / step_memory.FITTING_SHARE)
+  last = helpers.cli("info", "--memory", "--config.data.global_batch_size=64").stdout
+  assert last.splitlines()[-1].endswith(
+      "of it): does not fit: 4 of its 8 rows per device would at once; lower "
+      "data.global_batch_size, raise optimizer.microbatches, set model.remat or use "
+      "parallel=fsdp")
 
 
 def test_info_memory_of_a_run_directory_is_one_line_naming_the_flag(tmp_path):

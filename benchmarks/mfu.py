@@ -5,9 +5,10 @@
 
 On a GPU or TPU: the given presets at sequence length 2048 in bfloat16, each at the largest
 power-of-two batch per device whose compiled step fits the device (`cpt_jax/step_memory.py`:
-XLA's plan, predicted from 1 and 2 rows and confirmed by one more compile), and MFU = model
-FLOPs per token (`model_config.flops_per_token`, PaLM's convention) x tokens/s over the
-devices' peak dense bf16 FLOP/s (`cpt_jax/device_peaks.py`). No remat by default: recomputed
+XLA's plan; a line through two planned sizes predicts the next, three or four compiles in all;
+--batch_per_device skips them), and MFU = model FLOPs per token (`model_config.flops_per_token`,
+PaLM's convention) x tokens/s over the devices' peak dense bf16 FLOP/s
+(`cpt_jax/device_peaks.py`). No remat by default: recomputed
 FLOPs count for nothing in MFU, so remat pays only where it lets a batch fit that would not.
 On a CPU: the tiny preset at 128 tokens in float32, batch 8 per device (the host reports no
 capacity unless --device_memory gives one), with no MFU (no known peak). Target on one H100:

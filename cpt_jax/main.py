@@ -16,7 +16,8 @@
 
 Also `python -m cpt_jax ...`; `cpt-jax COMMAND --help` lists a command's flags. Bad input ends
 with one line `cpt-jax: error: ...` and exit 2; a failed save, a diverged run or a step out of
-device memory with one line and exit 1; Ctrl-C during training saves the current step and exits 130.
+device memory with one line and exit 1; Ctrl-C during training saves the current step and
+exits 130.
 """
 
 from __future__ import annotations

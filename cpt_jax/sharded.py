@@ -99,8 +99,9 @@ class Sharded:
     lays out arrays."""
     placed = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(
         leaf.shape, leaf.dtype, sharding=sharding), state, state_shardings(self.mesh, state))
+    # Replicated on the mesh, as `_learning_rate` returns it: where the step counter lives.
     learning_rate = jax.ShapeDtypeStruct((), jnp.float32, sharding=self._replicated)
-    with jax.set_mesh(self.mesh):  # As `_learning_rate` returns it: where the step lives.
+    with jax.set_mesh(self.mesh):
       return self._jitted_train_step(state).lower(placed, self._global(model_batch),
                                                   learning_rate)
 

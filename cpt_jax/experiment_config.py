@@ -29,8 +29,21 @@ def _check_int(field: str, value, minimum: int) -> None:
     raise ConfigError(f"{field}={value!r}: expected an integer >= {minimum}")
 
 
+def require_experiment(config: ml_collections.ConfigDict) -> None:
+  """A study config (`cpt-jax study`'s base and variants) is not an experiment: one line
+  saying so, rather than a missing field's traceback."""
+  if "model" in config and "data" in config:
+    return
+  if "variants" in config:
+    raise ConfigError("the config is a study (base and variants): run it with `cpt-jax "
+                      "study`, or give an experiment config (see configs/demo.py)")
+  raise ConfigError("the config has no 'model' or 'data'; expected an experiment config "
+                    "(see configs/demo.py)")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first bad field."""
+  require_experiment(config)
   model = model_config.from_config_dict(config.model)
   optimizer.validate(config.optimizer)
   data = config.data

@@ -286,6 +286,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   Local paths (relative ones, `~`) are resolved first. Process 0 holds the run directory's
   lock for the whole run. SIGTERM saves the current step and returns {}; Ctrl-C saves it and
   raises `Interrupted`."""
+  experiment_config.require_experiment(config)
   config, workdir = paths.resolve_config(config), paths.resolve(workdir)
   config = run_directory.with_source_model(config)
   experiment_config.validate(config)

@@ -134,6 +134,11 @@ def _cases(run, files, fresh):
        _train(fresh, "--config.optimizer.microbatches=2"),
        "optimizer.microbatches=2: must divide each device's rows under parallel=pmap (1: "
        "data.global_batch_size=8 over 8 devices)", fresh),
+      ("a study config given to train", ("train", f"--config={helpers.STUDY_DEMO_SMOKE}",
+                                          f"--workdir={fresh}"),
+       "the config is a study (base and variants): run it with `cpt-jax study`", fresh),
+      ("a study config given to info", ("info", f"--config={helpers.STUDY_DEMO_SMOKE}"),
+       "the config is a study (base and variants): run it with `cpt-jax study`", None),
       ("tokenizer larger than the model", _train(fresh, "--config.model.vocab_size=200"),
        "smaller than the tokenizer's vocabulary", fresh),
       ("prepare without a cache directory", ("prepare", DEMO), "data.token_cache_dir is empty",

@@ -83,16 +83,14 @@ def rows_that_fit(config: ml_collections.ConfigDict, capacity: float,
   """The most rows per device, a power of two up to `most`, whose step (no microbatches)
   fits `FITTING_SHARE` of `capacity` bytes, 0 if one row does not; and the bytes planned for
   each number of rows tried (`largest_fitting_batch`: three or four compiles)."""
-  planned = {}
 
   def memory_at(rows: int) -> int:
     sized = config.copy_and_resolve_references()
     sized.data.global_batch_size = rows * jax.device_count()
     sized.optimizer.microbatches = 1
-    planned[rows] = of_train_step(sized).total
-    return planned[rows]
+    return of_train_step(sized).total
 
-  return largest_fitting_batch(memory_at, FITTING_SHARE * capacity, most), planned
+  return largest_fitting_batch(memory_at, FITTING_SHARE * capacity, most)
 
 
 def device_capacity() -> int | None:
@@ -103,9 +101,9 @@ def device_capacity() -> int | None:
 
 
 def largest_fitting_batch(memory_at: Callable[[int], int], capacity: float,
-                          most: int = 4096) -> int:
+                          most: int = 4096) -> tuple[int, dict[int, int]]:
   """The largest power of two b <= `most` with `memory_at(b) <= capacity`, or 0 when one row
-  does not fit. `memory_at(rows)` is a step's bytes per device, a compile each, so the search
+  does not fit; and `memory_at` of each size it tried. `memory_at(rows)` is a step's bytes per device, a compile each, so the search
   predicts rather than tries every size: memory grows about linearly in the rows (activations
   are per row), so a line through two planned sizes, the largest that fits and the nearest
   other, predicts the next size to plan, until the prediction is a size already planned.
@@ -118,7 +116,7 @@ def largest_fitting_batch(memory_at: Callable[[int], int], capacity: float,
     return planned[rows]
 
   if plan(1) > capacity:
-    return 0
+    return 0, planned
   plan(2)
   while True:
     fitting = sorted(rows for rows, size in planned.items() if size <= capacity)
@@ -129,5 +127,5 @@ def largest_fitting_batch(memory_at: Callable[[int], int], capacity: float,
     predicted = largest + (capacity - planned[largest]) / per_row
     rows = 2 ** int(np.log2(min(predicted, most, too_large[0] // 2 if too_large else most)))
     if rows <= largest:
-      return largest
+      return largest, planned
     plan(rows)

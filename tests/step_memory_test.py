@@ -48,6 +48,19 @@ def test_temporaries_grow_with_the_rows_of_each_device():
   assert large.total == large.arguments + large.temporaries + large.new_outputs
 
 
+def _largest(memory_at, **kwargs) -> int:
+  """largest_fitting_batch's rows; the sizes it says it tried are those it asked for."""
+  answers = {}
+
+  def recorded(rows):
+    answers[rows] = memory_at(rows)
+    return answers[rows]
+
+  rows, planned = step_memory.largest_fitting_batch(recorded, **kwargs)
+  assert planned == answers
+  return rows
+
+
 def _linear(bytes_at_one: int, per_row: int, calls: list):
   def memory_at(rows):
     calls.append(rows)
@@ -57,14 +70,14 @@ def _linear(bytes_at_one: int, per_row: int, calls: list):
 
 def test_largest_fitting_batch_predicts_from_two_sizes_and_confirms_once():
   calls = []
-  assert step_memory.largest_fitting_batch(_linear(100, 10, calls), capacity=100 + 63 * 10) == 64
+  assert _largest(_linear(100, 10, calls), capacity=100 + 63 * 10) == 64
   assert calls == [1, 2, 64]
   calls = []
-  assert step_memory.largest_fitting_batch(_linear(100, 10, calls), capacity=100 + 62 * 10) == 32
+  assert _largest(_linear(100, 10, calls), capacity=100 + 62 * 10) == 32
   assert calls == [1, 2, 32]
-  assert step_memory.largest_fitting_batch(_linear(100, 10, []), capacity=10**9, most=256) == 256
-  assert step_memory.largest_fitting_batch(_linear(100, 10, []), capacity=99) == 0
-  assert step_memory.largest_fitting_batch(_linear(100, 10, []), capacity=105) == 1
+  assert _largest(_linear(100, 10, []), capacity=10**9, most=256) == 256
+  assert _largest(_linear(100, 10, []), capacity=99) == 0
+  assert _largest(_linear(100, 10, []), capacity=105) == 1
 
 
 def test_largest_fitting_batch_steps_back_where_memory_grows_faster_than_predicted():
@@ -74,7 +87,7 @@ def test_largest_fitting_batch_steps_back_where_memory_grows_faster_than_predict
     calls.append(rows)
     return 100 + (rows - 1) * 10 + max(rows - 8, 0) * 10
 
-  assert step_memory.largest_fitting_batch(memory_at, capacity=100 + 31 * 10) == 16
+  assert _largest(memory_at, capacity=100 + 31 * 10) == 16
   assert calls == [1, 2, 32, 16]
 
 
@@ -85,7 +98,7 @@ def test_largest_fitting_batch_recovers_from_a_flat_start():
     calls.append(rows)
     return 100 + (rows == 2) + 6 * max(rows - 2, 0)
 
-  assert step_memory.largest_fitting_batch(memory_at, capacity=150) == 8
+  assert _largest(memory_at, capacity=150) == 8
   assert calls == [1, 2, 32, 8]
 
 

@@ -289,7 +289,8 @@ def _file_units(pattern: str, split: str, where: str, first_index: int) -> list[
                    where) for index, group in enumerate(groups)]
 
 
-def _check_kind(name: str, config: ml_collections.ConfigDict) -> str:
+def check_kind(name: str, config: ml_collections.ConfigDict) -> str:
+  """Source `name`'s field prefix, after checking its kind (and an embedded corpus's name)."""
   where = f"data.sources.{name}"
   if config.kind not in KINDS:
     raise ConfigError(f"{where}.kind={config.kind!r}: expected one of {KINDS}")
@@ -300,7 +301,7 @@ def _check_kind(name: str, config: ml_collections.ConfigDict) -> str:
 
 def read_units(name: str, config: ml_collections.ConfigDict) -> list[ReadUnit]:
   """Source `name`'s units, in order; listing them reads no documents."""
-  where = _check_kind(name, config)
+  where = check_kind(name, config)
   if config.kind == "embedded":
     return [ReadUnit(0, "", where=where)]  # Small, and loaded whole anyway.
   if config.kind == "tfds":
@@ -390,7 +391,7 @@ def _documents(name: str, config: ml_collections.ConfigDict, split: str):
   """(ids, texts) of a split, in memory; TFDS sources give (None, lazy texts)."""
   if split not in SPLITS:
     raise ConfigError(f"split {split!r}: expected one of {SPLITS}")
-  where = _check_kind(name, config)
+  where = check_kind(name, config)
   if config.kind == "tfds":
     return None, _tfds(config, split, where)
   ids, texts, any_text = [], [], False

@@ -62,9 +62,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not data.sources:
     raise ConfigError("data.sources is empty; expected {name: corpora.source_config(...)}")
   for name, source in data.sources.items():
-    if source.kind not in corpora.KINDS:
-      raise ConfigError(f"data.sources.{name}.kind={source.kind!r}: expected one of "
-                        f"{corpora.KINDS}")
+    corpora.check_kind(name, source)
   if data.tokenizer.kind == "bpe" and data.tokenizer.train_source and (
       data.tokenizer.train_source not in data.sources):
     raise ConfigError(f"data.tokenizer.train_source={data.tokenizer.train_source!r}: expected "

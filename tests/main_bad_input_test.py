@@ -97,6 +97,8 @@ def _cases(run, files, fresh):
        "data.tokenizer.kind='word'", None),
       ("unknown source kind", ("info", DEMO, f"{source}.kind=web"),
        "data.sources.code.kind='web'", None),
+      ("unknown embedded corpus", ("info", DEMO, f"{source}.corpus=wikipedia"),
+       "data.sources.code.corpus='wikipedia': expected one of", None),
       ("heads not dividing the width", ("info", DEMO, "--config.model.num_heads=3"),
        "model.num_heads=3", None),
       ("Adam beta out of range", ("info", DEMO, "--config.optimizer.b1=1.5"),

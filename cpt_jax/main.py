@@ -208,6 +208,8 @@ def _command_plot_schedule(config) -> None:
   from cpt_jax import plots
   from cpt_jax import run_plan
   out = _OUT.value or "lr.png"
+  if not out.lower().endswith(".png"):  # The figure is a PNG whatever the name says.
+    raise UsageError(f"--out={out}: expected a .png file")
   directory = os.path.dirname(os.path.abspath(out))
   if "://" not in out and not os.path.isdir(directory):
     raise UsageError(f"--out={out}: directory {directory} does not exist")

@@ -112,6 +112,8 @@ def _cases(run, files, fresh):
       ("workdir under a file", _train(files / "a_file" / "run"), "is a file", None),
       ("plot into a missing directory",
        ("plot-schedule", DEMO, f"--out={files}/missing/lr.png"), "does not exist", None),
+      ("plot into a file that is no PNG", ("plot-schedule", DEMO, f"--out={files}/lr.pdf"),
+       "lr.pdf: expected a .png file", None),
       ("glob matching nothing", _train(fresh, f"{source}.kind=text_files",
                                        f"{source}.glob={files}/none/*.txt"),
        "no files match", fresh),

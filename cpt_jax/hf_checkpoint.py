@@ -1,12 +1,14 @@
 """`cpt-jax import-hf` / `export-hf`: Hugging Face model directories in and out of run directories.
 
 Import reads a local HF directory (config.json; model.safetensors or shards with
-model.safetensors.index.json; tokenizer.json) and writes a run directory every other command
+model.safetensors.index.json, else PyTorch's pytorch_model.bin or its shards with their index,
+which needs torch; tokenizer.json) and writes a run directory every other command
 takes as a source: an Orbax step 0 with the parameters (no optimizer state: an HF checkpoint
 has none, so continue it with `init.optimizer_state=reset`), its metadata, config.json with
 the model block, and the tokenizer. Everything is checked (architecture, names, shapes,
-tokenizer size) before anything is written. Tensors are read one at a time with safetensors
-(no torch) and placed on the devices at once, so the host never holds two copies of the model.
+tokenizer size) before anything is written. Tensors are read one at a time (safetensors
+without torch) and placed on the devices at once, so the host never holds two copies of the
+model.
 
 Export writes what `transformers.AutoModelForCausalLM.from_pretrained` and
 `AutoTokenizer.from_pretrained` load with no missing or unexpected keys: config.json,
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 
 from etils import epath
 import jax
@@ -37,6 +40,8 @@ from cpt_jax.config_error import ConfigError
 
 _INDEX = "model.safetensors.index.json"
 _SINGLE = "model.safetensors"
+_TORCH_INDEX = "pytorch_model.bin.index.json"
+_TORCH_SINGLE = "pytorch_model.bin"
 # Buffers older GPT-NeoX checkpoints saved beside the weights: masks and rotary tables that
 # the model recomputes, not parameters.
 _BUFFER_SUFFIXES = (".attention.bias", ".attention.masked_bias", ".rotary_emb.inv_freq")
@@ -50,35 +55,78 @@ def _read_json(path: epath.Path) -> dict:
 
 
 class _Tensors:
-  """The HF directory's tensors by name, across shards, read one at a time."""
+  """The HF directory's tensors by name, across shards, read one at a time: safetensors
+  (without torch), else PyTorch's pytorch_model.bin files (Pythia's intermediate steps and
+  other older checkpoints have only these), memory-mapped by torch."""
 
   def __init__(self, hf_dir: epath.Path):
-    if (hf_dir / _INDEX).exists():
-      weight_map = _read_json(hf_dir / _INDEX).get("weight_map", {})
-      self._files = {name: str(hf_dir / file) for name, file in weight_map.items()}
-    elif (hf_dir / _SINGLE).exists():
-      from safetensors import safe_open
-      with safe_open(str(hf_dir / _SINGLE), framework="numpy") as f:
-        self._files = {name: str(hf_dir / _SINGLE) for name in f.keys()}
-    else:
-      raise ConfigError(f"{hf_dir}: no {_SINGLE} or {_INDEX}; expected safetensors weights")
+    self._torch_file = ("", {})  # The .bin file last opened and its tensors.
+    for index, single in ((_INDEX, _SINGLE), (_TORCH_INDEX, _TORCH_SINGLE)):
+      if (hf_dir / index).exists():
+        weight_map = _read_json(hf_dir / index).get("weight_map", {})
+        self._files = {name: str(hf_dir / file) for name, file in weight_map.items()}
+        return
+      if (hf_dir / single).exists():
+        self._files = dict.fromkeys(self._names_in(str(hf_dir / single)), str(hf_dir / single))
+        return
+    raise ConfigError(f"{hf_dir}: no {_SINGLE}, {_INDEX}, {_TORCH_SINGLE} or {_TORCH_INDEX}; "
+                      f"expected a model's weights")
+
+  def _torch_tensors(self, path: str) -> dict:
+    """A .bin file's tensors; the last file stays open, as the weight map reads file by file."""
+    if self._torch_file[0] != path:
+      self._torch_file = (path, _torch_state_dict(path))
+    return self._torch_file[1]
+
+  def _names_in(self, path: str) -> list[str]:
+    if path.endswith(".bin"):
+      return list(self._torch_tensors(path))
+    from safetensors import safe_open
+    with safe_open(path, framework="numpy") as f:
+      return list(f.keys())
 
   def names(self) -> set[str]:
     return set(self._files)
 
   def shape(self, name: str) -> tuple[int, ...]:
+    path = self._files[name]
+    if path.endswith(".bin"):
+      return tuple(self._torch_tensors(path)[name].shape)
     from safetensors import safe_open
-    with safe_open(self._files[name], framework="numpy") as f:
+    with safe_open(path, framework="numpy") as f:
       return tuple(f.get_slice(name).get_shape())
 
   def read(self, name: str) -> np.ndarray:
-    """As float32 on the host; bfloat16 (which numpy lacks) goes through JAX."""
+    """As float32 on the host; bfloat16 (which numpy lacks) goes through JAX or torch."""
+    path = self._files[name]
+    if path.endswith(".bin"):
+      return self._torch_tensors(path)[name].float().numpy()
     from safetensors import safe_open
-    with safe_open(self._files[name], framework="numpy") as f:
+    with safe_open(path, framework="numpy") as f:
       dtype = f.get_slice(name).get_dtype()
     framework = "flax" if dtype in ("BF16", "bfloat16") else "numpy"
-    with safe_open(self._files[name], framework=framework) as f:
+    with safe_open(path, framework=framework) as f:
       return np.asarray(f.get_tensor(name), np.float32)
+
+
+def _torch_state_dict(path: str) -> dict:
+  """A pytorch_model.bin's tensors, memory-mapped: nothing is read before it is used."""
+  try:
+    import torch
+  except ImportError:
+    raise ConfigError(f"{path}: reading PyTorch weights needs torch (pip install torch); or "
+                      f"save the model with safetensors") from None
+  try:
+    try:
+      return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except RuntimeError as error:
+      if "mmap" not in str(error):
+        raise
+      # Files saved before torch 1.6's zip format cannot be mapped; read them whole.
+      return torch.load(path, map_location="cpu", weights_only=True)
+  except (OSError, RuntimeError, pickle.UnpicklingError) as error:
+    raise ConfigError(f"{path}: unreadable PyTorch weights "
+                      f"({str(error).splitlines()[0][:120]})") from None
 
 
 def _resolve_names(tensors: _Tensors, model: model_config_lib.ModelConfig,
@@ -91,7 +139,7 @@ def _resolve_names(tensors: _Tensors, model: model_config_lib.ModelConfig,
     for name in item.hf_names:
       found = [n for n in (name, *hf_convert.HF_ALIASES.get(name, ())) if n in available]
       if not found:
-        raise ConfigError(f"{where}: tensor {name!r} is missing from the safetensors files")
+        raise ConfigError(f"{where}: tensor {name!r} is missing from the weight files")
       names.append(found[0])
     used.update(names)
     result.append((item, tuple(names)))

@@ -7,6 +7,7 @@ Tiny random models of each family are built with transformers from a seed and sa
 import importlib
 import json
 import os
+import sys
 
 import ml_collections
 import numpy as np
@@ -24,6 +25,7 @@ from cpt_jax import model_config
 from cpt_jax import run_directory
 from cpt_jax import score as score_lib
 from cpt_jax import tokenizer as tokenizer_lib
+from cpt_jax.config_error import ConfigError
 
 
 
@@ -132,6 +134,55 @@ def test_sharded_import_then_export_is_bit_identical(family, tokenizer, tmp_path
   original = hf_model.state_dict()
   for name, tensor in loaded.state_dict().items():
     assert torch.equal(tensor, original[name]), name
+
+
+def _as_pytorch_bin(directory, shards=1, dtype=None, legacy=False):
+  """Replaces `directory`'s safetensors by pytorch_model.bin files, as older checkpoints
+  (Pythia's intermediate steps) have them: one file, or `shards` with their index; `legacy`:
+  in the format before torch 1.6, which cannot be memory-mapped."""
+  from safetensors.torch import load_file
+  tensors = load_file(str(directory / "model.safetensors"))
+  os.remove(directory / "model.safetensors")
+  if dtype is not None:
+    tensors = {name: tensor.to(dtype) for name, tensor in tensors.items()}
+  if shards == 1:
+    torch.save(tensors, directory / "pytorch_model.bin",
+               _use_new_zipfile_serialization=not legacy)
+    return
+  names, weight_map = sorted(tensors), {}
+  for index in range(shards):
+    file = f"pytorch_model-{index + 1:05d}-of-{shards:05d}.bin"
+    part = names[index::shards]
+    torch.save({name: tensors[name] for name in part}, directory / file)
+    weight_map.update(dict.fromkeys(part, file))
+  with open(directory / "pytorch_model.bin.index.json", "w") as f:
+    json.dump({"metadata": {}, "weight_map": weight_map}, f)
+
+
+@pytest.mark.parametrize("family,shards,bfloat16,legacy", [
+    ("pythia", 1, False, False), ("pythia_sequential", 1, False, True),
+    ("llama_gqa_untied", 3, True, False)])
+def test_pytorch_bin_weights_import_as_safetensors_do(family, shards, bfloat16, legacy,
+                                                      tokenizer, tmp_path):
+  hf_model = _save_hf(family, str(tmp_path / "hf"), tokenizer)
+  _as_pytorch_bin(tmp_path / "hf", shards, torch.bfloat16 if bfloat16 else None, legacy)
+  assert not os.path.exists(tmp_path / "hf" / "model.safetensors")
+  hf_checkpoint.import_hf(str(tmp_path / "hf"), str(tmp_path / "run"))
+  if bfloat16:  # The weights as stored, computed in float32 as the import keeps them.
+    hf_model = hf_model.to(torch.bfloat16).float()
+  tokens = _tokens()
+  difference = np.abs(_our_logits(str(tmp_path / "run"), tokens) - _their_logits(hf_model, tokens))
+  assert difference.max() <= 1e-4, difference.max()
+
+
+def test_pytorch_bin_weights_without_torch_are_one_line(tokenizer, tmp_path, monkeypatch):
+  _save_hf("pythia", str(tmp_path / "hf"), tokenizer)
+  _as_pytorch_bin(tmp_path / "hf")
+  monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError.
+  with pytest.raises(ConfigError, match=r"pytorch_model.bin: reading PyTorch weights needs "
+                                        r"torch \(pip install torch\)"):
+    hf_checkpoint.import_hf(str(tmp_path / "hf"), str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("family", ["pythia", "llama_gqa_tied"])
@@ -267,6 +318,17 @@ def _bad_hf_dirs(root, tokenizer):
                 "hidden_act='relu' is not supported"))
   cases.append(("missing tensor", variant("tensor", drop_tensor),
                 "tensor 'gpt_neox.layers.1.mlp.dense_4h_to_h.weight' is missing"))
+  cases.append(("no weights", variant("no_weights",
+                                      lambda d: os.remove(d / "model.safetensors")),
+                "no model.safetensors, model.safetensors.index.json, pytorch_model.bin or "
+                "pytorch_model.bin.index.json; expected a model's weights"))
+
+  def garbage_bin(directory):
+    os.remove(directory / "model.safetensors")
+    (directory / "pytorch_model.bin").write_bytes(b"not a checkpoint" * 64)
+
+  cases.append(("unreadable PyTorch weights", variant("bad_bin", garbage_bin),
+                "pytorch_model.bin: unreadable PyTorch weights"))
   cases.append(("shape mismatch", variant("shape", set_config(intermediate_size=128)),
                 "does not fit config.json"))
   cases.append(("vocabulary larger than the embedding", variant("vocab", set_config()),

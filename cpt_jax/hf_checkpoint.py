@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pickle
 
 from etils import epath
@@ -31,6 +32,7 @@ from cpt_jax import base_config
 from cpt_jax import checkpoint as checkpoint_lib
 from cpt_jax import data_parallel
 from cpt_jax import hf_convert
+from cpt_jax import hf_hub
 from cpt_jax import model_config as model_config_lib
 from cpt_jax import paths
 from cpt_jax import run_directory
@@ -203,8 +205,19 @@ def _run_config(model: model_config_lib.ModelConfig, workdir: str,
 
 
 def import_hf(hf_dir: str, workdir: str) -> dict:
-  """Writes run directory `workdir` from HF directory `hf_dir`; returns its metadata."""
-  hf_dir, workdir = paths.resolve(hf_dir), paths.resolve(workdir)
+  """Writes run directory `workdir` from HF directory `hf_dir`, or from a model on the Hub
+  (`hf://ORG/NAME[@REVISION]`, fetched into the Hugging Face cache); returns its metadata."""
+  workdir = paths.resolve(workdir)
+  target = epath.Path(workdir)
+  if target.exists() and any(target.iterdir()):
+    raise ConfigError(f"--workdir={workdir}: not empty; import into a new run directory")
+  if hf_hub.is_reference(hf_dir):
+    origin = {"imported_from": hf_dir}
+    hf_dir = hf_hub.snapshot(hf_dir)
+    origin["imported_commit"] = os.path.basename(hf_dir)  # Snapshots are named by commit.
+  else:
+    hf_dir = paths.resolve(hf_dir)
+    origin = {"imported_from": hf_dir}
   source = epath.Path(hf_dir)
   if not (source / "config.json").exists():
     raise ConfigError(f"--from={hf_dir}: no config.json; expected a Hugging Face model directory")
@@ -214,9 +227,6 @@ def import_hf(hf_dir: str, workdir: str) -> dict:
   resolved = _resolve_names(tensors, model, hf_dir)
   _check_shapes(tensors, resolved, model, hf_dir)
   tokenizer, eos_token = _hf_tokenizer(source, hf, model.vocab_size)
-  target = epath.Path(workdir)
-  if target.exists() and any(target.iterdir()):
-    raise ConfigError(f"--workdir={workdir}: not empty; import into a new run directory")
 
   target.mkdir(parents=True, exist_ok=True)
   with run_lock.RunLock(workdir):
@@ -229,7 +239,7 @@ def import_hf(hf_dir: str, workdir: str) -> dict:
     config = _run_config(model, workdir, eos_token)
     metadata = {"step": 0, "stage": 0, "stage_name": "imported", "tokens": {}, "rows": {},
                 "step_offset": 0, "tokenizer_fingerprint": tokenizer.fingerprint, "seed": 0,
-                "process_count": jax.process_count(), "imported_from": hf_dir,
+                "process_count": jax.process_count(), **origin,
                 "config": run_directory.config_as_json(config)}
     checkpointer = checkpoint_lib.Checkpointer(workdir)
     checkpointer.save_params(0, params, metadata)

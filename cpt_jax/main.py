@@ -8,6 +8,7 @@
                          --process_id=I]    tokenize sources into the cache, shard by shard
   cpt-jax anneal         --from=RUN_DIR[:STEP] --workdir=NEW_DIR --steps=N [--shape=1-sqrt]
   cpt-jax import-hf      --from=HF_DIR --workdir=RUN_DIR     a Hugging Face model as a run
+                         (HF_DIR local, or on the Hub: hf://ORG/NAME[@REVISION])
   cpt-jax export-hf      --from=RUN_DIR[:STEP] --out=HF_DIR [--dtype=bfloat16]
   cpt-jax score          --from=RUN_DIR[:STEP] --file=PATH [--seq_len=N]
   cpt-jax info           --from=RUN_DIR                      a run's model and checkpoints
@@ -58,7 +59,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (local path or gs
 _OUT = flags.DEFINE_string("out", None, "plot-schedule: the image (default lr.png); "
                            "export-hf: the Hugging Face directory to write.")
 _FROM = flags.DEFINE_string("from", None, "anneal, export-hf, score, info: the run, RUN_DIR or "
-                            "RUN_DIR:STEP; import-hf: the Hugging Face model directory.")
+                            "RUN_DIR:STEP; import-hf: the Hugging Face model directory, "
+                            "or hf://ORG/NAME[@REVISION] on the Hub.")
 _DTYPE = flags.DEFINE_string("dtype", "float32", "export-hf: float32 or bfloat16 tensors.")
 _FILE = flags.DEFINE_string("file", None, "score: the text file to score.")
 _SEQ_LEN = flags.DEFINE_integer("seq_len", None, "score: window length (default: the run's "

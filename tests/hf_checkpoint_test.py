@@ -1,4 +1,5 @@
-"""Tests for cpt_jax/hf_checkpoint.py, hf_convert.py and score.py, against the real transformers.
+"""Tests for cpt_jax/hf_checkpoint.py, hf_convert.py, hf_hub.py and score.py, against the real
+transformers and huggingface_hub.
 
 Tiny random models of each family are built with transformers from a seed and saved with
 `save_pretrained` (nothing is downloaded), imported, trained, exported and loaded back.
@@ -7,6 +8,7 @@ Tiny random models of each family are built with transformers from a seed and sa
 import importlib
 import json
 import os
+import shutil
 import sys
 
 import ml_collections
@@ -76,9 +78,9 @@ def tokenizer():
   return tokenizer_lib.train_bpe(TEXTS, vocab_size=300, megabytes=1)
 
 
-def _save_hf(family, directory, tokenizer, max_shard_size=None):
+def _save_hf(family, directory, tokenizer, max_shard_size=None, seed=0):
   """A seeded random HF model of `family` saved into `directory` with our tokenizer."""
-  torch.manual_seed(0)
+  torch.manual_seed(seed)
   config = FAMILIES[family]()
   config.eos_token_id = config.bos_token_id = tokenizer.eos_id
   model = getattr(transformers, HF_CLASSES[config.model_type])(config).eval()
@@ -182,6 +184,94 @@ def test_pytorch_bin_weights_without_torch_are_one_line(tokenizer, tmp_path, mon
   with pytest.raises(ConfigError, match=r"pytorch_model.bin: reading PyTorch weights needs "
                                         r"torch \(pip install torch\)"):
     hf_checkpoint.import_hf(str(tmp_path / "hf"), str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+  """An offline Hugging Face cache in tmp_path: nothing is downloaded; fetches are recorded."""
+  import huggingface_hub
+  from huggingface_hub import constants
+  cache = tmp_path / "hub_cache"
+  monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+  monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+  fetched, download = [], huggingface_hub.hf_hub_download
+
+  def recording_download(repo_id, filename, **kwargs):
+    fetched.append(filename)
+    return download(repo_id, filename, **kwargs)
+
+  monkeypatch.setattr(huggingface_hub, "hf_hub_download", recording_download)
+  return cache, fetched
+
+
+def _put_in_cache(cache, repo_id, revision, directory, commit):
+  """`directory` as the snapshot `commit` of `repo_id`, `revision` naming it."""
+  repo = cache / f"models--{repo_id.replace('/', '--')}"
+  (repo / "refs").mkdir(parents=True, exist_ok=True)
+  (repo / "refs" / revision).write_text(commit)
+  shutil.copytree(directory, repo / "snapshots" / commit)
+
+
+def test_a_hub_reference_imports_its_revision_from_the_cache_fetching_one_weight_format(
+    tokenizer, tmp_path, hub_cache):
+  cache, fetched = hub_cache
+  main_model = _save_hf("pythia", str(tmp_path / "main"), tokenizer)
+  # Both formats, as Pythia's main branch has them.
+  torch.save(main_model.state_dict(), tmp_path / "main" / "pytorch_model.bin")
+  _put_in_cache(cache, "EleutherAI/pythia-tiny", "main", tmp_path / "main", "a" * 40)
+  step_model = _save_hf("pythia", str(tmp_path / "step"), tokenizer, max_shard_size="100KB",
+                        seed=1)
+  _put_in_cache(cache, "EleutherAI/pythia-tiny", "step1000", tmp_path / "step", "b" * 40)
+  tokens = _tokens()
+  for reference, hf_model, commit in [("hf://EleutherAI/pythia-tiny", main_model, "a" * 40),
+                                      ("hf://EleutherAI/pythia-tiny@step1000", step_model,
+                                       "b" * 40)]:
+    fetched.clear()
+    workdir = str(tmp_path / f"run_{commit[0]}")
+    metadata = hf_checkpoint.import_hf(reference, workdir)
+    assert (metadata["imported_from"], metadata["imported_commit"]) == (reference, commit)
+    difference = np.abs(_our_logits(workdir, tokens) - _their_logits(hf_model, tokens))
+    assert difference.max() <= 1e-4, (reference, difference.max())
+    assert not any(name.endswith(".bin") for name in fetched), fetched
+  shards = json.load(open(tmp_path / "step" / "model.safetensors.index.json"))["weight_map"]
+  assert len(set(shards.values())) > 1
+  assert set(shards.values()) <= set(fetched), fetched
+
+
+def _hub_error(name):
+  import types
+  from huggingface_hub import errors
+  return getattr(errors, name)("404", response=types.SimpleNamespace(headers={}, status_code=404,
+                                                                  request=None))
+
+
+@pytest.mark.parametrize("reference,raised,expected", [
+    ("hf://pythia-tiny", None, "expected hf://ORG/NAME or hf://ORG/NAME@REVISION"),
+    ("hf://EleutherAI/pythia-tiny@", None, "expected hf://ORG/NAME or hf://ORG/NAME@REVISION"),
+    ("hf://EleutherAI/not-cached", None,
+     "config.json is not in the local Hugging Face cache and the Hub cannot be reached"),
+    ("hf://EleutherAI/pythia-tiny@step9", "RevisionNotFoundError",
+     "the repository has no revision 'step9'"),
+    ("hf://meta-llama/Llama-3.2-1B", "GatedRepoError", "no such model on the Hub, or one this "
+     "login may not read (gated models: `hf auth login` or HF_TOKEN)"),
+    ("hf://EleutherAI/pythia-tiny", "RemoteEntryNotFoundError",
+     "the repository has no config.json"),
+])
+def test_bad_hub_references_are_one_line_and_write_nothing(reference, raised, expected, tmp_path,
+                                                           hub_cache, monkeypatch, capsys):
+  if raised:
+    import huggingface_hub
+
+    def failing_download(*args, **kwargs):
+      raise _hub_error(raised)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", failing_download)
+  capsys.readouterr()
+  code = main.main(["cpt-jax", "import-hf", f"--from={reference}", f"--workdir={tmp_path}/run"])
+  err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+  assert code == 2 and len(err) == 1, err[-3:]
+  assert f"--from={reference}: {expected}" in err[0], err[0]
   assert not (tmp_path / "run").exists()
 
 

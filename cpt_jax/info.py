@@ -39,12 +39,18 @@ def describe_run(run_dir: str) -> str:
   run_dir = paths.resolve(run_dir)
   config = ml_collections.ConfigDict(run_directory.source_config(run_dir))
   lines, flops = _model_lines(model_config.from_config_dict(config.model), config.data.seq_len)
-  steps = checkpoint_lib.Checkpointer(run_dir, read_only=True).steps()
-  return "\n".join(lines + [
-      f"flops per token: {flops:.4g} (training, seq_len {config.data.seq_len})",
-      f"tokenizer: {config.data.tokenizer.kind}, "
-      f"end of document {config.data.tokenizer.eos_token!r}",
-      f"checkpoints: {steps or 'none'}"])
+  checkpointer = checkpoint_lib.Checkpointer(run_dir, read_only=True)
+  steps = checkpointer.steps()
+  lines += [f"flops per token: {flops:.4g} (training, seq_len {config.data.seq_len})",
+            f"tokenizer: {config.data.tokenizer.kind}, "
+            f"end of document {config.data.tokenizer.eos_token!r}",
+            f"checkpoints: {steps or 'none'}"]
+  origin = checkpointer.read_metadata(steps[0]) if steps else {}
+  if "imported_from" in origin:
+    commit = origin.get("imported_commit")
+    lines.append(f"imported from: {origin['imported_from']}" + (f" (commit {commit})"
+                                                                if commit else ""))
+  return "\n".join(lines)
 
 
 def describe(config: ml_collections.ConfigDict) -> str:

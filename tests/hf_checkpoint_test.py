@@ -20,6 +20,7 @@ import run_helpers as helpers
 from cpt_jax import checkpoint as checkpoint_lib
 from cpt_jax import hf_checkpoint
 from cpt_jax import hf_convert
+from cpt_jax import info
 from cpt_jax import input_pipeline
 from cpt_jax import main
 from cpt_jax import model as model_lib
@@ -231,6 +232,8 @@ def test_a_hub_reference_imports_its_revision_from_the_cache_fetching_one_weight
     workdir = str(tmp_path / f"run_{commit[0]}")
     metadata = hf_checkpoint.import_hf(reference, workdir)
     assert (metadata["imported_from"], metadata["imported_commit"]) == (reference, commit)
+    assert info.describe_run(workdir).splitlines()[-1] == (f"imported from: {reference} "
+                                                           f"(commit {commit})")
     difference = np.abs(_our_logits(workdir, tokens) - _their_logits(hf_model, tokens))
     assert difference.max() <= 1e-4, (reference, difference.max())
     assert not any(name.endswith(".bin") for name in fetched), fetched

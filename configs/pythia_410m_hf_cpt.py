@@ -1,8 +1,9 @@
 """Continue the released Pythia-410M (a Hugging Face checkpoint) on a new corpus with 5% replay
 of a Pile sample: the seed paper's recipe applied to a model someone else pretrained.
 
-Commands (the model directory holds config.json, model.safetensors, tokenizer.json):
-  cpt-jax import-hf --from=/data/hf/pythia-410m --workdir=/data/runs/pythia-410m
+Commands (the model from the Hub, fetched into the Hugging Face cache; or a local directory
+holding config.json, model.safetensors, tokenizer.json: --from=/data/hf/pythia-410m):
+  cpt-jax import-hf --from=hf://EleutherAI/pythia-410m --workdir=/data/runs/pythia-410m
   cpt-jax train --config=configs/pythia_410m_hf_cpt.py --workdir=/data/runs/pythia-410m-cpt \\
     --config.data.sources.new.glob='/data/new/train/*.jsonl' \\
     --config.data.sources.pile.glob='/data/pile_sample/*.jsonl'

@@ -311,17 +311,22 @@ def export_hf(reference: str, out_dir: str, dtype: str = "float32",
 
   out.mkdir(parents=True, exist_ok=True)
   _write_safetensors(out, tensors, max_shard_bytes)
-  hf = hf_convert.hf_config_from_model(model, bos_token_id=tokenizer.eos_id,
-                                       eos_token_id=tokenizer.eos_id, dtype=dtype)
   eos = settings["eos_token"]
+  # The token before every document where the tokenizer has one (Llama's); else, as GPT-NeoX
+  # has it, the end-of-document token.
+  bos_id = (tokenizer.document_prefix or (tokenizer.eos_id,))[0]
+  import tokenizers
+  bos = tokenizers.Tokenizer.from_str(tokenizer.serialized.decode()).id_to_token(bos_id)
+  hf = hf_convert.hf_config_from_model(model, bos_token_id=bos_id,
+                                       eos_token_id=tokenizer.eos_id, dtype=dtype)
   files = {
       "config.json": hf,
-      "generation_config.json": {"bos_token_id": tokenizer.eos_id,
+      "generation_config.json": {"bos_token_id": bos_id,
                                  "eos_token_id": tokenizer.eos_id, "_from_model_config": True},
       "tokenizer_config.json": {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eos,
-                                "bos_token": eos, "model_max_length": model.max_seq_len,
+                                "bos_token": bos, "model_max_length": model.max_seq_len,
                                 "clean_up_tokenization_spaces": False},
-      "special_tokens_map.json": {"eos_token": eos, "bos_token": eos},
+      "special_tokens_map.json": {"eos_token": eos, "bos_token": bos},
   }
   for name, content in files.items():
     (out / name).write_text(json.dumps(content, indent=2))

@@ -3,6 +3,12 @@
 Owns text -> token ids, the end-of-document id, and a fingerprint that identifies the
 vocabulary: a run stores it and refuses to resume or continue with a different one, since a
 silent tokenizer change ruins a continual pre-training run. Nothing is downloaded.
+
+A document is framed as the tokenizer frames a text for its model: where an HF tokenizer.json's
+post-processor puts tokens before every text (Llama's `<|begin_of_text|>`), each document
+starts with them, as in the model's pretraining and in transformers and lm-eval at inference;
+the end-of-document token follows every document. Pythia's tokenizer and a BPE trained here
+put nothing before a text.
 """
 
 from __future__ import annotations
@@ -46,10 +52,12 @@ class Tokenizer:
   kind: str
   vocab_size: int
   eos_id: int
-  fingerprint: str  # sha256 of the vocabulary's serialized form.
-  encode_batch: Callable[[list[str]], list[np.ndarray]]  # int32 ids per text, no EOS.
+  fingerprint: str  # sha256 of the vocabulary's serialized form (and of the document prefix).
+  # int32 ids per text: the document prefix, then the text's tokens; no EOS.
+  encode_batch: Callable[[list[str]], list[np.ndarray]]
   decode: Callable[[list[int]], str]
   serialized: bytes  # What `save` writes into a run directory.
+  document_prefix: tuple[int, ...] = ()  # Ids before every document (Llama's BOS), if any.
 
   def encode(self, text: str) -> np.ndarray:
     return np.asarray(self.encode_batch([text])[0], np.int32)
@@ -128,9 +136,30 @@ def _from_hf(kind: str, serialized: bytes, eos_token: str, where: str) -> Tokeni
   def encode_batch(texts):
     return [encoding.ids for encoding in hf.encode_batch(texts, add_special_tokens=False)]
 
+  encode_texts, prefix = _in_pieces(encode_batch), _document_prefix(hf)
+
+  def encode_documents(texts):
+    return [np.concatenate([np.asarray(prefix, np.int32), ids]) for ids in encode_texts(texts)]
+
   # "hf" for both kinds: a trained BPE reloaded from its tokenizer.json is the same vocabulary.
-  return Tokenizer(kind, hf.get_vocab_size(), eos_id, _fingerprint("hf", serialized),
-                   _in_pieces(encode_batch), lambda ids: hf.decode(list(ids)), serialized)
+  # The prefix is in the fingerprint so that token caches written before documents were
+  # framed with it are not read as if they were.
+  framing = f"\0prefix {list(prefix)}".encode() if prefix else b""
+  return Tokenizer(kind, hf.get_vocab_size(), eos_id, _fingerprint("hf", serialized + framing),
+                   encode_documents if prefix else encode_texts, lambda ids: hf.decode(list(ids)),
+                   serialized, prefix)
+
+
+def _document_prefix(hf) -> tuple[int, ...]:
+  """The ids the tokenizer's post-processor puts before a text (Llama's BOS); () for none.
+  What it appends is left out: the end-of-document token ends every document."""
+  probe = "a"
+  plain = hf.encode(probe, add_special_tokens=False).ids
+  framed = hf.encode(probe, add_special_tokens=True).ids
+  for start in range(len(framed) - len(plain) + 1):
+    if framed[start:start + len(plain)] == plain:
+      return tuple(framed[:start])
+  return ()
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, megabytes: float) -> Tokenizer:

@@ -304,6 +304,24 @@ def test_trained_run_exports_to_transformers(family, tokenizer, tmp_path, capsys
   assert generated.shape == (1, 9)
 
 
+def test_a_llama_tokenizers_begin_of_text_starts_documents_and_goes_out_as_bos(tokenizer,
+                                                                                 tmp_path):
+  _save_hf("llama_gqa_tied", str(tmp_path / "hf"), tokenizer)
+  serialized, bos = helpers.with_begin_of_text(tokenizer.serialized)
+  (tmp_path / "hf" / "tokenizer.json").write_bytes(serialized)
+  hf_checkpoint.import_hf(str(tmp_path / "hf"), str(tmp_path / "run"))
+  stored = ml_collections.ConfigDict(run_directory.stored_config(str(tmp_path / "run")))
+  imported = run_directory.tokenizer_for_run(stored, str(tmp_path / "run"))
+  assert imported.document_prefix == (bos,)
+  assert list(imported.encode(TEXTS[0])) == [bos, *tokenizer.encode(TEXTS[0])]
+  hf_checkpoint.export_hf(str(tmp_path / "run"), str(tmp_path / "out"))
+  config = json.load(open(tmp_path / "out" / "config.json"))
+  assert (config["bos_token_id"], config["eos_token_id"]) == (bos, tokenizer.eos_id)
+  hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "out"))
+  assert hf_tokenizer.bos_token == "<|begin_of_text|>"
+  assert hf_tokenizer(TEXTS[0])["input_ids"] == list(imported.encode(TEXTS[0]))
+
+
 def test_bfloat16_export_loads_in_transformers(tokenizer, tmp_path):
   _save_hf("pythia", str(tmp_path / "hf"), tokenizer)
   hf_checkpoint.import_hf(str(tmp_path / "hf"), str(tmp_path / "run"))

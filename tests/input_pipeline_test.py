@@ -12,6 +12,7 @@ from cpt_jax import input_pipeline
 from cpt_jax import packing
 from cpt_jax import run_plan
 from cpt_jax import token_cache
+import run_helpers as helpers
 from cpt_jax import tokenizer as tokenizer_lib
 
 TOKENIZER = tokenizer_lib.bytes_tokenizer()
@@ -266,3 +267,21 @@ def test_rows_served_count_every_process_rows_of_each_source(data_config):
     np.testing.assert_array_equal([served["new"], served["old"]], counted)
     targets = sum(_targets_by_source(b, 2) for b in (first, second))
     assert targets.sum() == 20 * data_config.seq_len  # Training rows are never padded.
+
+
+def test_every_document_starts_with_the_tokenizers_prefix_and_ends_with_eos(data_config):
+  plain = tokenizer_lib.train_bpe(["abcdefgh 01234567 " * 40], vocab_size=300, megabytes=1)
+  serialized, bos = helpers.with_begin_of_text(plain.serialized)
+  tokenizer = tokenizer_lib.from_serialized("hf_json", serialized, tokenizer_lib.EOS_TOKEN, "t")
+  iterator = iter(input_pipeline.stage_dataset(data_config, _stage({"new": 0.5, "old": 0.5}),
+                                               tokenizer))
+  starts = 0
+  for rows in _take(iterator, 30):
+    tokens, segments = rows["tokens"], rows["segment_ids"]
+    # A document starting inside a row (rows restart positions, so a segment change marks it):
+    # its first token is the prefix, the token before it the end of the previous document.
+    first = (segments[:, 1:] != segments[:, :-1]) & (segments[:, 1:] != 0)
+    np.testing.assert_array_equal(tokens[:, 1:] == bos, first)  # There and nowhere else.
+    np.testing.assert_array_equal(tokens[:, :-1][first], tokenizer.eos_id)
+    starts += first.sum()
+  assert starts > 20

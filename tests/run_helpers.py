@@ -30,6 +30,19 @@ SMALL = ["--config.stages[0].steps=30", "--config.stages[1].steps=30",
          "--config.log.progress_bar=false"]
 
 
+def with_begin_of_text(serialized: bytes, template: str = "<|begin_of_text|> $A",
+                       eos_token: str = "<|endoftext|>") -> tuple[bytes, int]:
+  """An HF tokenizer.json given a `<|begin_of_text|>` token and a post-processor framing texts
+  by `template`, as Llama 3's tokenizer.json frames them: (the new file, that token's id)."""
+  import tokenizers
+  hf = tokenizers.Tokenizer.from_str(serialized.decode())
+  hf.add_special_tokens(["<|begin_of_text|>"])
+  specials = [(token, hf.token_to_id(token)) for token in ("<|begin_of_text|>", eos_token)]
+  hf.post_processor = tokenizers.processors.TemplateProcessing(single=template,
+                                                               special_tokens=specials)
+  return hf.to_str().encode(), specials[0][1]
+
+
 def command(*args, config=f"{DEMO}:smoke", small=True):
   """The test's own flags come last, so they win over SMALL's."""
   base = [sys.executable, "-m", "cpt_jax", *args[:1]]

@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 
+import run_helpers as helpers
 from cpt_jax import tokenizer as tokenizer_lib
 
 TEXTS = ["To be, or not to be, that is the question.", "def f(x):\n    return x + 1\n"] * 50
@@ -93,3 +94,21 @@ def test_a_huge_document_is_encoded_in_pieces_to_the_same_tokens(monkeypatch):
   assert len(pieces) > 100 and "".join(pieces) == text
   assert all(len(piece) <= 1000 for piece in pieces)
   np.testing.assert_array_equal(tokenizer.encode(text), whole)
+
+
+@pytest.mark.parametrize("template", ["<|begin_of_text|> $A", "<|begin_of_text|> $A <|endoftext|>"])
+def test_documents_start_with_what_the_post_processor_puts_before_a_text(template, monkeypatch):
+  import tokenizers
+  plain = tokenizer_lib.train_bpe(TEXTS, vocab_size=300, megabytes=1)
+  assert plain.document_prefix == ()
+  serialized, bos = helpers.with_begin_of_text(plain.serialized, template)
+  framed = tokenizer_lib.from_serialized("hf_json", serialized, tokenizer_lib.EOS_TOKEN, "t")
+  assert framed.document_prefix == (bos,)
+  monkeypatch.setattr(tokenizer_lib, "PIECE_CHARS", 64)  # The prefix once, not once a piece.
+  hf = tokenizers.Tokenizer.from_str(serialized.decode())
+  texts = [TEXTS[0], " ".join(TEXTS[:20]), ""]
+  for text, ids in zip(texts, framed.encode_batch(texts)):
+    expected = hf.encode(text, add_special_tokens=False).ids
+    np.testing.assert_array_equal(ids, [bos] + expected)  # Nothing appended: EOS ends it.
+  # A token cache written before documents were framed must not read as if it were.
+  assert framed.fingerprint != tokenizer_lib._fingerprint("hf", serialized)

@@ -198,10 +198,11 @@ class Checkpointer:
       raise ConfigError(f"{where}: no such checkpoint (steps: {self.steps()})")
     return step
 
-  def restore_params(self, step: int, model: model_config.ModelConfig):
-    """The parameters of `step` alone (exporting, scoring), replicated on the devices."""
+  def restore_params(self, step: int, model: model_config.ModelConfig, sharding=None):
+    """The parameters of `step` alone (exporting, scoring), with `sharding` (default:
+    replicated on the local devices)."""
     abstract = abstract_like(model_lib.abstract_params(model),
-                             data_parallel.replicated_sharding())
+                             sharding or data_parallel.replicated_sharding())
     restored = self._manager.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(abstract)))
     return restored["params"]

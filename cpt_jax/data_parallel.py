@@ -60,6 +60,19 @@ def global_replicated_sharding() -> jax.sharding.NamedSharding:
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
 
+def host_sharding() -> jax.sharding.Sharding:
+  """Where import and export hold a whole model: one copy in the host's memory (a JAX CPU
+  device), which outgrows an accelerator's and is not multiplied by the device count. Where
+  the host is no JAX device (JAX_PLATFORMS without cpu) or processes share the arrays, every
+  device holds it."""
+  if jax.process_count() == 1:
+    try:
+      return jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
+    except RuntimeError:  # No CPU backend.
+      pass
+  return global_replicated_sharding()
+
+
 def state_shardings(tree):
   replicated = global_replicated_sharding()
   return jax.tree.map(lambda _: replicated, tree)

@@ -7,8 +7,8 @@ takes as a source: an Orbax step 0 with the parameters (no optimizer state: an H
 has none, so continue it with `init.optimizer_state=reset`), its metadata, config.json with
 the model block, and the tokenizer. Everything is checked (architecture, names, shapes,
 tokenizer size) before anything is written. Tensors are read one at a time (safetensors
-without torch) and placed on the devices at once, so the host never holds two copies of the
-model.
+without torch) into one copy of the model in the host's memory (`data_parallel.host_sharding`):
+import and export need no accelerator that holds the model, and no copy per device.
 
 Export writes what `transformers.AutoModelForCausalLM.from_pretrained` and
 `AutoTokenizer.from_pretrained` load with no missing or unexpected keys: config.json,
@@ -230,11 +230,10 @@ def import_hf(hf_dir: str, workdir: str) -> dict:
 
   target.mkdir(parents=True, exist_ok=True)
   with run_lock.RunLock(workdir):
-    replicated = data_parallel.global_replicated_sharding()
+    host = data_parallel.host_sharding()
     flat = {}
-    for item, names in resolved:  # One HF tensor at a time, straight onto the devices.
-      flat[item.path] = jax.device_put(item.to_cpt(*(tensors.read(n) for n in names)),
-                                       replicated)
+    for item, names in resolved:  # One HF tensor at a time, converted and kept once.
+      flat[item.path] = jax.device_put(item.to_cpt(*(tensors.read(n) for n in names)), host)
     params = hf_convert.params_from_flat(model, flat)
     config = _run_config(model, workdir, eos_token)
     metadata = {"step": 0, "stage": 0, "stage_name": "imported", "tokens": {}, "rows": {},
@@ -303,7 +302,8 @@ def export_hf(reference: str, out_dir: str, dtype: str = "float32",
 
   source = checkpoint_lib.Checkpointer(run_dir, read_only=True)
   step = source.existing_step(step, f"--from={reference}")
-  flat = hf_convert.flat_from_params(source.restore_params(step, model))
+  flat = hf_convert.flat_from_params(
+      source.restore_params(step, model, data_parallel.host_sharding()))
   tensors = {}
   for item in hf_convert.correspondences(model):
     for name, array in zip(item.hf_names, item.to_hf(flat[item.path])):

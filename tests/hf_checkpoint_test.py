@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 
+import jax
 import ml_collections
 import numpy as np
 import pytest
@@ -320,6 +321,34 @@ def test_a_llama_tokenizers_begin_of_text_starts_documents_and_goes_out_as_bos(t
   hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "out"))
   assert hf_tokenizer.bos_token == "<|begin_of_text|>"
   assert hf_tokenizer(TEXTS[0])["input_ids"] == list(imported.encode(TEXTS[0]))
+
+
+def test_import_and_export_hold_one_copy_of_the_model_not_one_per_device(tokenizer, tmp_path,
+                                                                          monkeypatch):
+  assert len(jax.devices()) == 8
+  placed, device_put = [], jax.device_put
+
+  def recording_device_put(value, device=None, **kwargs):
+    if isinstance(device, jax.sharding.Sharding):  # Orbax passes layouts too.
+      placed.append(device)
+    return device_put(value, device, **kwargs)
+
+  monkeypatch.setattr(jax, "device_put", recording_device_put)
+  restored, restore_params = [], checkpoint_lib.Checkpointer.restore_params
+
+  def recording_restore_params(self, step, model, sharding=None):
+    params = restore_params(self, step, model, sharding)
+    restored.extend(jax.tree.leaves(params))
+    return params
+
+  monkeypatch.setattr(checkpoint_lib.Checkpointer, "restore_params", recording_restore_params)
+  _save_hf("pythia", str(tmp_path / "hf"), tokenizer)
+  hf_checkpoint.import_hf(str(tmp_path / "hf"), str(tmp_path / "run"))
+  hf_checkpoint.export_hf(str(tmp_path / "run"), str(tmp_path / "out"))
+  assert len(placed) >= 10  # Every converted tensor, on one host device:
+  assert all([device.platform for device in sharding.device_set] == ["cpu"]
+             for sharding in placed), placed
+  assert restored and all(len(leaf.sharding.device_set) == 1 for leaf in restored)
 
 
 def test_bfloat16_export_loads_in_transformers(tokenizer, tmp_path):

@@ -1,7 +1,8 @@
 """Training throughput per device and model FLOPs utilization (MFU).
 
   python -m benchmarks.mfu [--presets=pythia-160m,pythia-410m] [--batch_per_device=0]
-      [--seq_len=2048] [--remat=none] [--steps=20] [--device_memory=BYTES]
+      [--seq_len=2048] [--remat=none] [--loss_chunk_tokens=0] [--steps=20]
+      [--device_memory=BYTES]
 
 On a GPU or TPU: the given presets at sequence length 2048 in bfloat16, each at the largest
 power-of-two batch per device whose compiled step fits the device (`cpt_jax/step_memory.py`:
@@ -29,6 +30,8 @@ parser.add_argument("--batch_per_device", type=int, default=0,
                          "the device reports no capacity).")
 parser.add_argument("--seq_len", type=int, default=0, help="Default: 128 on a CPU, else 2048.")
 parser.add_argument("--remat", default="none", help="model.remat: none, dots or full.")
+parser.add_argument("--loss_chunk_tokens", type=int, default=0,
+                    help="model.loss_chunk_tokens: the head and loss in pieces (0: at once).")
 parser.add_argument("--steps", type=int, default=20)
 parser.add_argument("--device_memory", type=float, default=0,
                     help="One device's memory in bytes (0: what the device reports); the "
@@ -56,7 +59,7 @@ from cpt_jax import model_config  # noqa: E402
 def preset_config(preset: str, seq_len: int, batch_per_device: int):
   config = demo.get_config("smoke")
   overrides = dict(max_seq_len=max(seq_len, model_config.preset(preset).max_seq_len),
-                   remat=args.remat)
+                   remat=args.remat, loss_chunk_tokens=args.loss_chunk_tokens)
   if jax.default_backend() != "cpu":
     overrides.update(compute_dtype="bfloat16")
   config.model = model_config.preset_config_dict(preset, **overrides)

@@ -174,6 +174,20 @@ class Transformer(nnx.Module):
                              kernel_init=nnx.initializers.normal(_INIT_STDDEV), rngs=rngs)
 
   def __call__(self, tokens_BxT, positions_BxT=None, segment_ids_BxT=None):
+    x_BxTxD = self.features(tokens_BxT, positions_BxT, segment_ids_BxT)
+    if self.config.tie_embeddings:
+      logits = _rows(x_BxTxD) @ self.embed.embedding[...].T
+      return logits.reshape(*tokens_BxT.shape, -1)
+    return self.unembed(x_BxTxD)
+
+  def head_kernel(self) -> jax.Array:
+    """(D, V): the output head's weights, the embedding's transpose where they are tied."""
+    if self.config.tie_embeddings:
+      return self.embed.embedding[...].T
+    return self.unembed.kernel[...]
+
+  def features(self, tokens_BxT, positions_BxT=None, segment_ids_BxT=None) -> jax.Array:
+    """(B, T, D) in float32: the final norm's output, which the output head reads."""
     if positions_BxT is None:
       positions_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)
     if segment_ids_BxT is None:
@@ -184,11 +198,7 @@ class Transformer(nnx.Module):
       apply_block = nnx.remat(apply_block, policy=_REMAT_POLICIES[self.config.remat])
     for block in self.blocks:
       x_BxTxD = apply_block(block, x_BxTxD)
-    x_BxTxD = self.final_norm(x_BxTxD).astype(jnp.float32)
-    if self.config.tie_embeddings:
-      logits = _rows(x_BxTxD) @ self.embed.embedding[...].T
-      return logits.reshape(*tokens_BxT.shape, -1)
-    return self.unembed(x_BxTxD)
+    return self.final_norm(x_BxTxD).astype(jnp.float32)
 
 
 def abstract_params(config: ModelConfig) -> nnx.State:

@@ -52,6 +52,10 @@ class ModelConfig:
   # each block's input.
   remat: str = "none"
   attention: str = "auto"  # The kernel (attention.py): auto, xla, chunked, cudnn or splash.
+  # Tokens per piece of the output head and loss; 0: all at once. A piece's gradients are
+  # taken with its forward pass, so (piece, vocab) logits are live rather than (batch x seq,
+  # vocab), with nothing recomputed: for large vocabularies (Llama 3's 128k).
+  loss_chunk_tokens: int = 0
   attention_head_dim: int = 0  # Dims per head; 0: model_dim // num_heads (Llama's head_dim).
   sequential_residual: bool = False  # pythia: GPT-NeoX's use_parallel_residual=False.
   rope_scaling: str = ""  # "" or "llama3" (Llama 3.1+: the four rope_* fields below).
@@ -104,6 +108,8 @@ class ModelConfig:
       fail("sequential_residual", "False outside the pythia family (Llama is sequential)")
     if self.remat not in REMAT_POLICIES:
       fail("remat", f"one of {REMAT_POLICIES}")
+    if not isinstance(self.loss_chunk_tokens, int) or self.loss_chunk_tokens < 0:
+      fail("loss_chunk_tokens", "an integer >= 0 (0: the whole batch at once)")
     if self.attention not in ATTENTIONS:
       fail("attention", f"one of {ATTENTIONS}")
     if self.compute_dtype not in COMPUTE_DTYPES:

@@ -163,3 +163,15 @@ def test_the_plan_is_of_the_program_that_trains(parallel):
       trained = executor._jitted_train_step(state).lower(state, executor._global(batch),
                                                          learning_rate)
   assert executor.lower_train_step(abstract, batch).as_text() == trained.as_text()
+
+
+def test_the_loss_in_pieces_plans_less_memory_for_a_large_vocabulary():
+  """32 rows of 32 tokens per device: (1024, 65536) float32 logits are 256 MiB, and their
+  gradient as much again; pieces of 128 tokens hold an eighth of either at a time."""
+  config = _small_config(256)
+  config.model.vocab_size = 65536
+  whole = step_memory.of_train_step(config)
+  config.model.loss_chunk_tokens = 128
+  in_pieces = step_memory.of_train_step(config)
+  assert in_pieces.arguments == whole.arguments
+  assert whole.total - in_pieces.total > 256 * 2**20, (whole, in_pieces)

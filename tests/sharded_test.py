@@ -34,11 +34,14 @@ def _setup():
   return graphdef, state, optimizer, optax.constant_schedule(1e-3)
 
 
-@pytest.mark.parametrize("fsdp_devices", [8, 4])
-def test_fsdp_steps_equal_pmap_steps(fsdp_devices):
+@pytest.mark.parametrize("fsdp_devices,loss_chunk_tokens", [(8, 0), (4, 0), (8, 48)])
+def test_fsdp_steps_equal_pmap_steps(fsdp_devices, loss_chunk_tokens):
+  """With loss_chunk_tokens, FSDP computes the loss in pieces (the head's kernel sharded)."""
   graphdef, state, optimizer, schedule = _setup()
+  fsdp_graphdef, _ = train_step_lib.init_state(
+      dataclasses.replace(CONFIG, loss_chunk_tokens=loss_chunk_tokens), optimizer, seed=0)
   pmap = data_parallel.DataParallel(graphdef, optimizer, schedule)
-  fsdp = sharded.Sharded(graphdef, optimizer, schedule, fsdp_devices=fsdp_devices)
+  fsdp = sharded.Sharded(fsdp_graphdef, optimizer, schedule, fsdp_devices=fsdp_devices)
   # device_put may alias its input: each mode gets its own copy, since steps donate buffers.
   pmap_state = pmap.place(jax.tree.map(jnp.copy, state))
   fsdp_state = fsdp.place(jax.tree.map(jnp.copy, state))

@@ -1,4 +1,5 @@
-"""Hugging Face <-> cpt_jax: the configs and tensor layouts of GPT-NeoX (Pythia) and Llama.
+"""Hugging Face <-> cpt_jax: the configs and tensor layouts of GPT-NeoX (Pythia), Llama and
+Qwen2 (Llama's design with biases on q, k and v: the llama family with `qkv_bias`).
 
 Owns the correspondence only, as pure functions over arrays (jax.numpy, so shapes can be
 checked with `jax.eval_shape` before any tensor is read); reading and writing model
@@ -7,8 +8,9 @@ directories is `hf_checkpoint.py`'s. Checked against transformers' own modeling 
 - torch Linear weights are (out, in); Flax kernels are (in, out): transposed both ways.
 - GPT-NeoX fuses q, k and v per head: `query_key_value` is (heads, 3, head_dim) x dim, while
   cpt_jax's `qkv` kernel holds [all q heads | all k heads | all v heads].
-- Llama's q/k/v projections are separate (k and v with `num_key_value_heads`); HF's weights
-  are already in the rotate-half rotary layout cpt_jax uses.
+- Llama's (and Qwen2's) q/k/v projections are separate (k and v with
+  `num_key_value_heads`); HF's weights are already in the rotate-half rotary layout cpt_jax
+  uses.
 - Pythia's output head is `embed_out` on disk (transformers 5 calls it `lm_head` in memory).
 
 Anything the converter cannot express exactly (another architecture, activation, rotary
@@ -28,8 +30,16 @@ from cpt_jax import model as model_lib
 from cpt_jax.model_config import ModelConfig
 from cpt_jax.config_error import ConfigError
 
-ARCHITECTURES = {"pythia": "GPTNeoXForCausalLM", "llama": "LlamaForCausalLM"}
-_MODEL_TYPES = {"gpt_neox": "pythia", "llama": "llama"}
+_MODEL_TYPES = {"gpt_neox": "pythia", "llama": "llama", "qwen2": "llama"}
+_ARCHITECTURES = {"gpt_neox": "GPTNeoXForCausalLM", "llama": "LlamaForCausalLM",
+                  "qwen2": "Qwen2ForCausalLM"}
+
+
+def hf_model_type(config: ModelConfig) -> str:
+  """The HF model_type that expresses `config` exactly."""
+  if config.family == "pythia":
+    return "gpt_neox"
+  return "qwen2" if config.qkv_bias else "llama"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,15 +76,18 @@ def _fused_neox_qkv(name: str, path: str, heads: int, head_dim: int) -> Correspo
   return Correspondence(path, (name,), to_cpt, to_hf)
 
 
-def _split_llama_qkv(prefix: str, path: str, config: ModelConfig) -> Correspondence:
+def _split_llama_qkv(prefix: str, path: str, config: ModelConfig,
+                    tensor: str = "weight") -> Correspondence:
+  """q_proj, k_proj and v_proj's weights (out, in), or biases (out,) <-> the fused qkv
+  kernel (in, q + k + v), or bias."""
   q_rows = config.num_heads * config.head_dim
   kv_rows = config.num_kv_heads * config.head_dim
 
-  def to_hf(kernel):
-    q, k, v = jnp.split(kernel.T, [q_rows, q_rows + kv_rows], axis=0)
+  def to_hf(fused):
+    q, k, v = jnp.split(fused.T, [q_rows, q_rows + kv_rows], axis=0)
     return q, k, v
 
-  return Correspondence(path, tuple(f"{prefix}.{p}_proj.weight" for p in "qkv"),
+  return Correspondence(path, tuple(f"{prefix}.{p}_proj.{tensor}" for p in "qkv"),
                         lambda q, k, v: jnp.concatenate([q, k, v], axis=0).T, to_hf)
 
 
@@ -111,6 +124,8 @@ def correspondences(config: ModelConfig) -> list[Correspondence]:
         _same(f"{hf}.input_layernorm.weight", f"{cpt}.attention_norm.scale"),
         _same(f"{hf}.post_attention_layernorm.weight", f"{cpt}.mlp_norm.scale"),
         _split_llama_qkv(f"{hf}.self_attn", f"{cpt}.attention.qkv.kernel", config),
+        *([_split_llama_qkv(f"{hf}.self_attn", f"{cpt}.attention.qkv.bias", config, "bias")]
+          if config.qkv_bias else []),
         _linear(f"{hf}.self_attn.o_proj.weight", f"{cpt}.attention.out.kernel"),
         _linear(f"{hf}.mlp.gate_proj.weight", f"{cpt}.mlp.gate.kernel"),
         _linear(f"{hf}.mlp.up_proj.weight", f"{cpt}.mlp.up.kernel"),
@@ -149,8 +164,11 @@ def model_config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
   model_type = hf.get("model_type")
   if model_type not in _MODEL_TYPES:
     raise ConfigError(f"{where}: model_type={model_type!r} is not supported; expected one of "
-                      f"{sorted(_MODEL_TYPES)} (GPT-NeoX / Pythia, Llama)")
+                      f"{sorted(_MODEL_TYPES)} (GPT-NeoX / Pythia, Llama, Qwen2)")
   family = _MODEL_TYPES[model_type]
+  if model_type == "qwen2" and hf.get("use_sliding_window"):
+    raise ConfigError(f"{where}: use_sliding_window=True is not supported (cpt_jax attends over "
+                      "the whole context)")
   rope = _rope(hf)
   try:
     fields = dict(family=family, vocab_size=hf["vocab_size"],
@@ -180,7 +198,8 @@ def model_config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
     fields.update(num_kv_heads=hf.get("num_key_value_heads") or heads,
                   norm_eps=hf.get("rms_norm_eps", 1e-6), rotary_pct=1.0,
                   tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-                  attention_head_dim=0 if head_dim * heads == hf["hidden_size"] else head_dim)
+                  attention_head_dim=0 if head_dim * heads == hf["hidden_size"] else head_dim,
+                  qkv_bias=model_type == "qwen2")
     if rope["rope_type"] == "llama3":
       fields.update(rope_scaling="llama3", rope_scaling_factor=float(rope["factor"]),
                     rope_low_freq_factor=float(rope["low_freq_factor"]),
@@ -195,7 +214,8 @@ def model_config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
 def hf_config_from_model(config: ModelConfig, *, bos_token_id: int, eos_token_id: int,
                          dtype: str) -> dict:
   """An HF `config.json` for `config`, with the fields of transformers 5 and older ones."""
-  base = {"architectures": [ARCHITECTURES[config.family]], "vocab_size": config.vocab_size,
+  hf_type = hf_model_type(config)
+  base = {"architectures": [_ARCHITECTURES[hf_type]], "vocab_size": config.vocab_size,
           "hidden_size": config.model_dim, "num_hidden_layers": config.num_layers,
           "num_attention_heads": config.num_heads, "intermediate_size": config.mlp_dim,
           "max_position_embeddings": config.max_seq_len, "bos_token_id": bos_token_id,
@@ -218,11 +238,14 @@ def hf_config_from_model(config: ModelConfig, *, bos_token_id: int, eos_token_id
                     "high_freq_factor": config.rope_high_freq_factor,
                     "original_max_position_embeddings": config.rope_original_context}
     rope = {**rope, **rope_scaling}
-  return {**base, "model_type": "llama", "hidden_act": "silu", "attention_bias": False,
-          "mlp_bias": False, "num_key_value_heads": config.num_kv_heads,
-          "head_dim": config.head_dim, "rms_norm_eps": config.norm_eps,
-          "rope_theta": config.rotary_base, "rope_scaling": rope_scaling,
-          "rope_parameters": rope, "pretraining_tp": 1}
+  common = {**base, "model_type": hf_type, "hidden_act": "silu",
+            "num_key_value_heads": config.num_kv_heads, "head_dim": config.head_dim,
+            "rms_norm_eps": config.norm_eps, "rope_theta": config.rotary_base,
+            "rope_scaling": rope_scaling, "rope_parameters": rope}
+  if hf_type == "qwen2":
+    return {**common, "use_sliding_window": False, "sliding_window": None,
+            "max_window_layers": config.num_layers}
+  return {**common, "attention_bias": False, "mlp_bias": False, "pretraining_tp": 1}
 
 
 def shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:

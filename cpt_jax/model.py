@@ -43,8 +43,9 @@ class _Linear(nnx.Linear):
 
 
 def _linear(config: ModelConfig, in_dim: int, out_dim: int, *, rngs: nnx.Rngs,
-            stddev: float = _INIT_STDDEV) -> nnx.Linear:
-  return _Linear(in_dim, out_dim, use_bias=config.use_bias,
+            stddev: float = _INIT_STDDEV, bias: bool = False) -> nnx.Linear:
+  """A projection, with a bias where the family has them (or `bias` asks for one)."""
+  return _Linear(in_dim, out_dim, use_bias=config.use_bias or bias,
                  dtype=jnp.dtype(config.compute_dtype), param_dtype=jnp.float32,
                  kernel_init=nnx.initializers.normal(stddev), rngs=rngs)
 
@@ -96,7 +97,8 @@ class Attention(nnx.Module):
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
     self.config = config
     heads = config.num_heads + 2 * config.num_kv_heads
-    self.qkv = _linear(config, config.model_dim, heads * config.head_dim, rngs=rngs)
+    self.qkv = _linear(config, config.model_dim, heads * config.head_dim, rngs=rngs,
+                       bias=config.qkv_bias)
     # GPT-2's scaled init for projections that write into the residual stream.
     self.out = _linear(config, config.num_heads * config.head_dim, config.model_dim, rngs=rngs,
                        stddev=_INIT_STDDEV / (2 * config.num_layers) ** 0.5)

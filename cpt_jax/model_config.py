@@ -31,7 +31,8 @@ class ModelConfig:
     0.25) of each head's dims, untied embeddings.
   - "llama": RMSNorm, sequential residual, SwiGLU MLP, no biases, rotary on all dims by
     default, grouped-query attention (`num_kv_heads` < `num_heads`), optionally tied
-    embeddings, optionally Llama 3.1's rotary scaling (`rope_scaling="llama3"`).
+    embeddings, optionally Llama 3.1's rotary scaling (`rope_scaling="llama3"`), optionally
+    biases on the query, key and value projections (`qkv_bias`: Qwen2's design).
   """
 
   family: Family = "pythia"
@@ -58,6 +59,7 @@ class ModelConfig:
   loss_chunk_tokens: int = 0
   attention_head_dim: int = 0  # Dims per head; 0: model_dim // num_heads (Llama's head_dim).
   sequential_residual: bool = False  # pythia: GPT-NeoX's use_parallel_residual=False.
+  qkv_bias: bool = False  # llama: biases on the q, k and v projections (Qwen2, Qwen2.5).
   rope_scaling: str = ""  # "" or "llama3" (Llama 3.1+: the four rope_* fields below).
   rope_scaling_factor: float = 8.0  # llama3: how much longer the context became.
   rope_low_freq_factor: float = 1.0  # llama3: wavelengths beyond context / this are scaled.
@@ -104,6 +106,8 @@ class ModelConfig:
       fail("rotary_pct", "a fraction in [0, 1]")
     if self.rope_scaling not in ROPE_SCALINGS:
       fail("rope_scaling", f"one of {ROPE_SCALINGS}")
+    if self.qkv_bias and self.family != "llama":
+      fail("qkv_bias", "False outside the llama family (pythia has every bias)")
     if self.sequential_residual and self.family != "pythia":
       fail("sequential_residual", "False outside the pythia family (Llama is sequential)")
     if self.remat not in REMAT_POLICIES:

@@ -71,8 +71,13 @@ FAMILIES = {
         vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, intermediate_size=128, max_position_embeddings=128,
         rope_scaling=LLAMA3_ROPE, rope_theta=5000.0),
+    "qwen2": lambda: transformers.Qwen2Config(
+        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=128, max_position_embeddings=128,
+        tie_word_embeddings=True, rope_theta=1e6),
 }
-HF_CLASSES = {"gpt_neox": "GPTNeoXForCausalLM", "llama": "LlamaForCausalLM"}
+HF_CLASSES = {"gpt_neox": "GPTNeoXForCausalLM", "llama": "LlamaForCausalLM",
+              "qwen2": "Qwen2ForCausalLM"}
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +91,10 @@ def _save_hf(family, directory, tokenizer, max_shard_size=None, seed=0):
   config = FAMILIES[family]()
   config.eos_token_id = config.bos_token_id = tokenizer.eos_id
   model = getattr(transformers, HF_CLASSES[config.model_type])(config).eval()
+  with torch.no_grad():  # transformers starts biases at zero, where a misplaced one hides.
+    for name, parameter in model.named_parameters():
+      if name.endswith(".bias"):
+        parameter.normal_(0, 0.02)
   if max_shard_size:
     model.save_pretrained(directory, max_shard_size=max_shard_size)
   else:
@@ -279,7 +288,7 @@ def test_bad_hub_references_are_one_line_and_write_nothing(reference, raised, ex
   assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("family", ["pythia", "llama_gqa_tied"])
+@pytest.mark.parametrize("family", ["pythia", "llama_gqa_tied", "qwen2"])
 def test_trained_run_exports_to_transformers(family, tokenizer, tmp_path, capsys):
   """cpt_jax -> HF: a few training steps, export, and transformers reproduces the logits,
   loads the tokenizer and generates."""
@@ -514,6 +523,16 @@ def test_hf_config_round_trips_through_model_config():
     again = hf_convert.model_config_from_hf(hf_convert.hf_config_from_model(
         model, bos_token_id=0, eos_token_id=0, dtype="float32"))
     assert again == model, family
+
+
+def test_a_qwen2_config_is_llama_with_qkv_biases_and_a_sliding_window_is_refused():
+  hf = FAMILIES["qwen2"]().to_dict()
+  model = hf_convert.model_config_from_hf(hf)
+  assert (model.family, model.qkv_bias, model.tie_embeddings) == ("llama", True, True)
+  assert hf_convert.hf_config_from_model(model, bos_token_id=0, eos_token_id=0,
+                                         dtype="float32")["architectures"] == ["Qwen2ForCausalLM"]
+  with pytest.raises(ValueError, match="use_sliding_window=True is not supported"):
+    hf_convert.model_config_from_hf({**hf, "use_sliding_window": True})
 
 
 def test_a_llama_model_config_rotates_every_dim_by_default():

@@ -196,6 +196,7 @@ def test_tied_embeddings_have_no_output_matrix():
     ("attention", "flash", "model.attention='flash': expected one of"),
     ("vocab_size", 0, "model.vocab_size=0: expected a positive integer"),
     ("loss_chunk_tokens", -1, "model.loss_chunk_tokens=-1: expected an integer >= 0"),
+    ("qkv_bias", True, "model.qkv_bias=True: expected False outside the llama family"),
 ])
 def test_invalid_model_fields_are_named(field, value, message):
   with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):

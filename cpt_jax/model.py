@@ -178,8 +178,7 @@ class Transformer(nnx.Module):
   def __call__(self, tokens_BxT, positions_BxT=None, segment_ids_BxT=None):
     x_BxTxD = self.features(tokens_BxT, positions_BxT, segment_ids_BxT)
     if self.config.tie_embeddings:
-      logits = _rows(x_BxTxD) @ self.embed.embedding[...].T
-      return logits.reshape(*tokens_BxT.shape, -1)
+      return (_rows(x_BxTxD) @ self.head_kernel()).reshape(*tokens_BxT.shape, -1)
     return self.unembed(x_BxTxD)
 
   def head_kernel(self) -> jax.Array:

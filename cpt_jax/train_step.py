@@ -10,7 +10,6 @@ and `loss_mask` (1 where `targets` is a real next token of the same document).
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable
 
 import flax.struct
@@ -19,6 +18,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from cpt_jax import chunked_loss
 from cpt_jax.model import Transformer
 from cpt_jax.model_config import ModelConfig
 
@@ -61,70 +61,12 @@ def loss_sums(graphdef: nnx.GraphDef, params: nnx.State, batch: dict) -> tuple[j
   chunk = model.config.loss_chunk_tokens
   if chunk:
     x_BxTxD = model.features(batch["inputs"], batch["positions"], batch["segment_ids"])
-    loss_sum = _chunked_loss_sum(x_BxTxD.reshape(-1, x_BxTxD.shape[-1]), model.head_kernel(),
-                                 batch["targets"].reshape(-1), weights_BxT.reshape(-1), chunk)
-    return loss_sum, jnp.sum(weights_BxT)
+    x_NxD = x_BxTxD.reshape(-1, x_BxTxD.shape[-1])
+    return (chunked_loss.loss_sum(x_NxD, model.head_kernel(), batch["targets"].reshape(-1),
+                                  weights_BxT.reshape(-1), chunk), jnp.sum(weights_BxT))
   logits_BxTxV = model(batch["inputs"], batch["positions"], batch["segment_ids"])
   losses_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, batch["targets"])
   return jnp.sum(losses_BxT * weights_BxT), jnp.sum(weights_BxT)
-
-
-def _pieces(chunk: int, *arrays: jax.Array) -> list[jax.Array]:
-  """(N, ...) arrays as (N / chunk, chunk, ...), zero-padded: padded tokens weigh 0."""
-  padding = -arrays[0].shape[0] % chunk
-  return [jnp.pad(a, [(0, padding)] + [(0, 0)] * (a.ndim - 1)).reshape(-1, chunk, *a.shape[1:])
-          for a in arrays]
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _chunked_loss_sum(x_NxD: jax.Array, kernel_DxV: jax.Array, targets_N: jax.Array,
-                      weights_N: jax.Array, chunk: int) -> jax.Array:
-  """The head and the weighted cross-entropy sum, `chunk` tokens at a time, so that no more
-  than a piece's (chunk, V) logits are ever live. Differentiated, each piece's gradients are
-  taken in the same pass (below): nothing is recomputed and no logits are kept."""
-
-  def accumulate(total, piece):
-    x_CxD, targets_C, weights_C = piece
-    losses_C = optax.softmax_cross_entropy_with_integer_labels(x_CxD @ kernel_DxV, targets_C)
-    return total + jnp.sum(losses_C * weights_C), None
-
-  total, _ = jax.lax.scan(accumulate, jnp.zeros((), jnp.float32),
-                          _pieces(chunk, x_NxD, targets_N, weights_N))
-  return total
-
-
-def _chunked_loss_sum_forward(x_NxD, kernel_DxV, targets_N, weights_N, chunk):
-  """The loss sum, with the gradients of the sum kept as residuals: (N, D) for the features,
-  (D, V) for the head, (N,) for the weights, where the unchunked loss keeps (N, V) logits."""
-
-  def accumulate(carry, piece):
-    total, dkernel_DxV = carry
-    x_CxD, targets_C, weights_C = piece
-    logits_CxV = x_CxD @ kernel_DxV
-    log_normalizers_C = jax.nn.logsumexp(logits_CxV, axis=-1)
-    losses_C = log_normalizers_C - jnp.take_along_axis(logits_CxV, targets_C[:, None], -1)[:, 0]
-    # d(sum of w * loss)/d(logits) = w * (softmax - one_hot(target)).
-    probabilities_CxV = jnp.exp(logits_CxV - log_normalizers_C[:, None])
-    one_hot_CxV = jax.nn.one_hot(targets_C, logits_CxV.shape[-1], dtype=logits_CxV.dtype)
-    dlogits_CxV = (probabilities_CxV - one_hot_CxV) * weights_C[:, None]
-    carry = (total + jnp.sum(losses_C * weights_C), dkernel_DxV + x_CxD.T @ dlogits_CxV)
-    return carry, (dlogits_CxV @ kernel_DxV.T, losses_C)
-
-  count = x_NxD.shape[0]
-  (total, dkernel_DxV), (dx, losses) = jax.lax.scan(
-      accumulate, (jnp.zeros((), jnp.float32), jnp.zeros_like(kernel_DxV)),
-      _pieces(chunk, x_NxD, targets_N, weights_N))
-  dx_NxD = dx.reshape(-1, x_NxD.shape[1])[:count]
-  return total, (dx_NxD, dkernel_DxV, losses.reshape(-1)[:count])
-
-
-def _chunked_loss_sum_backward(chunk, residuals, cotangent):
-  del chunk
-  dx_NxD, dkernel_DxV, losses_N = residuals
-  return cotangent * dx_NxD, cotangent * dkernel_DxV, None, cotangent * losses_N
-
-
-_chunked_loss_sum.defvjp(_chunked_loss_sum_forward, _chunked_loss_sum_backward)
 
 
 def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, *,

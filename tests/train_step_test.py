@@ -1,4 +1,4 @@
-"""Tests for cpt_jax/train_step.py, cpt_jax/optimizer.py and cpt_jax/data_parallel.py."""
+"""Tests for cpt_jax/train_step.py, chunked_loss.py, optimizer.py and data_parallel.py."""
 
 import dataclasses
 

@@ -2,14 +2,15 @@
 
   python -m benchmarks.vs_transformers [--devices=N] [--rounds=3] [--steps=10]
       [--preset=tiny] [--batch=16] [--seq_len=256] [--no_compile] [--xla_attention]
-      [--onednn] [--torch_glibc_defaults] [--peak_flops=F]
+      [--onednn] [--torch_glibc_defaults] [--alone] [--peak_flops=F]
 
 Both sides build the same GPT-NeoX (cpt_jax's preset, converted with hf_convert) and time a
 full training step on one fixed batch: forward, backward, global-norm clipping at 1.0, AdamW
 (b 0.9/0.95, eps 1e-8, decay 0.1). cpt_jax is its compiled bare step (benchmarks/bare_step.py);
-PyTorch runs eager and, unless --no_compile, under torch.compile. The three alternate for
-several rounds (small shared CPUs drift by ~10% within a minute), each in its own process,
-and the per-round medians are reported. On a CPU both use float32 and the tiny preset at 256
+PyTorch runs eager and, unless --no_compile, under torch.compile. Each runs in its own
+process. On a CPU they alternate for several rounds (small shared CPUs drift by ~10% within a
+minute); on an accelerator (or with --alone) each runs its rounds alone, since together they
+would not fit its memory. The per-contender medians are reported. On a CPU both use float32 and the tiny preset at 256
 tokens; on a GPU bfloat16 (autocast for PyTorch), SDPA, and pythia-410m at 2048 tokens unless
 --preset and --seq_len say otherwise. Where the device's peak FLOP/s is known
 (cpt_jax/device_peaks.py, or --peak_flops) each contender's MFU is printed too: model FLOPs
@@ -43,6 +44,10 @@ parser.add_argument("--onednn", action="store_true",
                     help="Also time cpt_jax with XLA:CPU's oneDNN matmuls (CPT_JAX_ONEDNN=1).")
 parser.add_argument("--torch_glibc_defaults", action="store_true",
                     help="Also time PyTorch eager without cpt-jax's glibc tunables.")
+parser.add_argument("--alone", action="store_true",
+                    help="Each contender times its rounds alone and exits before the next "
+                         "starts (the default on accelerators, whose memory they would not "
+                         "fit together); else they alternate round by round.")
 parser.add_argument("--peak_flops", type=float, default=0,
                     help="One device's peak FLOP/s for MFU (0: its datasheet figure where "
                          "cpt_jax/device_peaks.py knows the device).")
@@ -161,6 +166,43 @@ def _serve(name: str, connection) -> None:
     connection.send(contender.tokens_per_second(steps))
 
 
+def _start(context, name: str):
+  """(process, connection) of contender `name`, its process started with its environment."""
+  parent, child = context.Pipe()
+  process = context.Process(target=_serve, args=(name, child), daemon=True)
+  changes = _environment_changes(name)
+  kept = {key: os.environ.get(key) for key in changes}
+  os.environ.update(changes)
+  process.start()
+  child.close()  # Only the child holds its end: recv() raises EOFError if the child dies.
+  for key, value in kept.items():
+    if value is None:
+      os.environ.pop(key)
+    else:
+      os.environ[key] = value
+  return process, parent
+
+
+def _ready(name: str, process, connection) -> bool:
+  """Waits for contender `name` to be built; says how it runs, or why it does not."""
+  try:
+    answer = connection.recv()
+  except EOFError:  # It died without a word: XLA aborted while compiling, say.
+    process.join()
+    answer = f"its process exited with code {process.exitcode}"
+  if answer[0] == "ready":
+    print(f"{name} runs with GLIBC_TUNABLES {answer[1]}")
+    return True
+  print(f"{name} unavailable here: {answer}")
+  return False
+
+
+def _turn(connection) -> float:
+  """One timed turn of a contender: its tokens/s over --steps steps."""
+  connection.send(args.steps)
+  return connection.recv()
+
+
 def main():
   config = cpt_jax_config()
   model = model_config.from_config_dict(config.model)
@@ -171,43 +213,36 @@ def main():
   # One process per contender, as a user runs one framework: in one process, torch's
   # OpenMP workers and allocator slowed the JAX step after them by 7-12%.
   context = multiprocessing.get_context("spawn")
-  contenders = {}
   names = (("cpt_jax",) + ((_XLA_ATTENTION,) if args.xla_attention else ())
            + ((_ONEDNN,) if args.onednn else ()) + ("torch eager",)
            + ((_TORCH_GLIBC_DEFAULTS,) if args.torch_glibc_defaults else ())
            + (() if args.no_compile else ("torch.compile",)))
-  for name in names:
-    parent, child = context.Pipe()
-    process = context.Process(target=_serve, args=(name, child), daemon=True)
-    changes = _environment_changes(name)
-    kept = {key: os.environ.get(key) for key in changes}
-    os.environ.update(changes)
-    process.start()
-    child.close()  # Only the child holds its end: recv() raises EOFError if the child dies.
-    for key, value in kept.items():
-      if value is None:
-        os.environ.pop(key)
-      else:
-        os.environ[key] = value
-    try:
-      answer = parent.recv()  # One at a time: building includes compiling and warming up.
-    except EOFError:  # It died without a word: XLA aborted while compiling, say.
-      process.join()
-      answer = f"its process exited with code {process.exitcode}"
-    if answer[0] == "ready":
-      contenders[name] = parent
-      print(f"{name} runs with GLIBC_TUNABLES {answer[1]}")
-    else:
-      print(f"{name} unavailable here: {answer}")
-  rounds = {name: [] for name in contenders}
-  for round_index in range(args.rounds):
-    for name, connection in contenders.items():
-      connection.send(args.steps)
-      rounds[name].append(connection.recv())
-    print(f"round {round_index + 1}: " + ", ".join(
-        f"{name} {values[-1]:,.0f} tok/s" for name, values in rounds.items()))
-  for connection in contenders.values():
-    connection.send(0)
+  rounds = {}
+  if not args.alone and jax.default_backend() == "cpu":
+    # All alive, taking turns round by round: small shared CPUs drift by ~10% within a
+    # minute. They build (compile, warm up) at once; only the build's time sees that.
+    started = [(name, *_start(context, name)) for name in names]
+    contenders = {name: connection for name, process, connection in started
+                  if _ready(name, process, connection)}
+    rounds = {name: [] for name in contenders}
+    for round_index in range(args.rounds):
+      for name, connection in contenders.items():
+        rounds[name].append(_turn(connection))
+      print(f"round {round_index + 1}: " + ", ".join(
+          f"{name} {values[-1]:,.0f} tok/s" for name, values in rounds.items()))
+    for connection in contenders.values():
+      connection.send(0)
+  else:
+    # One after another, each exiting before the next starts: together the contenders
+    # would not fit one accelerator's memory.
+    for name in names:
+      process, connection = _start(context, name)
+      if _ready(name, process, connection):
+        rounds[name] = [_turn(connection) for _ in range(args.rounds)]
+        connection.send(0)
+        process.join()
+        print(f"{name}: rounds " + ", ".join(f"{value:,.0f}" for value in rounds[name])
+              + " tok/s")
   medians = {name: statistics.median(values) for name, values in rounds.items()}
   best_torch = max((name for name in medians if not name.startswith("cpt_jax")),
                    key=medians.get)

@@ -41,3 +41,27 @@ def test_each_contender_runs_in_its_own_process_and_the_ratio_is_printed():
   ratio = re.fullmatch(r"cpt_jax/transformers ratio: ([\d.]+) "
                        r"\(against torch eager( \(glibc defaults\))?\)", lines[-1])
   assert ratio and float(ratio[1]) > 0
+
+
+def test_alone_each_contender_times_its_rounds_before_the_next_starts():
+  """How the benchmark runs on an accelerator, whose memory the contenders would not fit
+  together."""
+  result = subprocess.run(
+      [sys.executable, "-m", "benchmarks.vs_transformers", "--batch=2", "--seq_len=64",
+       "--rounds=2", "--steps=1", "--no_compile", "--alone"],
+      cwd=helpers.ROOT, capture_output=True, text=True, timeout=300,
+      env={**os.environ, "XLA_FLAGS": ""})
+  assert result.returncode == 0, result.stderr[-2000:]
+  lines = result.stdout.splitlines()
+  assert [line.split(" runs with ")[0] if " runs with " in line else line.split(": rounds ")[0]
+          for line in lines[1:5]] == ["cpt_jax", "cpt_jax", "torch eager", "torch eager"]
+  rounds = {}
+  for line in (lines[2], lines[4]):
+    found = re.fullmatch(r"(.+): rounds ([\d,]+), ([\d,]+) tok/s", line)
+    assert found, line
+    rounds[found[1]] = sorted(float(value.replace(",", "")) for value in found.group(2, 3))
+  for name in rounds:  # The median of two rounds, reported as such.
+    median = re.search(rf"^{re.escape(name)} +([\d,]+) tok/s \(median of 2", result.stdout,
+                       re.MULTILINE)
+    assert median and abs(float(median[1].replace(",", "")) - sum(rounds[name]) / 2) <= 1, name
+  assert re.fullmatch(r"cpt_jax/transformers ratio: [\d.]+ \(against torch eager\)", lines[-1])

@@ -60,8 +60,6 @@ if args.devices and "device_count" not in os.environ.get("XLA_FLAGS", ""):  # Ke
 
 cpu_runtime.configure()  # The step as `cpt-jax` runs it (cpt_jax/cpu_runtime.py).
 import jax  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
 
 from benchmarks.bare_step import BareStep  # noqa: E402
 from configs import demo  # noqa: E402
@@ -74,6 +72,14 @@ SEQ_LEN = args.seq_len or (256 if ON_CPU else 2048)
 _XLA_ATTENTION = "cpt_jax (xla attention)"
 _ONEDNN = "cpt_jax (oneDNN)"  # CPT_JAX_ONEDNN=1: see cpt_jax/cpu_runtime.py.
 _TORCH_GLIBC_DEFAULTS = "torch eager (glibc defaults)"
+
+
+def _import_torch() -> None:
+  """torch and transformers, as module globals, in the processes that use them: a cpt_jax
+  contender's process skips their import (~6 s each)."""
+  global torch, transformers
+  import torch
+  import transformers
 
 
 def cpt_jax_config():
@@ -133,6 +139,7 @@ def _build(name: str, config):
     config.model.attention = "xla"
   if name.startswith("cpt_jax"):
     return BareStep(config)
+  _import_torch()
   return TorchStep(model_config.from_config_dict(config.model),
                    compile_model=name == "torch.compile")
 
@@ -204,6 +211,7 @@ def _turn(connection) -> float:
 
 
 def main():
+  _import_torch()
   config = cpt_jax_config()
   model = model_config.from_config_dict(config.model)
   print(f"{PRESET}, batch {args.batch} x {SEQ_LEN}, {model.compute_dtype}; jax "

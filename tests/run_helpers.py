@@ -82,19 +82,21 @@ def run(*args, devices=8, check=True, **kwargs):
 
 
 def start(*args, **kwargs):
-  """`cpt-jax ARGS` in a subprocess that takes Ctrl-C as one started from a terminal does.
-  A test run started in the background by a non-interactive shell (`.ci/run &`) ignores
-  SIGINT, and exec keeps an ignored signal ignored in children; a handler is reset to the
-  default instead, so one is set while the child starts."""
-  ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-  if ignored:
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+  """`cpt-jax ARGS` in a subprocess that takes Ctrl-C and a hangup as one started from a
+  terminal does. A test run started in the background by a non-interactive shell
+  (`.ci/run &`) ignores SIGINT, and one under `nohup` SIGHUP; exec keeps an ignored signal
+  ignored in children, while a handler is reset to the default: so one is set while the
+  child starts."""
+  ignored = [signum for signum in (signal.SIGINT, signal.SIGHUP)
+             if signal.getsignal(signum) is signal.SIG_IGN]
+  for signum in ignored:
+    signal.signal(signum, lambda *_: None)
   try:
     return subprocess.Popen(command(*args, **kwargs), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=environment(), cwd=ROOT)
   finally:
-    if ignored:
-      signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for signum in ignored:
+      signal.signal(signum, signal.SIG_IGN)
 
 
 def garble(directory):

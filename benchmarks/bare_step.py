@@ -1,10 +1,13 @@
 """The compiled train step on one fixed, pre-split batch: no data pipeline, no host work.
 Shared by the benchmarks that compare against the model's own speed."""
 
+import os
+import tempfile
 import time
 
 import jax
 
+from configs import demo
 from cpt_jax import data_parallel
 from cpt_jax import input_pipeline
 from cpt_jax import model_config
@@ -13,6 +16,29 @@ from cpt_jax import packing
 from cpt_jax import run_plan
 from cpt_jax import tokenizer
 from cpt_jax import train_step
+
+
+def preset_config(preset: str, seq_len: int, rows_per_device: int, **model_overrides):
+  """The demo's smoke config with `preset`'s model (bfloat16 off CPUs), bytes as tokens and
+  `rows_per_device` rows of `seq_len` on every local device."""
+  config = demo.get_config("smoke")
+  overrides = dict(max_seq_len=max(seq_len, model_config.preset(preset).max_seq_len),
+                   **model_overrides)
+  if jax.default_backend() != "cpu":
+    overrides.update(compute_dtype="bfloat16")
+  config.model = model_config.preset_config_dict(preset, **overrides)
+  config.data.tokenizer.kind = "bytes"
+  config.data.seq_len = seq_len
+  config.data.global_batch_size = rows_per_device * jax.local_device_count()
+  return config
+
+
+def use_persistent_compile_cache() -> None:
+  """A step compiled once already (for its memory plan) compiles again as a read, and so
+  does a rerun's."""
+  jax.config.update("jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(),
+                                                              "cpt_jax_benchmark_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
 class BareStep:

@@ -13,9 +13,7 @@ The last line reads `loss pieces of <n>: memory x<m>, speed x<s>` for the last s
 """
 
 import argparse
-import os
 import statistics
-import tempfile
 
 from cpt_jax import cpu_runtime
 
@@ -32,29 +30,16 @@ args = parser.parse_args()
 cpu_runtime.configure()  # The step as `cpt-jax` runs it (cpt_jax/cpu_runtime.py).
 import jax  # noqa: E402
 
-# The timed step was compiled once already, for its memory plan: the persistent cache makes
-# its second compile (and a rerun's) a read, as in benchmarks/mfu.py.
-jax.config.update("jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(),
-                                                            "cpt_jax_benchmark_cache"))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-
-from benchmarks.bare_step import BareStep  # noqa: E402
-from configs import demo  # noqa: E402
-from cpt_jax import model_config  # noqa: E402
+from benchmarks import bare_step  # noqa: E402
 from cpt_jax import step_memory  # noqa: E402
+
+# The timed step was compiled once already, for its memory plan.
+bare_step.use_persistent_compile_cache()
 
 
 def chunked_config(preset: str, seq_len: int, chunk: int):
-  config = demo.get_config("smoke")
-  overrides = dict(vocab_size=args.vocab_size, loss_chunk_tokens=chunk,
-                   max_seq_len=max(seq_len, model_config.preset(preset).max_seq_len))
-  if jax.default_backend() != "cpu":
-    overrides.update(compute_dtype="bfloat16")
-  config.model = model_config.preset_config_dict(preset, **overrides)
-  config.data.tokenizer.kind = "bytes"
-  config.data.seq_len = seq_len
-  config.data.global_batch_size = args.batch * jax.local_device_count()
-  return config
+  return bare_step.preset_config(preset, seq_len, args.batch, vocab_size=args.vocab_size,
+                                 loss_chunk_tokens=chunk)
 
 
 def main():
@@ -64,7 +49,7 @@ def main():
   chunks = [int(chunk) for chunk in args.chunks.split(",")]
   configs = {chunk: chunked_config(preset, seq_len, chunk) for chunk in chunks}
   memory = {chunk: step_memory.of_train_step(config) for chunk, config in configs.items()}
-  steps = {chunk: BareStep(config) for chunk, config in configs.items()}
+  steps = {chunk: bare_step.BareStep(config) for chunk, config in configs.items()}
   speeds = {chunk: [] for chunk in chunks}
   for round_index in range(args.rounds):
     for chunk in chunks:

@@ -18,8 +18,6 @@ The last line reads `mfu: <x>` for the last preset (or `mfu: n/a`).
 """
 
 import argparse
-import os
-import tempfile
 
 from cpt_jax import cpu_runtime
 
@@ -41,32 +39,19 @@ args = parser.parse_args()
 cpu_runtime.configure()  # The step as `cpt-jax` runs it (cpt_jax/cpu_runtime.py).
 import jax  # noqa: E402
 
-# The timed step was compiled once already, while planning the batch: the persistent cache
-# makes its second compile (and a rerun's) a read.
-jax.config.update("jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(),
-                                                            "cpt_jax_benchmark_cache"))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-
-from configs import demo  # noqa: E402
+from benchmarks import bare_step  # noqa: E402
 from cpt_jax import device_peaks  # noqa: E402
-from cpt_jax import step_memory  # noqa: E402
-from benchmarks.bare_step import BareStep  # noqa: E402
-
 from cpt_jax import model as model_lib  # noqa: E402
 from cpt_jax import model_config  # noqa: E402
+from cpt_jax import step_memory  # noqa: E402
+
+# The timed step was compiled once already, while planning the batch.
+bare_step.use_persistent_compile_cache()
 
 
 def preset_config(preset: str, seq_len: int, batch_per_device: int):
-  config = demo.get_config("smoke")
-  overrides = dict(max_seq_len=max(seq_len, model_config.preset(preset).max_seq_len),
-                   remat=args.remat, loss_chunk_tokens=args.loss_chunk_tokens)
-  if jax.default_backend() != "cpu":
-    overrides.update(compute_dtype="bfloat16")
-  config.model = model_config.preset_config_dict(preset, **overrides)
-  config.data.tokenizer.kind = "bytes"
-  config.data.seq_len = seq_len
-  config.data.global_batch_size = batch_per_device * jax.local_device_count()
-  return config
+  return bare_step.preset_config(preset, seq_len, batch_per_device, remat=args.remat,
+                                 loss_chunk_tokens=args.loss_chunk_tokens)
 
 
 def batch_per_device(preset: str, seq_len: int, capacity: float | None) -> int:
@@ -96,7 +81,7 @@ def main():
     model = model_config.from_config_dict(config.model)
     total, _ = model_lib.parameter_counts(model)
     flops = model_lib.training_flops_per_token(model, seq_len)
-    per_device = BareStep(config).tokens_per_second(args.steps) / jax.local_device_count()
+    per_device = bare_step.BareStep(config).tokens_per_second(args.steps) / jax.local_device_count()
     mfu = per_device * flops / peak if peak else None
     print(f"{preset} ({total:,} params) on {jax.devices()[0].device_kind}, {rows} x {seq_len} "
           f"per device, remat {args.remat}: {per_device:,.0f} tokens/s per device, "

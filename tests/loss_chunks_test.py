@@ -1,22 +1,14 @@
 """Tests for benchmarks/loss_chunks.py: it runs end to end on a small shape, and its ratios
 are those of the figures it prints."""
 
-import os
 import re
-import subprocess
-import sys
 
 import run_helpers as helpers
 
 
 def test_each_piece_size_is_planned_and_timed_and_the_ratios_printed():
-  result = subprocess.run(
-      [sys.executable, "-m", "benchmarks.loss_chunks", "--vocab_size=32768", "--batch=8",
-       "--seq_len=64", "--chunks=0,64", "--rounds=1", "--steps=1"],
-      cwd=helpers.ROOT, capture_output=True, text=True, timeout=300,
-      env={**os.environ, "XLA_FLAGS": ""})
-  assert result.returncode == 0, result.stderr[-2000:]
-  lines = result.stdout.splitlines()
+  lines = helpers.benchmark("loss_chunks", "--vocab_size=32768", "--batch=8", "--seq_len=64",
+                            "--chunks=0,64", "--rounds=1", "--steps=1").splitlines()
   assert re.fullmatch(r"round 1: pieces of all [\d,]+ tok/s, pieces of 64 [\d,]+ tok/s", lines[0])
   figures = {}
   for line in lines[2:4]:

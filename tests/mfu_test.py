@@ -1,10 +1,7 @@
 """Tests for benchmarks/mfu.py: it runs end to end on the tiny preset, at a batch it picks
 to fit a given device memory."""
 
-import os
 import re
-import subprocess
-import sys
 
 import run_helpers as helpers
 from cpt_jax import step_memory
@@ -12,13 +9,8 @@ from cpt_jax import step_memory
 
 def test_the_largest_batch_that_fits_the_memory_is_timed():
   capacity = 6e7
-  result = subprocess.run(
-      [sys.executable, "-m", "benchmarks.mfu", "--steps=1", "--seq_len=64",
-       f"--device_memory={capacity:.0f}"],
-      cwd=helpers.ROOT, capture_output=True, text=True, timeout=300,
-      env={**os.environ, "XLA_FLAGS": ""})
-  assert result.returncode == 0, result.stderr[-2000:]
-  plan, timed, last = result.stdout.splitlines()[-3:]
+  plan, timed, last = helpers.benchmark(
+      "mfu", "--steps=1", "--seq_len=64", f"--device_memory={capacity:.0f}").splitlines()[-3:]
   planned = {int(rows): int(size.replace(",", "")) for rows, size in
              re.findall(r"(\d+) x 64: ([\d,]+) bytes", plan)}
   assert plan.endswith(f") of {capacity:,.0f}") and len(planned) >= 3, plan

@@ -81,6 +81,16 @@ def run(*args, devices=8, check=True, **kwargs):
   return result
 
 
+def benchmark(name: str, *args) -> str:
+  """`python -m benchmarks.NAME ARGS` as a user runs it (on one CPU device: the tests' 8
+  emulated devices are cleared); its stdout, once it has exited 0."""
+  result = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "XLA_FLAGS": ""})
+  assert result.returncode == 0, result.stderr[-2000:]
+  return result.stdout
+
+
 def start(*args, **kwargs):
   """`cpt-jax ARGS` in a subprocess that takes Ctrl-C and a hangup as one started from a
   terminal does. A test run started in the background by a non-interactive shell

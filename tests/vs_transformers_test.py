@@ -1,10 +1,7 @@
 """Tests for benchmarks/vs_transformers.py: it runs end to end on a tiny shape (the figures
 themselves are the benchmark's business, not a test's)."""
 
-import os
 import re
-import subprocess
-import sys
 
 import run_helpers as helpers
 from cpt_jax import cpu_runtime
@@ -13,14 +10,9 @@ from cpt_jax import model_config
 
 
 def test_each_contender_runs_in_its_own_process_and_the_ratio_is_printed():
-  result = subprocess.run(
-      [sys.executable, "-m", "benchmarks.vs_transformers", "--batch=2", "--seq_len=64",
-       "--rounds=1", "--steps=1", "--no_compile", "--xla_attention", "--onednn",
-       "--torch_glibc_defaults", "--peak_flops=1e12"],
-      cwd=helpers.ROOT, capture_output=True, text=True, timeout=300,
-      env={**os.environ, "XLA_FLAGS": ""})
-  assert result.returncode == 0, result.stderr[-2000:]
-  lines = result.stdout.splitlines()
+  lines = helpers.benchmark(
+      "vs_transformers", "--batch=2", "--seq_len=64", "--rounds=1", "--steps=1", "--no_compile",
+      "--xla_attention", "--onednn", "--torch_glibc_defaults", "--peak_flops=1e12").splitlines()
   assert re.fullmatch(r"round 1: cpt_jax [\d,]+ tok/s, cpt_jax \(xla attention\) [\d,]+ tok/s, "
                       r"cpt_jax \(oneDNN\) [\d,]+ tok/s, torch eager [\d,]+ tok/s, "
                       r"torch eager \(glibc defaults\) [\d,]+ tok/s", lines[6])
@@ -46,13 +38,9 @@ def test_each_contender_runs_in_its_own_process_and_the_ratio_is_printed():
 def test_alone_each_contender_times_its_rounds_before_the_next_starts():
   """How the benchmark runs on an accelerator, whose memory the contenders would not fit
   together."""
-  result = subprocess.run(
-      [sys.executable, "-m", "benchmarks.vs_transformers", "--batch=2", "--seq_len=64",
-       "--rounds=2", "--steps=1", "--no_compile", "--alone"],
-      cwd=helpers.ROOT, capture_output=True, text=True, timeout=300,
-      env={**os.environ, "XLA_FLAGS": ""})
-  assert result.returncode == 0, result.stderr[-2000:]
-  lines = result.stdout.splitlines()
+  output = helpers.benchmark("vs_transformers", "--batch=2", "--seq_len=64", "--rounds=2",
+                             "--steps=1", "--no_compile", "--alone")
+  lines = output.splitlines()
   assert [line.split(" runs with ")[0] if " runs with " in line else line.split(": rounds ")[0]
           for line in lines[1:5]] == ["cpt_jax", "cpt_jax", "torch eager", "torch eager"]
   rounds = {}
@@ -61,7 +49,7 @@ def test_alone_each_contender_times_its_rounds_before_the_next_starts():
     assert found, line
     rounds[found[1]] = sorted(float(value.replace(",", "")) for value in found.group(2, 3))
   for name in rounds:  # The median of two rounds, reported as such.
-    median = re.search(rf"^{re.escape(name)} +([\d,]+) tok/s \(median of 2", result.stdout,
+    median = re.search(rf"^{re.escape(name)} +([\d,]+) tok/s \(median of 2", output,
                        re.MULTILINE)
     assert median and abs(float(median[1].replace(",", "")) - sum(rounds[name]) / 2) <= 1, name
   assert re.fullmatch(r"cpt_jax/transformers ratio: [\d.]+ \(against torch eager\)", lines[-1])

@@ -5,7 +5,6 @@ import pytest
 
 import run_helpers as helpers
 from configs import demo
-from cpt_jax import info
 from cpt_jax import model_config
 from cpt_jax import optimizer as optimizer_lib
 from cpt_jax import step_memory

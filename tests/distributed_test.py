@@ -5,6 +5,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import types
 
 import numpy as np
 import pytest
@@ -52,12 +53,22 @@ def _assert_same_losses(got, want, rtol):
 
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory):
+  """Two processes train together; SIGTERM to one of them at step 3 (a preemption) stops
+  both, and both resume: the run, process 0's output when preempted, the checkpoint steps
+  then, and both outputs when resumed."""
   workdir = str(tmp_path_factory.mktemp("two_processes") / "run")
-  return workdir, _finish(_start_processes(workdir))
+  processes = _start_processes(workdir)
+  helpers.kill_when(processes[1], workdir, step=3, sig=signal.SIGTERM)
+  preempted = _finish(processes[:1])[0]
+  assert processes[1].returncode == 0
+  saved = {name: sorted(os.listdir(os.path.join(workdir, "checkpoints", name, "data")))
+           for name in os.listdir(os.path.join(workdir, "checkpoints")) if name.isdigit()}
+  return types.SimpleNamespace(workdir=workdir, preempted=preempted, saved=saved,
+                               resumed=_finish(_start_processes(workdir)))
 
 
 def test_two_processes_train_and_write_checkpoints_together(two_process_run):
-  workdir, outputs = two_process_run
+  workdir, outputs = two_process_run.workdir, two_process_run.resumed
   assert "forgetting during 'code'" in outputs[0]  # Only process 0 reports.
   assert "forgetting during" not in outputs[1]
   steps = sorted(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit())
@@ -68,10 +79,11 @@ def test_two_processes_train_and_write_checkpoints_together(two_process_run):
 
 
 def test_two_processes_match_one_process_with_all_devices(two_process_run, tmp_path):
-  workdir, _ = two_process_run
+  workdir = two_process_run.workdir
   single = str(tmp_path / "one_process")
   helpers.cli("train", f"--workdir={single}", *STEPS)  # This process: 8 devices.
-  # The same global batches; only the order of the cross-device sum differs.
+  # The same global batches, though the two processes were preempted and resumed on the way;
+  # only the order of the cross-device sum differs.
   _assert_same_losses(helpers.train_losses(workdir), helpers.train_losses(single), rtol=1e-5)
   _assert_same_losses(_eval_losses(workdir), _eval_losses(single), rtol=1e-5)
   from cpt_jax import metrics_writer
@@ -80,22 +92,17 @@ def test_two_processes_match_one_process_with_all_devices(two_process_run, tmp_p
   assert tokens[0] == tokens[1]  # Counted exactly, not estimated from one process's rows.
 
 
-def test_sigterm_to_one_process_saves_everywhere_and_resumes(two_process_run, tmp_path):
-  """JAX's preemption sync makes both processes save one step; both resume from it and
-  continue as the uninterrupted run did."""
-  workdir, _ = two_process_run
-  preempted = str(tmp_path / "preempted")
-  processes = _start_processes(preempted)
-  helpers.kill_when(processes[1], preempted, step=3, sig=signal.SIGTERM)
-  outputs = _finish(processes[:1]) + [""]
-  assert processes[1].returncode == 0
-  assert "preempted (SIGTERM)" in outputs[0]
-  saved = sorted(int(n) for n in os.listdir(os.path.join(preempted, "checkpoints"))
-                 if n.isdigit())
-  assert saved and saved[-1] < 12
-  outputs = _finish(_start_processes(preempted))
-  assert f"resuming {preempted} from step {saved[-1]}" in outputs[0]
-  _assert_same_losses(helpers.train_losses(preempted), helpers.train_losses(workdir), rtol=1e-6)
+def test_sigterm_to_one_process_saves_everywhere_and_both_resume(two_process_run):
+  """JAX's preemption sync makes both processes save one step and stop; both resume from it
+  (the losses equal one process's: test_two_processes_match_one_process_with_all_devices)."""
+  run = two_process_run
+  assert "preempted (SIGTERM): saved step " in run.preempted
+  saved = int(run.preempted.split("saved step ")[1].split(";")[0])
+  assert 3 <= saved < 12
+  assert max(run.saved, key=int) == str(saved)
+  assert run.saved[str(saved)] == ["commit_success.txt", "process_0-of-2.json",
+                                   "process_1-of-2.json"]
+  assert f"resuming {run.workdir} from step {saved}" in run.resumed[0]
 
 
 def test_partial_process_flags_are_refused():
@@ -105,7 +112,7 @@ def test_partial_process_flags_are_refused():
 
 
 def test_two_process_checkpoint_resumes_in_one_process(two_process_run, tmp_path):
-  workdir, _ = two_process_run
+  workdir = two_process_run.workdir
   resumed = str(tmp_path / "resumed_in_one")
   shutil.copytree(workdir, resumed)
   shutil.rmtree(os.path.join(resumed, "checkpoints", "12"))  # Resume mid-stage at step 10.

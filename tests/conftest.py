@@ -1,9 +1,13 @@
-"""Test set-up: 8 emulated CPU devices, fixed before jax is imported anywhere."""
+"""Test set-up: 8 emulated CPU devices and the tests' XLA flags (run_helpers.XLA_TEST_FLAGS), fixed
+before jax is imported anywhere."""
 
 import os
 
+import run_helpers
+
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+                           " --xla_force_host_platform_device_count=8 " +
+                           run_helpers.XLA_TEST_FLAGS).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402  (must follow the flags above)
@@ -22,7 +26,6 @@ def smoke_study(tmp_path_factory):
   study tests and the notebook read it). Returns (study directory, the run directories that
   trainer.train was called on, in order)."""
   from cpt_jax import trainer
-  import run_helpers
   study_dir = str(tmp_path_factory.mktemp("study") / "study")
   trained = []
   real_train = trainer.train
@@ -41,7 +44,6 @@ def smoke_study(tmp_path_factory):
 @pytest.fixture(scope="session")
 def reference_run(tmp_path_factory):
   """One uninterrupted smoke run (2 x 30 steps, small model): the yardstick for exactness."""
-  import run_helpers
   workdir = str(tmp_path_factory.mktemp("reference"))
   run_helpers.cli("train", f"--workdir={workdir}")
   return workdir

@@ -52,9 +52,10 @@ def command(*args, config=f"{DEMO}:smoke", small=True):
 
 
 # The tests compile hundreds of small programs and run each for a few steps: LLVM's
-# optimisation of the compiled code costs more CPU than it saves there (the whole suite on cold
-# caches, side by side on 2 cores: 724 s of CPU and 6m30s, against 890 s and 8m12s). Set for every test process alike, so that runs in and out of this process
-# stay bit-identical; the benchmarks and the README test run as users do, without it.
+# optimisation of the compiled code costs more CPU than it saves there (the whole suite on
+# cold caches, side by side on 2 cores: 724 s of CPU and 6m30s, against 890 s and 8m12s).
+# Set for every test process alike, so that runs in and out of this process stay
+# bit-identical; the README test runs as a user does, without it.
 XLA_TEST_FLAGS = "--xla_backend_optimization_level=0"
 
 
@@ -89,11 +90,12 @@ def run(*args, devices=8, check=True, **kwargs):
 
 
 def benchmark(name: str, *args) -> str:
-  """`python -m benchmarks.NAME ARGS` as a user runs it (on one CPU device: the tests' 8
-  emulated devices are cleared); its stdout, once it has exited 0."""
+  """`python -m benchmarks.NAME ARGS` as a user runs it, on one CPU device (the tests' 8
+  emulated devices are cleared; their XLA_TEST_FLAGS kept: a test checks the output, not the
+  figures); its stdout, once it has exited 0."""
   result = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "XLA_FLAGS": ""})
+                          env={**os.environ, "XLA_FLAGS": XLA_TEST_FLAGS})
   assert result.returncode == 0, result.stderr[-2000:]
   return result.stdout
 

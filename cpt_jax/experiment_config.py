@@ -49,9 +49,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   data = config.data
   _check_int("data.seq_len", data.seq_len, 1)
   _check_int("data.global_batch_size", data.global_batch_size, 1)
-  if data.seq_len > model.max_seq_len:
-    raise ConfigError(f"data.seq_len={data.seq_len}: exceeds the model's context "
-                      f"model.max_seq_len={model.max_seq_len}")
+  model.check_sequence_length(data.seq_len, "data.seq_len")
   if data.global_batch_size % config.optimizer.microbatches:
     raise ConfigError(f"optimizer.microbatches={config.optimizer.microbatches}: must divide "
                       f"data.global_batch_size={data.global_batch_size}")

@@ -197,7 +197,8 @@ def _run_config(model: model_config_lib.ModelConfig, workdir: str,
   config = base_config.base_config()
   config.model = ml_collections.ConfigDict(dataclasses.asdict(
       dataclasses.replace(model, rotary_pct=model.rotary_fraction)))
-  config.data.seq_len = min(config.data.seq_len, model.max_seq_len)
+  config.data.seq_len = min(config.data.seq_len, model.max_seq_len,
+                            model.sliding_window or model.max_seq_len)
   config.data.tokenizer.kind = "hf_json"
   config.data.tokenizer.path = str(epath.Path(workdir) / "tokenizer.json")
   config.data.tokenizer.eos_token = eos_token

@@ -32,7 +32,8 @@ class ModelConfig:
   - "llama": RMSNorm, sequential residual, SwiGLU MLP, no biases, rotary on all dims by
     default, grouped-query attention (`num_kv_heads` < `num_heads`), optionally tied
     embeddings, optionally Llama 3.1's rotary scaling (`rope_scaling="llama3"`), optionally
-    biases on the query, key and value projections (`qkv_bias`: Qwen2's design).
+    biases on the query, key and value projections (`qkv_bias`: Qwen2's design),
+    optionally Mistral's attention window (`sliding_window`).
   """
 
   family: Family = "pythia"
@@ -60,6 +61,10 @@ class ModelConfig:
   attention_head_dim: int = 0  # Dims per head; 0: model_dim // num_heads (Llama's head_dim).
   sequential_residual: bool = False  # pythia: GPT-NeoX's use_parallel_residual=False.
   qkv_bias: bool = False  # llama: biases on the q, k and v projections (Qwen2, Qwen2.5).
+  # llama: Mistral's attention window, the keys a query sees counting itself; 0: the whole
+  # context. cpt_jax attends over whole sequences, so a run's may be at most this long, where
+  # the window never applies; it is kept so that an export attends as the import did.
+  sliding_window: int = 0
   rope_scaling: str = ""  # "" or "llama3" (Llama 3.1+: the four rope_* fields below).
   rope_scaling_factor: float = 8.0  # llama3: how much longer the context became.
   rope_low_freq_factor: float = 1.0  # llama3: wavelengths beyond context / this are scaled.
@@ -85,6 +90,17 @@ class ModelConfig:
   def use_bias(self) -> bool:
     return self.family == "pythia"
 
+  def check_sequence_length(self, length: int, field: str) -> None:
+    """Refuses sequences longer than the context, or than Mistral's window (see
+    `sliding_window`)."""
+    if length > self.max_seq_len:
+      raise ConfigError(f"{field}={length}: exceeds the model's context "
+                        f"model.max_seq_len={self.max_seq_len}")
+    if self.sliding_window and length > self.sliding_window:
+      raise ConfigError(f"{field}={length}: exceeds the model's attention window "
+                        f"model.sliding_window={self.sliding_window} (cpt_jax attends over "
+                        "whole sequences: they may be at most that long)")
+
   def validate(self) -> "ModelConfig":
     def fail(field, expected):
       raise ConfigError(f"model.{field}={getattr(self, field)!r}: expected {expected}")
@@ -108,6 +124,10 @@ class ModelConfig:
       fail("rope_scaling", f"one of {ROPE_SCALINGS}")
     if self.qkv_bias and self.family != "llama":
       fail("qkv_bias", "False outside the llama family (pythia has every bias)")
+    if not isinstance(self.sliding_window, int) or self.sliding_window < 0:
+      fail("sliding_window", "an integer >= 0 (0: the whole context)")
+    if self.sliding_window and (self.family != "llama" or self.qkv_bias):
+      fail("sliding_window", "0 outside the llama family without qkv_bias (Mistral's design)")
     if self.sequential_residual and self.family != "pythia":
       fail("sequential_residual", "False outside the pythia family (Llama is sequential)")
     if self.remat not in REMAT_POLICIES:

@@ -55,8 +55,9 @@ def score(reference: str, file: str, seq_len: int | None = None, batch_size: int
   config = ml_collections.ConfigDict(stored)
   model = model_config_lib.from_config_dict(config.model)
   seq_len = seq_len or config.data.seq_len
-  if not 1 <= seq_len <= model.max_seq_len:
-    raise ConfigError(f"--seq_len={seq_len}: expected 1 to the model's context {model.max_seq_len}")
+  if seq_len < 1:
+    raise ConfigError(f"--seq_len={seq_len}: expected a positive number of tokens")
+  model.check_sequence_length(seq_len, "--seq_len")
   tokenizer = run_directory.tokenizer_for_run(config, run_dir)
   ids = tokenizer.encode(epath.Path(file).read_text())
   if len(ids) < 2:

@@ -5,6 +5,7 @@ Tiny random models of each family are built with transformers from a seed and sa
 `save_pretrained` (nothing is downloaded), imported, trained, exported and loaded back.
 """
 
+import dataclasses
 import importlib
 import json
 import os
@@ -19,6 +20,7 @@ from flax import nnx
 
 import run_helpers as helpers
 from cpt_jax import checkpoint as checkpoint_lib
+from cpt_jax import experiment_config
 from cpt_jax import hf_checkpoint
 from cpt_jax import hf_convert
 from cpt_jax import info
@@ -75,9 +77,14 @@ FAMILIES = {
         vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, intermediate_size=128, max_position_embeddings=128,
         tie_word_embeddings=True, rope_theta=1e6),
+    # A window longer than the tests' sequences, and Mistral Nemo's wider heads.
+    "mistral": lambda: transformers.MistralConfig(
+        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=128, max_position_embeddings=128,
+        sliding_window=48, head_dim=32, rope_theta=1e6),
 }
 HF_CLASSES = {"gpt_neox": "GPTNeoXForCausalLM", "llama": "LlamaForCausalLM",
-              "qwen2": "Qwen2ForCausalLM"}
+              "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
 
 
 @pytest.fixture(scope="module")
@@ -288,7 +295,7 @@ def test_bad_hub_references_are_one_line_and_write_nothing(reference, raised, ex
   assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("family", ["pythia", "llama_gqa_tied", "qwen2"])
+@pytest.mark.parametrize("family", ["pythia", "llama_gqa_tied", "qwen2", "mistral"])
 def test_trained_run_exports_to_transformers(family, tokenizer, tmp_path, capsys):
   """cpt_jax -> HF: a few training steps, export, and transformers reproduces the logits,
   loads the tokenizer and generates."""
@@ -533,6 +540,31 @@ def test_a_qwen2_config_is_llama_with_qkv_biases_and_a_sliding_window_is_refused
                                          dtype="float32")["architectures"] == ["Qwen2ForCausalLM"]
   with pytest.raises(ValueError, match="use_sliding_window=True is not supported"):
     hf_convert.model_config_from_hf({**hf, "use_sliding_window": True})
+
+
+def test_a_mistral_keeps_its_window_and_sequences_longer_than_it_are_refused(tokenizer,
+                                                                           tmp_path):
+  hf = FAMILIES["mistral"]().to_dict()
+  model = hf_convert.model_config_from_hf(hf)
+  assert (model.family, model.sliding_window, model.head_dim) == ("llama", 48, 32)
+  exported = hf_convert.hf_config_from_model(model, bos_token_id=0, eos_token_id=0,
+                                             dtype="float32")
+  assert (exported["architectures"], exported["sliding_window"]) == (["MistralForCausalLM"], 48)
+  # Without a window Mistral is Llama, and goes out as one.
+  windowless = hf_convert.model_config_from_hf({**hf, "sliding_window": None})
+  assert windowless.sliding_window == 0
+  assert hf_convert.hf_config_from_model(windowless, bos_token_id=0, eos_token_id=0,
+                                         dtype="float32")["model_type"] == "llama"
+  _save_hf("mistral", str(tmp_path / "hf"), tokenizer)
+  hf_checkpoint.import_hf(str(tmp_path / "hf"), str(tmp_path / "run"))
+  config = ml_collections.ConfigDict(run_directory.stored_config(str(tmp_path / "run")))
+  assert config.data.seq_len == 48  # The window, not the context of 128.
+  config.data.seq_len = 64
+  with pytest.raises(ConfigError, match=r"data.seq_len=64: exceeds the model's attention window "
+                                        r"model.sliding_window=48"):
+    experiment_config.validate(config)
+  with pytest.raises(ValueError, match=r"model.sliding_window=16: expected 0 outside"):
+    dataclasses.replace(model, qkv_bias=True, sliding_window=16).validate()
 
 
 def test_a_llama_model_config_rotates_every_dim_by_default():

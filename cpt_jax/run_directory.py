@@ -10,6 +10,7 @@ matters, or whose tokenizer differs, is refused with the differences listed.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 
@@ -17,6 +18,7 @@ from etils import epath
 import ml_collections
 
 from cpt_jax import corpora
+from cpt_jax import model_config
 from cpt_jax import token_cache
 from cpt_jax import tokenizer as tokenizer_lib
 from cpt_jax.config_error import ConfigError
@@ -28,6 +30,7 @@ COMPUTE_FIELDS = ("compute_dtype", "remat", "attention", "loss_chunk_tokens")
 # Of those, the ones that change the program but not the function it computes (beyond
 # float rounding): a resumed run may change them.
 _EXECUTION_FIELDS = ("remat", "attention", "loss_chunk_tokens")
+_MODEL_DEFAULTS = dataclasses.asdict(model_config.ModelConfig())
 
 
 class ConfigMismatchError(ConfigError):
@@ -56,7 +59,10 @@ def fields_that_matter(config_json: dict, stages_done: int) -> dict[str, object]
   """Model shape, tokenizer, data sources and layout, optimizer, schedules, and the stages up
   to and including the current one: changing these mid-run silently changes the experiment."""
   selected = {key: config_json.get(key) for key in ("model", "optimizer", "schedule", "seed")}
-  selected["model"] = {key: value for key, value in (selected["model"] or {}).items()
+  # A model field added to cpt_jax after the run was stored is taken at its default, which
+  # is what the code did before the field existed.
+  model = {**_MODEL_DEFAULTS, **(selected["model"] or {})}
+  selected["model"] = {key: value for key, value in model.items()
                        if key not in _EXECUTION_FIELDS}
   data = config_json.get("data", {})
   selected["data"] = {key: data.get(key) for key in ("tokenizer", "seq_len", "global_batch_size",

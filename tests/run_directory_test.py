@@ -29,3 +29,18 @@ def test_what_the_model_is_may_not(run_before_compute_choices):
   config.model.num_layers += 1
   with pytest.raises(run_directory.ConfigMismatchError, match="model.num_layers: 4 -> 5"):
     run_directory.check_config(run_before_compute_choices, config, 0, allow_change=False)
+
+
+def test_a_model_field_added_since_the_run_was_stored_is_taken_at_its_default(tmp_path):
+  """A run stored before model.qkv_bias and model.sliding_window existed resumes; setting
+  either now is a change to what the model is."""
+  stored = run_directory.config_as_json(demo.get_config("smoke"))
+  for field in ("qkv_bias", "sliding_window", "attention_head_dim"):
+    del stored["model"][field]
+  (tmp_path / run_directory.CONFIG_FILE).write_text(json.dumps(stored))
+  run_directory.check_config(str(tmp_path), demo.get_config("smoke"), 0, allow_change=False)
+  config = demo.get_config("smoke")
+  config.model.family, config.model.sliding_window = "llama", 128
+  with pytest.raises(run_directory.ConfigMismatchError,
+                     match=r"model.family: 'pythia' -> 'llama'; model.sliding_window: 0 -> 128"):
+    run_directory.check_config(str(tmp_path), config, 0, allow_change=False)

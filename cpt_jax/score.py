@@ -4,6 +4,7 @@ The file's text is encoded by the run's tokenizer without special tokens, and it
 t_0 .. t_{n-1} are scored in windows t[i N : i N + N + 1] (stride N, the last one shorter), each
 one plain causal sequence with no document masking: every token after the first is a target
 exactly once. For an imported model this is what transformers computes on the same windows.
+Each local device scores its own share of the windows, the model replicated on every one.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from cpt_jax import checkpoint as checkpoint_lib
+from cpt_jax import data_parallel
 from cpt_jax import model as model_lib
 from cpt_jax import model_config as model_config_lib
 from cpt_jax import paths
@@ -37,6 +39,20 @@ def windows(ids: np.ndarray, seq_len: int) -> dict[str, np.ndarray]:
           "segment_ids": np.ones(starts.shape, np.int32), "loss_mask": real.astype(np.float32)}
 
 
+def device_batches(batches: dict[str, np.ndarray], windows_per_device: int):
+  """`windows`' arrays in steps of `windows_per_device` rows on each local device, the
+  rows split over the devices; the last step is padded with rows whose loss mask is 0."""
+  rows = jax.sharding.NamedSharding(data_parallel.replicated_sharding().mesh,
+                                    jax.sharding.PartitionSpec(data_parallel.AXIS_NAME))
+  step = windows_per_device * jax.local_device_count()
+  count = len(batches["inputs"])
+  padded = {key: np.pad(value, [(0, -count % step)] + [(0, 0)] * (value.ndim - 1))
+            for key, value in batches.items()}
+  for start in range(0, count, step):
+    yield jax.device_put({key: value[start:start + step] for key, value in padded.items()},
+                         rows)
+
+
 @dataclasses.dataclass(frozen=True)
 class Score:
   loss: float  # Mean next-token loss in nats.
@@ -46,7 +62,8 @@ class Score:
     return f"loss: {self.loss:.6f} over {self.tokens} tokens"
 
 
-def score(reference: str, file: str, seq_len: int | None = None, batch_size: int = 8) -> Score:
+def score(reference: str, file: str, seq_len: int | None = None,
+          windows_per_device: int = 8) -> Score:
   reference, file = paths.resolve_reference(reference), paths.resolve(file)
   run_dir, step = checkpoint_lib.parse_reference(reference)
   stored = run_directory.source_config(run_dir)
@@ -68,10 +85,8 @@ def score(reference: str, file: str, seq_len: int | None = None, batch_size: int
   graphdef = nnx.split(nnx.eval_shape(lambda: model_lib.Transformer(model, rngs=nnx.Rngs(0))),
                        nnx.Param)[0]
   loss_sums = jax.jit(lambda p, batch: train_step_lib.loss_sums(graphdef, p, batch))
-  batches = windows(ids, seq_len)
   total, count = 0.0, 0.0
-  for start in range(0, len(batches["inputs"]), batch_size):
-    batch = {key: value[start:start + batch_size] for key, value in batches.items()}
+  for batch in device_batches(windows(ids, seq_len), windows_per_device):
     loss_sum, tokens = jax.device_get(loss_sums(params, batch))
     total, count = total + float(loss_sum), count + float(tokens)
   return Score(total / count, int(count))

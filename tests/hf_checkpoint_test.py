@@ -423,11 +423,14 @@ def test_score_equals_transformers_on_the_same_windows(tokenizer, tmp_path):
   hf_checkpoint.import_hf(str(tmp_path / "hf"), str(tmp_path / "run"))
   text = " ".join(TEXTS[:7])
   (tmp_path / "text.txt").write_text(text)
-  result = score_lib.score(str(tmp_path / "run"), str(tmp_path / "text.txt"), seq_len=16)
-  ids = tokenizer.encode(text)
+  ids, length = tokenizer.encode(text), 8
+  # One window per device per step: two steps on the 8 devices, the second one padded.
+  assert 8 < len(score_lib.windows(ids, length)["inputs"]) < 16
+  result = score_lib.score(str(tmp_path / "run"), str(tmp_path / "text.txt"), seq_len=length,
+                           windows_per_device=1)
   total = 0.0
-  for start in range(0, len(ids) - 1, 16):
-    window = torch.tensor(ids[start:start + 17]).long()[None]
+  for start in range(0, len(ids) - 1, length):
+    window = torch.tensor(ids[start:start + length + 1]).long()[None]
     with torch.no_grad():
       total += float(hf_model(window, labels=window).loss) * (window.shape[1] - 1)
   assert result.tokens == len(ids) - 1
@@ -441,6 +444,17 @@ def test_score_windows_make_every_token_after_the_first_a_target_once():
   targets = batch["targets"][batch["loss_mask"] > 0]
   np.testing.assert_array_equal(targets, ids[1:])
   assert batch["inputs"].shape == (5, 8)
+
+
+def test_score_splits_each_steps_windows_over_the_devices():
+  batches = score_lib.windows(np.arange(1, 38, dtype=np.int32), 2)  # 18 windows.
+  steps = list(score_lib.device_batches(batches, windows_per_device=2))  # 16 per step.
+  assert [len(step["inputs"]) for step in steps] == [16, 16]
+  for step in steps:
+    shards = step["inputs"].addressable_shards
+    assert sorted(shard.device.id for shard in shards) == list(range(8))
+    assert {shard.data.shape for shard in shards} == {(2, 2)}
+  assert float(sum(step["loss_mask"].sum() for step in steps)) == 36  # Padding counts 0.
 
 
 def _bad_hf_dirs(root, tokenizer):

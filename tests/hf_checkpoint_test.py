@@ -53,35 +53,27 @@ VOCAB = 320
 TEXTS = ["To be, or not to be, that is the question.", "def f(x):\n    return x + 1\n"] * 50
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+# Every family's tiny shape; the llama-family ones add grouped-query heads and a SwiGLU width.
+_SHAPE = dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+              max_position_embeddings=128)
+_LLAMA_SHAPE = dict(_SHAPE, num_key_value_heads=2, intermediate_size=128)
 FAMILIES = {
-    "pythia": lambda: transformers.GPTNeoXConfig(
-        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=256, rotary_pct=0.25, max_position_embeddings=128),
+    "pythia": lambda: transformers.GPTNeoXConfig(**_SHAPE, intermediate_size=256,
+                                                 rotary_pct=0.25),
     "pythia_sequential": lambda: transformers.GPTNeoXConfig(
-        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=256, rotary_pct=0.5, rotary_emb_base=500.0,
-        use_parallel_residual=False, max_position_embeddings=128),
-    "llama_gqa_untied": lambda: transformers.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, intermediate_size=128, max_position_embeddings=128,
-        tie_word_embeddings=False),
-    "llama_gqa_tied": lambda: transformers.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, intermediate_size=128, max_position_embeddings=128,
-        tie_word_embeddings=True, head_dim=32),
+        **_SHAPE, intermediate_size=256, rotary_pct=0.5, rotary_emb_base=500.0,
+        use_parallel_residual=False),
+    "llama_gqa_untied": lambda: transformers.LlamaConfig(**_LLAMA_SHAPE,
+                                                         tie_word_embeddings=False),
+    "llama_gqa_tied": lambda: transformers.LlamaConfig(**_LLAMA_SHAPE, tie_word_embeddings=True,
+                                                       head_dim=32),
     "llama3_rope_scaling": lambda: transformers.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, intermediate_size=128, max_position_embeddings=128,
-        rope_scaling=LLAMA3_ROPE, rope_theta=5000.0),
-    "qwen2": lambda: transformers.Qwen2Config(
-        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, intermediate_size=128, max_position_embeddings=128,
-        tie_word_embeddings=True, rope_theta=1e6),
+        **_LLAMA_SHAPE, rope_scaling=LLAMA3_ROPE, rope_theta=5000.0),
+    "qwen2": lambda: transformers.Qwen2Config(**_LLAMA_SHAPE, tie_word_embeddings=True,
+                                              rope_theta=1e6),
     # A window longer than the tests' sequences, and Mistral Nemo's wider heads.
-    "mistral": lambda: transformers.MistralConfig(
-        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, intermediate_size=128, max_position_embeddings=128,
-        sliding_window=48, head_dim=32, rope_theta=1e6),
+    "mistral": lambda: transformers.MistralConfig(**_LLAMA_SHAPE, sliding_window=48,
+                                                  head_dim=32, rope_theta=1e6),
 }
 HF_CLASSES = {"gpt_neox": "GPTNeoXForCausalLM", "llama": "LlamaForCausalLM",
               "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}

@@ -6,19 +6,19 @@
 
 Both sides build the same GPT-NeoX (cpt_jax's preset, converted with hf_convert) and time a
 full training step on one fixed batch: forward, backward, global-norm clipping at 1.0, AdamW
-(b 0.9/0.95, eps 1e-8, decay 0.1). cpt_jax is its compiled bare step (benchmarks/bare_step.py);
-PyTorch runs eager and, unless --no_compile, under torch.compile. Each runs in its own
-process. On a CPU they alternate for several rounds (small shared CPUs drift by ~10% within a
-minute); on an accelerator (or with --alone) each runs its rounds alone, since together they
-would not fit its memory. The per-contender medians are reported. On a CPU both use float32 and the tiny preset at 256
-tokens; on a GPU bfloat16 (autocast for PyTorch), SDPA, and pythia-410m at 2048 tokens unless
---preset and --seq_len say otherwise. Where the device's peak FLOP/s is known
-(cpt_jax/device_peaks.py, or --peak_flops) each contender's MFU is printed too: model FLOPs
-per token (PaLM's convention, as benchmarks/mfu.py) x tokens/s over the peak of the devices
-it runs on. Every contender runs with the glibc tunables `cpt-jax` sets for itself
-(cpt_jax/cpu_runtime.py: huge pages, freed memory kept for reuse), since PyTorch gains from
-them too; --torch_glibc_defaults also times PyTorch eager without them, as a PyTorch script
-runs when started by hand.
+(b 0.9/0.95, eps 1e-8, decay 0.1). cpt_jax is its compiled bare step
+(benchmarks/bare_step.py); PyTorch runs eager and, unless --no_compile, under torch.compile.
+Each runs in its own process. On a CPU they alternate for several rounds (small shared CPUs
+drift by ~10% within a minute); on an accelerator (or with --alone) each runs its rounds
+alone, since together they would not fit its memory. The per-contender medians are reported.
+On a CPU both use float32 and the tiny preset at 256 tokens; on a GPU bfloat16 (autocast for
+PyTorch), SDPA, and pythia-410m at 2048 tokens unless --preset and --seq_len say otherwise.
+Where the device's peak FLOP/s is known (cpt_jax/device_peaks.py, or --peak_flops) each
+contender's MFU is printed too: model FLOPs per token (PaLM's convention, as
+benchmarks/mfu.py) x tokens/s over the peak of the devices it runs on. Every contender runs
+with the glibc tunables `cpt-jax` sets for itself (cpt_jax/cpu_runtime.py: huge pages, freed
+memory kept for reuse), since PyTorch gains from them too; --torch_glibc_defaults also times
+PyTorch eager without them, as a PyTorch script runs when started by hand.
 The last line reads `cpt_jax/transformers ratio: <x>`, against the faster PyTorch variant.
 """
 

@@ -4,8 +4,8 @@ Owns the forward pass: token ids in, float32 logits out. Rows may hold several p
 documents: `segment_ids` keep attention inside a document and `positions` (restarting at
 every document) drive rotary embeddings. Numerics follow the Hugging Face implementations the
 weights come from (`hf_convert.py`): LayerNorm's two-pass variance, Llama 3.1's rotary
-scaling, and the output head in float32 whatever the compute dtype. Shapes use suffixes: B batch, T time, D model dim,
-N query heads, K key/value heads, H head dim, V vocabulary.
+scaling, and the output head in float32 whatever the compute dtype. Shapes use suffixes:
+B batch, T time, D model dim, N query heads, K key/value heads, H head dim, V vocabulary.
 """
 
 from __future__ import annotations

@@ -54,7 +54,8 @@ def abstract_state(config: ModelConfig, optimizer: optax.GradientTransformation
   return graphdef, state
 
 
-def loss_sums(graphdef: nnx.GraphDef, params: nnx.State, batch: dict) -> tuple[jax.Array, jax.Array]:
+def loss_sums(graphdef: nnx.GraphDef, params: nnx.State,
+              batch: dict) -> tuple[jax.Array, jax.Array]:
   """(sum of masked next-token cross-entropies, number of masked-in tokens)."""
   model = nnx.merge(graphdef, params)
   weights_BxT = batch["loss_mask"].astype(jnp.float32)

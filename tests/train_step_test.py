@@ -23,7 +23,8 @@ def _batch(seed, batch_size=16, length=24, vocab=101):
   positions = np.zeros_like(segments)
   for row in range(batch_size):
     for t in range(1, length):
-      positions[row, t] = 0 if segments[row, t] != segments[row, t - 1] else positions[row, t - 1] + 1
+      same_document = segments[row, t] == segments[row, t - 1]
+      positions[row, t] = positions[row, t - 1] + 1 if same_document else 0
   return {
       "inputs": rng.integers(0, vocab, (batch_size, length)).astype(np.int32),
       "targets": rng.integers(0, vocab, (batch_size, length)).astype(np.int32),

@@ -25,13 +25,25 @@ def _schedule_summary(schedule: ml_collections.ConfigDict | None) -> str:
   return f"{schedule.name}({fields})"
 
 
+def _design_notes(model: model_config.ModelConfig) -> str:
+  """What sets a model apart from its family's plain design (Qwen2's biases, Mistral's
+  window, Nemo's wider heads, Llama 3.1's rotary, ...), or ""."""
+  notes = [(f"head dim {model.head_dim}", model.attention_head_dim),
+           ("q/k/v biases", model.qkv_bias),
+           (f"attention window {model.sliding_window}", model.sliding_window),
+           (f"rope scaling {model.rope_scaling}", model.rope_scaling),
+           ("tied embeddings", model.tie_embeddings),
+           ("sequential residual", model.sequential_residual)]
+  return "".join(f", {note}" for note, applies in notes if applies)
+
+
 def _model_lines(model: model_config.ModelConfig, seq_len: int) -> tuple[list[str], float]:
   total, non_embedding = model_lib.parameter_counts(model)
   flops = model_lib.training_flops_per_token(model, seq_len)
   return [f"parameters: {total} (non-embedding {non_embedding})",
           f"model: {model.family}, {model.num_layers} layers, dim {model.model_dim}, "
           f"{model.num_heads} heads ({model.num_kv_heads} kv), mlp {model.mlp_dim}, "
-          f"vocab {model.vocab_size}, {model.compute_dtype}"], flops
+          f"vocab {model.vocab_size}, {model.compute_dtype}{_design_notes(model)}"], flops
 
 
 def describe_run(run_dir: str) -> str:

@@ -565,6 +565,8 @@ def test_a_mistral_keeps_its_window_and_sequences_longer_than_it_are_refused(tok
   hf_checkpoint.import_hf(str(tmp_path / "hf"), str(tmp_path / "run"))
   config = ml_collections.ConfigDict(run_directory.stored_config(str(tmp_path / "run")))
   assert config.data.seq_len == 48  # The window, not the context of 128.
+  assert info.describe_run(str(tmp_path / "run")).splitlines()[1].endswith(
+      "float32, head dim 32, attention window 48")
   config.data.seq_len = 64
   with pytest.raises(ConfigError, match=r"data.seq_len=64: exceeds the model's attention window "
                                         r"model.sliding_window=48"):

@@ -10,7 +10,8 @@ own document (`segment_ids`), softmax in float32, scale 1/sqrt(head dim). They d
   XLA:CPU it runs forward and backward about 1.8x faster than "xla" at 16 x 256 x 4 x 32
   (21.7 against 38.8 ms; `python -m benchmarks.attention`).
 - "cudnn": cuDNN's fused flash attention on NVIDIA GPUs (bfloat16 or float16), causal with
-  the document mask. Where cuDNN cannot run it (no GPU, float32, an unsupported shape) the
+  the document mask. Where cuDNN cannot run it (no GPU, float32, an unsupported shape, a
+  kernel it cannot build: its gradient is compiled alone once per shape to find out) the
   run falls back to "xla" and logs why.
 - "splash": the Pallas splash-attention kernel on TPUs (JAX's own, from
   `jax.experimental.pallas.ops.tpu`): causal, with the documents as its segment ids, grouped
@@ -75,13 +76,10 @@ def attend(q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array,
   """Causal attention within documents: (B, T, N, H) queries -> (B, T, N, H) outputs."""
   chosen, reason = resolve(implementation, q_BxTxNxH.dtype)
   if chosen == "cudnn":
-    try:
-      return jax.nn.dot_product_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH,
-                                          mask=document_mask(segment_ids_BxT), is_causal=True,
-                                          implementation="cudnn")
-    except (ValueError, NotImplementedError, RuntimeError) as error:  # cuDNN's checks:
-      # dtype, head dim, layout, cuDNN version.
-      chosen, reason = "xla", f"cuDNN attention does not apply: {str(error).splitlines()[0]}"
+    refusal = _cudnn_refusal(q_BxTxNxH.shape, k_BxTxKxH.shape, jnp.dtype(q_BxTxNxH.dtype))
+    if not refusal:
+      return _cudnn(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT)
+    chosen, reason = "xla", f"cuDNN attention does not apply: {refusal}"
   if chosen == "splash":
     length = q_BxTxNxH.shape[1]
     if length % _SPLASH_BLOCKS[-1]:
@@ -95,6 +93,33 @@ def attend(q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array,
     return _chunked(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT)
   return jax.nn.dot_product_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH,
                                       mask=document_mask(segment_ids_BxT))
+
+
+def _cudnn(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT):
+  return jax.nn.dot_product_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH,
+                                      mask=document_mask(segment_ids_BxT), is_causal=True,
+                                      implementation="cudnn")
+
+
+@functools.cache
+def _cudnn_refusal(q_shape: tuple[int, ...], kv_shape: tuple[int, ...], dtype) -> str:
+  """Why cuDNN cannot run attention, forward and backward, at these shapes; "" if it can.
+
+  cuDNN checks some things when JAX traces the call (dtype, head dim, layout, its version)
+  and the rest when XLA compiles it (cuDNN builds its kernels, the mask's gradient among
+  them, then), where a refusal would fail the whole step's compile. So this compiles the
+  attention's gradient alone once per shape, and the step falls back to XLA if it fails."""
+  q, kv = jax.ShapeDtypeStruct(q_shape, dtype), jax.ShapeDtypeStruct(kv_shape, dtype)
+  segment_ids = jax.ShapeDtypeStruct(q_shape[:2], jnp.int32)
+
+  def summed(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT):
+    return _cudnn(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT).astype(jnp.float32).sum()
+
+  try:
+    jax.jit(jax.grad(summed, argnums=(0, 1, 2))).lower(q, kv, kv, segment_ids).compile()
+  except (ValueError, NotImplementedError, RuntimeError) as error:  # XLA's errors included.
+    return str(error).splitlines()[0]
+  return ""
 
 
 def query_block_size(length: int) -> int:

@@ -177,6 +177,74 @@ def test_splash_falls_back_to_xla_and_says_why(library_logs, monkeypatch, interp
   np.testing.assert_array_equal(out, attention.attend(q, k, v, segments, "xla"))
 
 
+@pytest.fixture
+def on_a_gpu(monkeypatch):
+  """attention as it resolves on a GPU: "cudnn" is tried, and cuDNN's own checks decide."""
+  monkeypatch.setattr(attention, "resolve", lambda implementation, dtype: ("cudnn", ""))
+  attention._cudnn_refusal.cache_clear()
+  yield
+  attention._cudnn_refusal.cache_clear()
+
+
+def _xla(q, k, v, segments):
+  """XLA's attention, called directly: with `on_a_gpu`, `attend` would try cuDNN for it too."""
+  return jax.nn.dot_product_attention(q, k, v, mask=attention.document_mask(segments))
+
+
+def _bfloat16_inputs():
+  q, k, v, segments = _inputs()
+  return q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), v.astype(jnp.bfloat16), segments
+
+
+def test_cudnn_refused_when_traced_falls_back_to_xla_and_says_why(library_logs, on_a_gpu):
+  q, k, v, segments = _bfloat16_inputs()
+  with library_logs.at_level(logging.WARNING):
+    out = attention.attend(q, k, v, segments, "cudnn")
+  # This machine's JAX has no cuDNN: JAX refuses while tracing, as for a head dim it rejects.
+  assert "attention 'cudnn': cuDNN attention does not apply: cuDNN is not detected" in (
+      library_logs.text)
+  np.testing.assert_array_equal(out, _xla(q, k, v, segments))
+
+
+def test_cudnn_refused_when_compiled_falls_back_to_xla_and_says_why(library_logs, on_a_gpu,
+                                                                     monkeypatch):
+  """cuDNN builds its kernels when XLA compiles: a refusal there (here a custom call that
+  nothing implements) must not fail the step either."""
+
+  def kernel(x):
+    return jax.ffi.ffi_call("cpt_jax_unbuilt_kernel", jax.ShapeDtypeStruct(x.shape, x.dtype))(x)
+
+  @jax.custom_vjp
+  def unbuildable(q, k, v, segment_ids):
+    del k, v, segment_ids
+    return kernel(q)
+
+  unbuildable.defvjp(lambda q, k, v, segment_ids: (kernel(q), (k, v)),
+                     lambda kv, dy: (kernel(dy), kernel(kv[0]), kernel(kv[1]), None))
+  monkeypatch.setattr(attention, "_cudnn", unbuildable)
+  q, k, v, segments = _bfloat16_inputs()
+  with library_logs.at_level(logging.WARNING):
+    out = attention.attend(q, k, v, segments, "cudnn")
+  assert "cuDNN attention does not apply: NOT_FOUND: No FFI handler registered for " \
+         "cpt_jax_unbuilt_kernel" in library_logs.text
+  np.testing.assert_array_equal(out, _xla(q, k, v, segments))
+
+
+def test_cudnn_runs_where_its_gradient_compiles_checked_once_per_shape(library_logs, on_a_gpu,
+                                                                       monkeypatch):
+  def stand_in(q, k, v, segment_ids):  # Compiles anywhere; doubled, to be told apart.
+    return 2 * _xla(q, k, v, segment_ids)
+
+  monkeypatch.setattr(attention, "_cudnn", stand_in)
+  q, k, v, segments = _bfloat16_inputs()
+  with library_logs.at_level(logging.WARNING):
+    outs = [attention.attend(q, k, v, segments, "cudnn") for _ in range(2)]
+  assert not library_logs.text
+  assert attention._cudnn_refusal.cache_info()[:2] == (1, 1)  # (hits, misses)
+  for out in outs:
+    np.testing.assert_array_equal(out, 2 * _xla(q, k, v, segments))
+
+
 def test_cudnn_without_a_gpu_falls_back_to_xla_and_says_why(library_logs):
   q, k, v, segments = _inputs()
   with library_logs.at_level(logging.WARNING):

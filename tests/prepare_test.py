@@ -101,6 +101,26 @@ def test_prepared_shards_hold_the_live_documents_of_every_format(corpus, prepare
   assert len(units) == (1 if kind == "txt" else 5)  # 200 small files are read as one unit.
 
 
+def test_a_tfds_source_is_prepared_in_units_of_rows(tmp_path, monkeypatch):
+  import tensorflow_datasets as tfds
+  config = base_config.base_config()
+  config.data.tokenizer.kind = "bytes"
+  config.data.sources = {"web": corpora.source_config("tfds", tfds_name="lm1b",
+                                                      text_field="text")}
+  config.data.token_cache_dir = str(tmp_path / "cache")
+  monkeypatch.setattr(corpora, "_TFDS_ROWS_PER_UNIT", 3)
+  with tfds.testing.mock_data(num_examples=7):  # Each split: units of 3, 3 and 1 rows.
+    units = corpora.read_units("web", config.data.sources.web)
+    assert [(unit.split, unit.rows) for unit in units] == [
+        (split, rows) for split in corpora.SPLITS for rows in ((0, 3), (3, 6), (6, 7))]
+    prepare.prepare(config, workers=0, progress=False)
+    tokenizer = tokenizer_lib.bytes_tokenizer()
+    for split in corpora.SPLITS:
+      live = input_pipeline.tokenized_documents("web", config.data, split, tokenizer)
+      live = [ids.tolist() for ids in live.read(range(len(live)))]
+      assert len(live) == 7 and _cached_documents(config, split) == live
+
+
 def test_two_worker_processes_write_the_same_bytes(corpus, prepared, tmp_path):
   config = _config(corpus, tmp_path / "cache")
   prepare.prepare(config, workers=2, progress=False)

@@ -1,5 +1,6 @@
 """Hugging Face <-> cpt_jax: the configs and tensor layouts of GPT-NeoX (Pythia), Llama,
-Qwen2 (Llama's design with biases on q, k and v: the llama family with `qkv_bias`) and
+Qwen2 (Llama's design with biases on q, k and v: the llama family with `qkv_bias`), Qwen3
+(Llama's design with an RMSNorm on each q and k head: the llama family with `qk_norm`) and
 Mistral (Llama's design with an attention window: the llama family with `sliding_window`;
 a Mistral without one is a Llama, and is exported as one).
 
@@ -10,7 +11,7 @@ directories is `hf_checkpoint.py`'s. Checked against transformers' own modeling 
 - torch Linear weights are (out, in); Flax kernels are (in, out): transposed both ways.
 - GPT-NeoX fuses q, k and v per head: `query_key_value` is (heads, 3, head_dim) x dim, while
   cpt_jax's `qkv` kernel holds [all q heads | all k heads | all v heads].
-- Llama's (Qwen2's, Mistral's) q/k/v projections are separate (k and v with
+- Llama's (Qwen's, Mistral's) q/k/v projections are separate (k and v with
   `num_key_value_heads`); HF's weights are already in the rotate-half rotary layout cpt_jax
   uses.
 - Pythia's output head is `embed_out` on disk (transformers 5 calls it `lm_head` in memory).
@@ -32,9 +33,11 @@ from cpt_jax import model as model_lib
 from cpt_jax.model_config import ModelConfig
 from cpt_jax.config_error import ConfigError
 
-_MODEL_TYPES = {"gpt_neox": "pythia", "llama": "llama", "qwen2": "llama", "mistral": "llama"}
+_MODEL_TYPES = {"gpt_neox": "pythia", "llama": "llama", "qwen2": "llama", "qwen3": "llama",
+                "mistral": "llama"}
 _ARCHITECTURES = {"gpt_neox": "GPTNeoXForCausalLM", "llama": "LlamaForCausalLM",
-                  "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
+                  "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
+                  "mistral": "MistralForCausalLM"}
 
 
 def hf_model_type(config: ModelConfig) -> str:
@@ -43,6 +46,8 @@ def hf_model_type(config: ModelConfig) -> str:
     return "gpt_neox"
   if config.sliding_window:
     return "mistral"
+  if config.qk_norm:
+    return "qwen3"
   return "qwen2" if config.qkv_bias else "llama"
 
 
@@ -130,6 +135,8 @@ def correspondences(config: ModelConfig) -> list[Correspondence]:
         _split_llama_qkv(f"{hf}.self_attn", f"{cpt}.attention.qkv.kernel", config),
         *([_split_llama_qkv(f"{hf}.self_attn", f"{cpt}.attention.qkv.bias", config, "bias")]
           if config.qkv_bias else []),
+        *([_same(f"{hf}.self_attn.{norm}.weight", f"{cpt}.attention.{norm}.scale")
+           for norm in ("q_norm", "k_norm")] if config.qk_norm else []),
         _linear(f"{hf}.self_attn.o_proj.weight", f"{cpt}.attention.out.kernel"),
         _linear(f"{hf}.mlp.gate_proj.weight", f"{cpt}.mlp.gate.kernel"),
         _linear(f"{hf}.mlp.up_proj.weight", f"{cpt}.mlp.up.kernel"),
@@ -168,9 +175,9 @@ def model_config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
   model_type = hf.get("model_type")
   if model_type not in _MODEL_TYPES:
     raise ConfigError(f"{where}: model_type={model_type!r} is not supported; expected one of "
-                      f"{sorted(_MODEL_TYPES)} (GPT-NeoX / Pythia, Llama, Mistral, Qwen2)")
+                      f"{sorted(_MODEL_TYPES)} (GPT-NeoX / Pythia, Llama, Mistral, Qwen2, Qwen3)")
   family = _MODEL_TYPES[model_type]
-  if model_type == "qwen2" and hf.get("use_sliding_window"):
+  if model_type in ("qwen2", "qwen3") and hf.get("use_sliding_window"):
     raise ConfigError(f"{where}: use_sliding_window=True is not supported (cpt_jax attends over "
                       "the whole context)")
   rope = _rope(hf)
@@ -203,7 +210,7 @@ def model_config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
                   norm_eps=hf.get("rms_norm_eps", 1e-6), rotary_pct=1.0,
                   tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
                   attention_head_dim=0 if head_dim * heads == hf["hidden_size"] else head_dim,
-                  qkv_bias=model_type == "qwen2",
+                  qkv_bias=model_type == "qwen2", qk_norm=model_type == "qwen3",
                   sliding_window=(model_type == "mistral" and hf.get("sliding_window")) or 0)
     if rope["rope_type"] == "llama3":
       fields.update(rope_scaling="llama3", rope_scaling_factor=float(rope["factor"]),
@@ -247,9 +254,12 @@ def hf_config_from_model(config: ModelConfig, *, bos_token_id: int, eos_token_id
             "num_key_value_heads": config.num_kv_heads, "head_dim": config.head_dim,
             "rms_norm_eps": config.norm_eps, "rope_theta": config.rotary_base,
             "rope_scaling": rope_scaling, "rope_parameters": rope}
+  whole_context = {"use_sliding_window": False, "sliding_window": None,
+                   "max_window_layers": config.num_layers}
   if hf_type == "qwen2":
-    return {**common, "use_sliding_window": False, "sliding_window": None,
-            "max_window_layers": config.num_layers}
+    return {**common, **whole_context}
+  if hf_type == "qwen3":
+    return {**common, **whole_context, "attention_bias": False}
   if hf_type == "mistral":
     return {**common, "sliding_window": config.sliding_window}
   return {**common, "attention_bias": False, "mlp_bias": False, "pretraining_tp": 1}

@@ -50,13 +50,14 @@ def _linear(config: ModelConfig, in_dim: int, out_dim: int, *, rngs: nnx.Rngs,
                  kernel_init=nnx.initializers.normal(stddev), rngs=rngs)
 
 
-def _norm(config: ModelConfig, *, rngs: nnx.Rngs) -> nnx.Module:
-  dtype = jnp.dtype(config.compute_dtype)
+def _norm(config: ModelConfig, *, rngs: nnx.Rngs, dim: int | None = None) -> nnx.Module:
+  """The family's norm over the model's width (or `dim`, as for Qwen3's per-head norms)."""
+  dtype, dim = jnp.dtype(config.compute_dtype), dim or config.model_dim
   if config.family == "pythia":  # Two-pass variance, as torch computes it.
-    return nnx.LayerNorm(config.model_dim, epsilon=config.norm_eps, dtype=dtype,
-                         param_dtype=jnp.float32, use_fast_variance=False, rngs=rngs)
-  return nnx.RMSNorm(config.model_dim, epsilon=config.norm_eps, dtype=dtype,
-                     param_dtype=jnp.float32, rngs=rngs)
+    return nnx.LayerNorm(dim, epsilon=config.norm_eps, dtype=dtype, param_dtype=jnp.float32,
+                         use_fast_variance=False, rngs=rngs)
+  return nnx.RMSNorm(dim, epsilon=config.norm_eps, dtype=dtype, param_dtype=jnp.float32,
+                     rngs=rngs)
 
 
 def rotary_inverse_frequencies(config: ModelConfig) -> jax.Array:
@@ -92,7 +93,8 @@ def apply_rotary(x_BxTxNxH: jax.Array, positions_BxT: jax.Array,
 
 
 class Attention(nnx.Module):
-  """Multi-head attention with grouped-query K/V, fused QKV projection and rotary positions."""
+  """Multi-head attention with grouped-query K/V, fused QKV projection and rotary positions
+  (after Qwen3's per-head RMSNorm of q and k, where `qk_norm` asks for it)."""
 
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
     self.config = config
@@ -102,6 +104,9 @@ class Attention(nnx.Module):
     # GPT-2's scaled init for projections that write into the residual stream.
     self.out = _linear(config, config.num_heads * config.head_dim, config.model_dim, rngs=rngs,
                        stddev=_INIT_STDDEV / (2 * config.num_layers) ** 0.5)
+    if config.qk_norm:
+      self.q_norm = _norm(config, rngs=rngs, dim=config.head_dim)
+      self.k_norm = _norm(config, rngs=rngs, dim=config.head_dim)
 
   def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT):
     c = self.config
@@ -110,6 +115,8 @@ class Attention(nnx.Module):
     q_BxTxNxH = qkv[:, :, :c.num_heads]
     k_BxTxKxH = qkv[:, :, c.num_heads:c.num_heads + c.num_kv_heads]
     v_BxTxKxH = qkv[:, :, c.num_heads + c.num_kv_heads:]
+    if c.qk_norm:
+      q_BxTxNxH, k_BxTxKxH = self.q_norm(q_BxTxNxH), self.k_norm(k_BxTxKxH)
     inv_freq_R = rotary_inverse_frequencies(c)
     q_BxTxNxH = apply_rotary(q_BxTxNxH, positions_BxT, inv_freq_R)
     k_BxTxKxH = apply_rotary(k_BxTxKxH, positions_BxT, inv_freq_R)

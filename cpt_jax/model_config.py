@@ -33,7 +33,8 @@ class ModelConfig:
     default, grouped-query attention (`num_kv_heads` < `num_heads`), optionally tied
     embeddings, optionally Llama 3.1's rotary scaling (`rope_scaling="llama3"`), optionally
     biases on the query, key and value projections (`qkv_bias`: Qwen2's design),
-    optionally Mistral's attention window (`sliding_window`).
+    optionally Mistral's attention window (`sliding_window`), optionally an RMSNorm on each
+    query and key head before rotary (`qk_norm`: Qwen3's design).
   """
 
   family: Family = "pythia"
@@ -61,6 +62,7 @@ class ModelConfig:
   attention_head_dim: int = 0  # Dims per head; 0: model_dim // num_heads (Llama's head_dim).
   sequential_residual: bool = False  # pythia: GPT-NeoX's use_parallel_residual=False.
   qkv_bias: bool = False  # llama: biases on the q, k and v projections (Qwen2, Qwen2.5).
+  qk_norm: bool = False  # llama: RMSNorm over each q and k head's dims, before rotary (Qwen3).
   # llama: Mistral's attention window, the keys a query sees counting itself; 0: the whole
   # context. cpt_jax attends over whole sequences, so a run's may be at most this long, where
   # the window never applies; it is kept so that an export attends as the import did.
@@ -128,6 +130,9 @@ class ModelConfig:
       fail("sliding_window", "an integer >= 0 (0: the whole context)")
     if self.sliding_window and (self.family != "llama" or self.qkv_bias):
       fail("sliding_window", "0 outside the llama family without qkv_bias (Mistral's design)")
+    if self.qk_norm and (self.family != "llama" or self.qkv_bias or self.sliding_window):
+      fail("qk_norm", "False outside the llama family without qkv_bias or sliding_window "
+                      "(Qwen3's design)")
     if self.sequential_residual and self.family != "pythia":
       fail("sequential_residual", "False outside the pythia family (Llama is sequential)")
     if self.remat not in REMAT_POLICIES:

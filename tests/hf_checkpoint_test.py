@@ -71,12 +71,16 @@ FAMILIES = {
         **_LLAMA_SHAPE, rope_scaling=LLAMA3_ROPE, rope_theta=5000.0),
     "qwen2": lambda: transformers.Qwen2Config(**_LLAMA_SHAPE, tie_word_embeddings=True,
                                               rope_theta=1e6),
+    # Qwen3's heads are wider than hidden_size / heads, as in Qwen3-0.6B (1024 / 16 < 128).
+    "qwen3": lambda: transformers.Qwen3Config(**_LLAMA_SHAPE, head_dim=32,
+                                              tie_word_embeddings=True, rope_theta=1e6),
     # A window longer than the tests' sequences, and Mistral Nemo's wider heads.
     "mistral": lambda: transformers.MistralConfig(**_LLAMA_SHAPE, sliding_window=48,
                                                   head_dim=32, rope_theta=1e6),
 }
 HF_CLASSES = {"gpt_neox": "GPTNeoXForCausalLM", "llama": "LlamaForCausalLM",
-              "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
+              "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
+              "mistral": "MistralForCausalLM"}
 
 
 @pytest.fixture(scope="module")
@@ -90,10 +94,12 @@ def _save_hf(family, directory, tokenizer, max_shard_size=None, seed=0):
   config = FAMILIES[family]()
   config.eos_token_id = config.bos_token_id = tokenizer.eos_id
   model = getattr(transformers, HF_CLASSES[config.model_type])(config).eval()
-  with torch.no_grad():  # transformers starts biases at zero, where a misplaced one hides.
-    for name, parameter in model.named_parameters():
+  with torch.no_grad():  # transformers starts biases at zero and norm scales at one, where
+    for name, parameter in model.named_parameters():  # a misplaced one hides.
       if name.endswith(".bias"):
         parameter.normal_(0, 0.02)
+      elif "norm" in name:
+        parameter.normal_(1, 0.1)
   if max_shard_size:
     model.save_pretrained(directory, max_shard_size=max_shard_size)
   else:
@@ -287,7 +293,7 @@ def test_bad_hub_references_are_one_line_and_write_nothing(reference, raised, ex
   assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("family", ["pythia", "llama_gqa_tied", "qwen2", "mistral"])
+@pytest.mark.parametrize("family", ["pythia", "llama_gqa_tied", "qwen2", "qwen3", "mistral"])
 def test_trained_run_exports_to_transformers(family, tokenizer, tmp_path, capsys):
   """cpt_jax -> HF: a few training steps, export, and transformers reproduces the logits,
   loads the tokenizer and generates."""
@@ -546,6 +552,21 @@ def test_a_qwen2_config_is_llama_with_qkv_biases_and_a_sliding_window_is_refused
                                          dtype="float32")["architectures"] == ["Qwen2ForCausalLM"]
   with pytest.raises(ValueError, match="use_sliding_window=True is not supported"):
     hf_convert.model_config_from_hf({**hf, "use_sliding_window": True})
+
+
+def test_a_qwen3_config_is_llama_with_per_head_q_and_k_norms():
+  hf = FAMILIES["qwen3"]().to_dict()
+  model = hf_convert.model_config_from_hf(hf)
+  assert (model.family, model.qk_norm, model.qkv_bias, model.head_dim) == ("llama", True, False,
+                                                                           32)
+  assert "blocks.1.attention.k_norm.scale" in hf_convert.shapes(model)
+  assert hf_convert.hf_config_from_model(model, bos_token_id=0, eos_token_id=0,
+                                         dtype="float32")["architectures"] == ["Qwen3ForCausalLM"]
+  with pytest.raises(ValueError, match="use_sliding_window=True is not supported"):
+    hf_convert.model_config_from_hf({**hf, "use_sliding_window": True})
+  with pytest.raises(ValueError, match=r"model.qk_norm=True: expected False outside the llama "
+                                       r"family without qkv_bias or sliding_window"):
+    dataclasses.replace(model, qkv_bias=True).validate()
 
 
 def test_a_mistral_keeps_its_window_and_sequences_longer_than_it_are_refused(tokenizer,

@@ -1,8 +1,9 @@
-"""Hugging Face <-> cpt_jax: the configs and tensor layouts of GPT-NeoX (Pythia), Llama,
-Qwen2 (Llama's design with biases on q, k and v: the llama family with `qkv_bias`), Qwen3
-(Llama's design with an RMSNorm on each q and k head: the llama family with `qk_norm`) and
-Mistral (Llama's design with an attention window: the llama family with `sliding_window`;
-a Mistral without one is a Llama, and is exported as one).
+"""Hugging Face <-> cpt_jax: the configs and tensor layouts of GPT-NeoX (Pythia), Llama, and
+the Llama family's variants, each expressed by the fields of `ModelConfig` it sets:
+Qwen2 (biases on q, k and v: `qkv_bias`), Qwen3 (an RMSNorm on each q and k head:
+`qk_norm="head"`), OLMo 2 (RMSNorms over all of q and of k, and norms on each sublayer's
+output instead of its input: `qk_norm="projection"`, `post_norm`) and Mistral (an attention
+window: `sliding_window`; a Mistral without one is a Llama, and is exported as one).
 
 Owns the correspondence only, as pure functions over arrays (jax.numpy, so shapes can be
 checked with `jax.eval_shape` before any tensor is read); reading and writing model
@@ -34,10 +35,10 @@ from cpt_jax.model_config import ModelConfig
 from cpt_jax.config_error import ConfigError
 
 _MODEL_TYPES = {"gpt_neox": "pythia", "llama": "llama", "qwen2": "llama", "qwen3": "llama",
-                "mistral": "llama"}
+                "olmo2": "llama", "mistral": "llama"}
 _ARCHITECTURES = {"gpt_neox": "GPTNeoXForCausalLM", "llama": "LlamaForCausalLM",
                   "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
-                  "mistral": "MistralForCausalLM"}
+                  "olmo2": "Olmo2ForCausalLM", "mistral": "MistralForCausalLM"}
 
 
 def hf_model_type(config: ModelConfig) -> str:
@@ -47,7 +48,7 @@ def hf_model_type(config: ModelConfig) -> str:
   if config.sliding_window:
     return "mistral"
   if config.qk_norm:
-    return "qwen3"
+    return {"head": "qwen3", "projection": "olmo2"}[config.qk_norm]
   return "qwen2" if config.qkv_bias else "llama"
 
 
@@ -127,11 +128,14 @@ def correspondences(config: ModelConfig) -> list[Correspondence]:
                _linear("embed_out.weight", "unembed.kernel")]
     return result
   result.append(_same("model.embed_tokens.weight", "embed.embedding"))
+  # Where each block's two norms sit: on the sublayers' inputs, or (OLMo 2) their outputs.
+  hf_norms = (("post_attention_layernorm", "post_feedforward_layernorm") if config.post_norm
+              else ("input_layernorm", "post_attention_layernorm"))
   for i in range(config.num_layers):
     hf, cpt = f"model.layers.{i}", f"blocks.{i}"
     result += [
-        _same(f"{hf}.input_layernorm.weight", f"{cpt}.attention_norm.scale"),
-        _same(f"{hf}.post_attention_layernorm.weight", f"{cpt}.mlp_norm.scale"),
+        _same(f"{hf}.{hf_norms[0]}.weight", f"{cpt}.attention_norm.scale"),
+        _same(f"{hf}.{hf_norms[1]}.weight", f"{cpt}.mlp_norm.scale"),
         _split_llama_qkv(f"{hf}.self_attn", f"{cpt}.attention.qkv.kernel", config),
         *([_split_llama_qkv(f"{hf}.self_attn", f"{cpt}.attention.qkv.bias", config, "bias")]
           if config.qkv_bias else []),
@@ -175,7 +179,8 @@ def model_config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
   model_type = hf.get("model_type")
   if model_type not in _MODEL_TYPES:
     raise ConfigError(f"{where}: model_type={model_type!r} is not supported; expected one of "
-                      f"{sorted(_MODEL_TYPES)} (GPT-NeoX / Pythia, Llama, Mistral, Qwen2, Qwen3)")
+                      f"{sorted(_MODEL_TYPES)} (GPT-NeoX / Pythia, Llama, Mistral, Qwen2, Qwen3, "
+                      "OLMo 2)")
   family = _MODEL_TYPES[model_type]
   if model_type in ("qwen2", "qwen3") and hf.get("use_sliding_window"):
     raise ConfigError(f"{where}: use_sliding_window=True is not supported (cpt_jax attends over "
@@ -210,7 +215,8 @@ def model_config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
                   norm_eps=hf.get("rms_norm_eps", 1e-6), rotary_pct=1.0,
                   tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
                   attention_head_dim=0 if head_dim * heads == hf["hidden_size"] else head_dim,
-                  qkv_bias=model_type == "qwen2", qk_norm=model_type == "qwen3",
+                  qkv_bias=model_type == "qwen2", post_norm=model_type == "olmo2",
+                  qk_norm={"qwen3": "head", "olmo2": "projection"}.get(model_type, ""),
                   sliding_window=(model_type == "mistral" and hf.get("sliding_window")) or 0)
     if rope["rope_type"] == "llama3":
       fields.update(rope_scaling="llama3", rope_scaling_factor=float(rope["factor"]),
@@ -260,6 +266,8 @@ def hf_config_from_model(config: ModelConfig, *, bos_token_id: int, eos_token_id
     return {**common, **whole_context}
   if hf_type == "qwen3":
     return {**common, **whole_context, "attention_bias": False}
+  if hf_type == "olmo2":
+    return {**common, "attention_bias": False}
   if hf_type == "mistral":
     return {**common, "sliding_window": config.sliding_window}
   return {**common, "attention_bias": False, "mlp_bias": False, "pretraining_tp": 1}

@@ -26,11 +26,13 @@ def _schedule_summary(schedule: ml_collections.ConfigDict | None) -> str:
 
 
 def _design_notes(model: model_config.ModelConfig) -> str:
-  """What sets a model apart from its family's plain design (Qwen2's biases, Qwen3's q/k
-  norms, Mistral's window, wider heads, Llama 3.1's rotary, ...), or ""."""
+  """What sets a model apart from its family's plain design (Qwen2's biases, Qwen3's and
+  OLMo 2's norms, Mistral's window, wider heads, Llama 3.1's rotary, ...), or ""."""
   notes = [(f"head dim {model.head_dim}", model.attention_head_dim),
            ("q/k/v biases", model.qkv_bias),
-           ("q/k norms", model.qk_norm),
+           ("q/k norms " + ("per head" if model.qk_norm == "head" else "over all heads"),
+            model.qk_norm),
+           ("norms after sublayers", model.post_norm),
            (f"attention window {model.sliding_window}", model.sliding_window),
            (f"rope scaling {model.rope_scaling}", model.rope_scaling),
            ("tied embeddings", model.tie_embeddings),

@@ -94,7 +94,7 @@ def apply_rotary(x_BxTxNxH: jax.Array, positions_BxT: jax.Array,
 
 class Attention(nnx.Module):
   """Multi-head attention with grouped-query K/V, fused QKV projection and rotary positions
-  (after Qwen3's per-head RMSNorm of q and k, where `qk_norm` asks for it)."""
+  (after RMSNorms of q and k where `qk_norm` asks for them)."""
 
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
     self.config = config
@@ -104,9 +104,10 @@ class Attention(nnx.Module):
     # GPT-2's scaled init for projections that write into the residual stream.
     self.out = _linear(config, config.num_heads * config.head_dim, config.model_dim, rngs=rngs,
                        stddev=_INIT_STDDEV / (2 * config.num_layers) ** 0.5)
-    if config.qk_norm:
-      self.q_norm = _norm(config, rngs=rngs, dim=config.head_dim)
-      self.k_norm = _norm(config, rngs=rngs, dim=config.head_dim)
+    if config.qk_norm:  # Over each head's dims, or over all heads' dims of q and of k.
+      heads = (1, 1) if config.qk_norm == "head" else (config.num_heads, config.num_kv_heads)
+      self.q_norm = _norm(config, rngs=rngs, dim=heads[0] * config.head_dim)
+      self.k_norm = _norm(config, rngs=rngs, dim=heads[1] * config.head_dim)
 
   def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT):
     c = self.config
@@ -115,8 +116,11 @@ class Attention(nnx.Module):
     q_BxTxNxH = qkv[:, :, :c.num_heads]
     k_BxTxKxH = qkv[:, :, c.num_heads:c.num_heads + c.num_kv_heads]
     v_BxTxKxH = qkv[:, :, c.num_heads + c.num_kv_heads:]
-    if c.qk_norm:
+    if c.qk_norm == "head":
       q_BxTxNxH, k_BxTxKxH = self.q_norm(q_BxTxNxH), self.k_norm(k_BxTxKxH)
+    elif c.qk_norm == "projection":
+      q_BxTxNxH = self.q_norm(q_BxTxNxH.reshape(batch, length, -1)).reshape(q_BxTxNxH.shape)
+      k_BxTxKxH = self.k_norm(k_BxTxKxH.reshape(batch, length, -1)).reshape(k_BxTxKxH.shape)
     inv_freq_R = rotary_inverse_frequencies(c)
     q_BxTxNxH = apply_rotary(q_BxTxNxH, positions_BxT, inv_freq_R)
     k_BxTxKxH = apply_rotary(k_BxTxKxH, positions_BxT, inv_freq_R)
@@ -149,16 +153,22 @@ class Mlp(nnx.Module):
 
 
 class Block(nnx.Module):
-  """Pythia: x + attn(norm1 x) + mlp(norm2 x). Llama: h = x + attn(norm1 x); h + mlp(norm2 h)."""
+  """Pythia: x + attn(norm1 x) + mlp(norm2 x). Llama: h = x + attn(norm1 x); h + mlp(norm2 h).
+  OLMo 2 (`post_norm`): h = x + norm1(attn x); h + norm2(mlp h)."""
 
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
     self.parallel_residual = config.family == "pythia" and not config.sequential_residual
+    self.post_norm = config.post_norm
     self.attention_norm = _norm(config, rngs=rngs)
     self.attention = Attention(config, rngs=rngs)
     self.mlp_norm = _norm(config, rngs=rngs)
     self.mlp = Mlp(config, rngs=rngs)
 
   def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT):
+    if self.post_norm:
+      h_BxTxD = x_BxTxD + self.attention_norm(self.attention(x_BxTxD, positions_BxT,
+                                                             segment_ids_BxT))
+      return h_BxTxD + self.mlp_norm(self.mlp(h_BxTxD))
     attended = self.attention(self.attention_norm(x_BxTxD), positions_BxT, segment_ids_BxT)
     if self.parallel_residual:
       return x_BxTxD + attended + self.mlp(self.mlp_norm(x_BxTxD))

@@ -18,6 +18,7 @@ Family = Literal["pythia", "llama"]
 FAMILIES = ("pythia", "llama")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 ROPE_SCALINGS = ("", "llama3")
+QK_NORMS = ("", "head", "projection")  # ModelConfig.qk_norm says what each is.
 REMAT_POLICIES = ("none", "dots", "full")
 ATTENTIONS = ("auto", "xla", "chunked", "cudnn", "splash")  # attention.py says what each is.
 
@@ -33,8 +34,9 @@ class ModelConfig:
     default, grouped-query attention (`num_kv_heads` < `num_heads`), optionally tied
     embeddings, optionally Llama 3.1's rotary scaling (`rope_scaling="llama3"`), optionally
     biases on the query, key and value projections (`qkv_bias`: Qwen2's design),
-    optionally Mistral's attention window (`sliding_window`), optionally an RMSNorm on each
-    query and key head before rotary (`qk_norm`: Qwen3's design).
+    optionally Mistral's attention window (`sliding_window`), optionally RMSNorms on the
+    queries and keys before rotary (`qk_norm`: Qwen3's per head, OLMo 2's over all heads),
+    optionally norms on each sublayer's output rather than its input (`post_norm`: OLMo 2).
   """
 
   family: Family = "pythia"
@@ -62,7 +64,12 @@ class ModelConfig:
   attention_head_dim: int = 0  # Dims per head; 0: model_dim // num_heads (Llama's head_dim).
   sequential_residual: bool = False  # pythia: GPT-NeoX's use_parallel_residual=False.
   qkv_bias: bool = False  # llama: biases on the q, k and v projections (Qwen2, Qwen2.5).
-  qk_norm: bool = False  # llama: RMSNorm over each q and k head's dims, before rotary (Qwen3).
+  # llama: RMSNorms on q and k before rotary. "": none; "head": over each head's dims (Qwen3);
+  # "projection": over all heads' dims of q, and of k (OLMo 2).
+  qk_norm: str = ""
+  # llama: each block normalises its attention's and MLP's outputs, before their residual adds,
+  # instead of their inputs (OLMo 2).
+  post_norm: bool = False
   # llama: Mistral's attention window, the keys a query sees counting itself; 0: the whole
   # context. cpt_jax attends over whole sequences, so a run's may be at most this long, where
   # the window never applies; it is kept so that an export attends as the import did.
@@ -130,9 +137,16 @@ class ModelConfig:
       fail("sliding_window", "an integer >= 0 (0: the whole context)")
     if self.sliding_window and (self.family != "llama" or self.qkv_bias):
       fail("sliding_window", "0 outside the llama family without qkv_bias (Mistral's design)")
+    # The llama family's options combine as the Hugging Face architectures they come from do,
+    # so that every model can be exported.
+    if self.qk_norm not in QK_NORMS:
+      fail("qk_norm", f"one of {QK_NORMS}")
     if self.qk_norm and (self.family != "llama" or self.qkv_bias or self.sliding_window):
-      fail("qk_norm", "False outside the llama family without qkv_bias or sliding_window "
-                      "(Qwen3's design)")
+      fail("qk_norm", "'' outside the llama family without qkv_bias or sliding_window (Qwen3's "
+                      "and OLMo 2's designs)")
+    if self.post_norm != (self.qk_norm == "projection"):
+      fail("post_norm", f"{not self.post_norm}: OLMo 2's design has both post_norm and "
+                        "qk_norm='projection', and no other has either")
     if self.sequential_residual and self.family != "pythia":
       fail("sequential_residual", "False outside the pythia family (Llama is sequential)")
     if self.remat not in REMAT_POLICIES:

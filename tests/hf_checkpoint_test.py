@@ -74,13 +74,14 @@ FAMILIES = {
     # Qwen3's heads are wider than hidden_size / heads, as in Qwen3-0.6B (1024 / 16 < 128).
     "qwen3": lambda: transformers.Qwen3Config(**_LLAMA_SHAPE, head_dim=32,
                                               tie_word_embeddings=True, rope_theta=1e6),
+    "olmo2": lambda: transformers.Olmo2Config(**_LLAMA_SHAPE, rope_theta=5e5),
     # A window longer than the tests' sequences, and Mistral Nemo's wider heads.
     "mistral": lambda: transformers.MistralConfig(**_LLAMA_SHAPE, sliding_window=48,
                                                   head_dim=32, rope_theta=1e6),
 }
 HF_CLASSES = {"gpt_neox": "GPTNeoXForCausalLM", "llama": "LlamaForCausalLM",
               "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
-              "mistral": "MistralForCausalLM"}
+              "olmo2": "Olmo2ForCausalLM", "mistral": "MistralForCausalLM"}
 
 
 @pytest.fixture(scope="module")
@@ -293,7 +294,8 @@ def test_bad_hub_references_are_one_line_and_write_nothing(reference, raised, ex
   assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("family", ["pythia", "llama_gqa_tied", "qwen2", "qwen3", "mistral"])
+@pytest.mark.parametrize("family", ["pythia", "llama_gqa_tied", "qwen2", "qwen3", "olmo2",
+                                    "mistral"])
 def test_trained_run_exports_to_transformers(family, tokenizer, tmp_path, capsys):
   """cpt_jax -> HF: a few training steps, export, and transformers reproduces the logits,
   loads the tokenizer and generates."""
@@ -554,19 +556,28 @@ def test_a_qwen2_config_is_llama_with_qkv_biases_and_a_sliding_window_is_refused
     hf_convert.model_config_from_hf({**hf, "use_sliding_window": True})
 
 
-def test_a_qwen3_config_is_llama_with_per_head_q_and_k_norms():
-  hf = FAMILIES["qwen3"]().to_dict()
-  model = hf_convert.model_config_from_hf(hf)
-  assert (model.family, model.qk_norm, model.qkv_bias, model.head_dim) == ("llama", True, False,
-                                                                           32)
-  assert "blocks.1.attention.k_norm.scale" in hf_convert.shapes(model)
+def test_qwen3_and_olmo2_configs_are_llama_with_their_norms():
+  qwen3 = FAMILIES["qwen3"]().to_dict()
+  model = hf_convert.model_config_from_hf(qwen3)
+  assert (model.family, model.qk_norm, model.post_norm, model.qkv_bias, model.head_dim) == (
+      "llama", "head", False, False, 32)
+  assert hf_convert.shapes(model)["blocks.1.attention.k_norm.scale"] == (32,)
   assert hf_convert.hf_config_from_model(model, bos_token_id=0, eos_token_id=0,
                                          dtype="float32")["architectures"] == ["Qwen3ForCausalLM"]
   with pytest.raises(ValueError, match="use_sliding_window=True is not supported"):
-    hf_convert.model_config_from_hf({**hf, "use_sliding_window": True})
-  with pytest.raises(ValueError, match=r"model.qk_norm=True: expected False outside the llama "
+    hf_convert.model_config_from_hf({**qwen3, "use_sliding_window": True})
+  with pytest.raises(ValueError, match=r"model.qk_norm='head': expected '' outside the llama "
                                        r"family without qkv_bias or sliding_window"):
     dataclasses.replace(model, qkv_bias=True).validate()
+  olmo2 = hf_convert.model_config_from_hf(FAMILIES["olmo2"]().to_dict())
+  assert (olmo2.qk_norm, olmo2.post_norm) == ("projection", True)
+  assert hf_convert.shapes(olmo2)["blocks.1.attention.k_norm.scale"] == (2 * 16,)  # K x H.
+  assert hf_convert.hf_config_from_model(olmo2, bos_token_id=0, eos_token_id=0,
+                                         dtype="float32")["architectures"] == ["Olmo2ForCausalLM"]
+  # Only OLMo 2's combination of the two exists in Hugging Face, so only it can be exported.
+  for qk_norm, post_norm in (("projection", False), ("head", True), ("", True)):
+    with pytest.raises(ValueError, match=r"model.post_norm=.*: OLMo 2's design has both"):
+      dataclasses.replace(olmo2, qk_norm=qk_norm, post_norm=post_norm).validate()
 
 
 def test_a_mistral_keeps_its_window_and_sequences_longer_than_it_are_refused(tokenizer,

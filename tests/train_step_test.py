@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from cpt_jax import data_parallel
+from cpt_jax import model as model_lib
 from cpt_jax import model_config
 from cpt_jax import optimizer as optimizer_lib
 from cpt_jax import train_step as train_step_lib
@@ -174,6 +175,17 @@ def test_weight_decay_skips_norms_biases_and_embeddings_by_default():
   assert any("qkv" in name for name in decayed) and any("down" in name for name in decayed)
   config.decay_biases = config.decay_norms = config.decay_embeddings = True
   assert all(jax.tree.leaves(optimizer_lib.weight_decay_mask(state.params, config)))
+
+
+@pytest.mark.parametrize("qk_norm", ["head", "projection"])
+def test_weight_decay_counts_the_query_and_key_norms_as_norms(qk_norm):
+  model = model_config.ModelConfig(family="llama", qk_norm=qk_norm,
+                                   post_norm=qk_norm == "projection")
+  kinds = {jax.tree_util.keystr(path): optimizer_lib.parameter_kind(path) for path, _ in
+           jax.tree_util.tree_flatten_with_path(model_lib.abstract_params(model))[0]}
+  qk_norms = [name for name in kinds if "q_norm" in name or "k_norm" in name]
+  assert len(qk_norms) == 2 * model.num_layers
+  assert {kinds[name] for name in qk_norms} == {"norm"}
 
 
 def test_weight_decay_shrinks_only_the_masked_parameters():

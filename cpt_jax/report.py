@@ -1,10 +1,12 @@
 """The end-of-run report: per-domain validation loss after each stage, forgetting, adaptation.
 
 Owns reading the run's records back and turning them into `RUN_DIR/summary.json`,
-`RUN_DIR/curves.png` and the table printed at the end. For each stage after the first:
-forgetting = how much the loss of every source *not* in the stage's new data rose during
-the stage (replayed sources included); adaptation = how much the loss of the stage's new
-sources fell. Positive numbers mean more forgetting and more adaptation.
+`RUN_DIR/curves.png` and the table printed at the end. For each stage after the first, and
+for the first too where the run starts from another run's checkpoint (an imported model,
+whose loss at the start is what continual pre-training keeps or loses): forgetting = how
+much the loss of every source *not* in the stage's new data rose during the stage (replayed
+sources included); adaptation = how much the loss of the stage's new sources fell. Positive
+numbers mean more forgetting and more adaptation.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ def _loss_at(eval_records: list[dict], step: int) -> dict[str, float] | None:
   return None
 
 
-def summarize(eval_records: list[dict], plans) -> dict:
+def summarize(eval_records: list[dict], plans, starts_from_checkpoint: bool = False) -> dict:
   start = _loss_at(eval_records, plans[0].start_step)
   stages = []
   for stage_plan in plans:
@@ -33,10 +35,11 @@ def summarize(eval_records: list[dict], plans) -> dict:
                    "mixture": stage_plan.mixture,
                    "validation_loss": _loss_at(eval_records, stage_plan.end_step)})
   forgetting, adaptation = {}, {}
-  for index in range(1, len(plans)):
-    stage_plan = plans[index]
-    before = stages[index - 1]["validation_loss"]
-    after = stages[index]["validation_loss"]
+  # A fresh run starts from random weights: its first stage forgets nothing worth measuring.
+  befores = [start if starts_from_checkpoint else None] + [
+      stage["validation_loss"] for stage in stages[:-1]]
+  for stage_plan, stage, before in zip(plans, stages, befores):
+    after = stage["validation_loss"]
     if not before or not after:
       continue
     new_sources = set(stage_plan.mixture) - set(stage_plan.replayed_sources)
@@ -66,9 +69,9 @@ def table(summary: dict) -> str:
   return "\n".join(lines)
 
 
-def write(workdir: str, plans, tokens_per_step: int) -> dict:
+def write(workdir: str, plans, tokens_per_step: int, starts_from_checkpoint: bool = False) -> dict:
   train_records, eval_records = metrics_writer.read_records(workdir)
-  summary = summarize(eval_records, plans)
+  summary = summarize(eval_records, plans, starts_from_checkpoint)
   (epath.Path(workdir) / "summary.json").write_text(json.dumps(summary, indent=1))
   plots.plot_curves(eval_records, train_records, plans, tokens_per_step,
                     str(epath.Path(workdir) / "curves.png"))

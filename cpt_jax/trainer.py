@@ -334,4 +334,5 @@ def _train_locked(config, workdir, allow_config_change) -> dict:
   run.checkpointer.close()
   if not run.lead:
     return {}
-  return report.write(workdir, run.plans, run_plan.tokens_per_step(config))
+  return report.write(workdir, run.plans, run_plan.tokens_per_step(config),
+                      starts_from_checkpoint=bool(config.init.from_checkpoint))

@@ -399,6 +399,9 @@ def test_continued_hf_model_eval_loss_equals_transformers_loss(tokenizer, tmp_pa
   assert main.main(["cpt-jax", "train", f"--config={helpers.DEMO}:smoke", *sources, *overrides,
                     f"--workdir={run}", f"--config.init.from_checkpoint={tmp_path}/imported"]
                    ) == 0, capsys.readouterr().err[-2000:]
+  # The first stage is measured against the imported model, as the second against the first.
+  printed = capsys.readouterr().out
+  assert "adaptation during 'prose'" in printed and "forgetting during 'prose'" in printed
   records = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
   final = [r for r in records if r["step"] == 8 and "eval/code/loss" in r][-1]
   assert main.main(["cpt-jax", "export-hf", f"--from={run}", f"--out={tmp_path}/out"]) == 0

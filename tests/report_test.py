@@ -1,0 +1,33 @@
+"""Tests for cpt_jax/report.py: forgetting and adaptation, stage by stage."""
+
+import types
+
+import pytest
+
+from cpt_jax import report
+
+# Prose, then code with prose replayed: eval at the start and at the end of each stage.
+PLANS = [types.SimpleNamespace(name="prose", start_step=0, end_step=10, mixture={"prose": 1.0},
+                               replayed_sources=()),
+         types.SimpleNamespace(name="code", start_step=10, end_step=20,
+                               mixture={"code": 0.95, "prose": 0.05},
+                               replayed_sources=("prose",))]
+RECORDS = [{"step": 0, "eval/prose/loss": 3.0, "eval/code/loss": 4.0},
+           {"step": 10, "eval/prose/loss": 2.0, "eval/code/loss": 3.5},
+           {"step": 20, "eval/prose/loss": 2.5, "eval/code/loss": 1.5}]
+
+
+def test_a_fresh_run_measures_each_stage_after_the_first_against_the_one_before():
+  summary = report.summarize(RECORDS, PLANS)
+  assert summary["start_validation_loss"] == {"prose": 3.0, "code": 4.0}
+  assert summary["forgetting"] == {"code": {"prose": pytest.approx(0.5)}}
+  assert summary["adaptation"] == {"code": {"code": pytest.approx(2.0)}}
+
+
+def test_a_continued_run_measures_its_first_stage_against_the_model_it_started_from():
+  summary = report.summarize(RECORDS, PLANS, starts_from_checkpoint=True)
+  assert summary["forgetting"] == {"prose": {"code": pytest.approx(-0.5)},
+                                   "code": {"prose": pytest.approx(0.5)}}
+  assert summary["adaptation"] == {"prose": {"prose": pytest.approx(1.0)},
+                                   "code": {"code": pytest.approx(2.0)}}
+  assert "forgetting during 'prose': code loss rose by -0.5000" in report.table(summary)

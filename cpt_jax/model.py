@@ -51,7 +51,7 @@ def _linear(config: ModelConfig, in_dim: int, out_dim: int, *, rngs: nnx.Rngs,
 
 
 def _norm(config: ModelConfig, *, rngs: nnx.Rngs, dim: int | None = None) -> nnx.Module:
-  """The family's norm over the model's width (or `dim`, as for Qwen3's per-head norms)."""
+  """The family's norm over the model's width, or over `dim` (the q and k norms)."""
   dtype, dim = jnp.dtype(config.compute_dtype), dim or config.model_dim
   if config.family == "pythia":  # Two-pass variance, as torch computes it.
     return nnx.LayerNorm(dim, epsilon=config.norm_eps, dtype=dtype, param_dtype=jnp.float32,

@@ -11,14 +11,18 @@ own document (`segment_ids`), softmax in float32, scale 1/sqrt(head dim). They d
   (21.7 against 38.8 ms; `python -m benchmarks.attention`).
 - "cudnn": cuDNN's fused flash attention on NVIDIA GPUs (bfloat16 or float16), causal with
   the document mask. Where cuDNN cannot run it (no GPU, float32, an unsupported shape, a
-  kernel it cannot build: its gradient is compiled alone once per shape to find out) the
-  run falls back to "xla" and logs why.
+  kernel it cannot build) the run falls back to "xla" and logs why.
 - "splash": the Pallas splash-attention kernel on TPUs (JAX's own, from
   `jax.experimental.pallas.ops.tpu`): causal, with the documents as its segment ids, grouped
   queries as its multi-query form, blocks of up to 512. It needs a sequence length that is a
-  multiple of 128; elsewhere, or off a TPU, the run falls back to "xla" and logs why. Under a
+  multiple of 128; elsewhere, off a TPU, or where it does not compile (a TPU that Pallas's
+  Mosaic compiler does not support), the run falls back to "xla" and logs why. Under a
   mesh (`jax.set_mesh`, as the FSDP path traces) each device runs it on its own rows
   (`jax.shard_map` over the batch), since XLA cannot split a kernel call by itself.
+
+Whether a fused kernel ("cudnn", "splash") runs is found out before a step uses it, by
+compiling its gradient alone once per shape: some refusals come only when XLA compiles the
+kernel, and would otherwise fail the whole step's compile.
 - "auto": "chunked" on CPUs, "cudnn" on GPUs, "splash" on TPUs, "xla" elsewhere.
 
 Shapes: B batch, T time, N query heads, K key/value heads (N = K * G), H head dim.
@@ -75,8 +79,9 @@ def attend(q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array,
            segment_ids_BxT: jax.Array, implementation: str = "auto") -> jax.Array:
   """Causal attention within documents: (B, T, N, H) queries -> (B, T, N, H) outputs."""
   chosen, reason = resolve(implementation, q_BxTxNxH.dtype)
-  if chosen == "cudnn":
-    refusal = _cudnn_refusal(q_BxTxNxH.shape, k_BxTxKxH.shape, jnp.dtype(q_BxTxNxH.dtype))
+  dtype = jnp.dtype(q_BxTxNxH.dtype)
+  if chosen == "cudnn":  # XLA splits the call over a mesh itself: its shapes are as traced.
+    refusal = _kernel_refusal("cudnn", q_BxTxNxH.shape, k_BxTxKxH.shape, dtype)
     if not refusal:
       return _cudnn(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT)
     chosen, reason = "xla", f"cuDNN attention does not apply: {refusal}"
@@ -85,6 +90,9 @@ def attend(q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array,
     if length % _SPLASH_BLOCKS[-1]:
       chosen, reason = "xla", (f"splash attention needs a sequence length that is a multiple "
                                f"of {_SPLASH_BLOCKS[-1]}, not {length}")
+    elif refusal := _kernel_refusal("splash", _device_shape(q_BxTxNxH.shape),
+                                    _device_shape(k_BxTxKxH.shape), dtype):
+      chosen, reason = "xla", f"splash attention does not apply: {refusal}"
     else:
       return _per_device_rows(_splash)(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT)
   if reason:
@@ -102,18 +110,21 @@ def _cudnn(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT):
 
 
 @functools.cache
-def _cudnn_refusal(q_shape: tuple[int, ...], kv_shape: tuple[int, ...], dtype) -> str:
-  """Why cuDNN cannot run attention, forward and backward, at these shapes; "" if it can.
+def _kernel_refusal(kernel: str, q_shape: tuple[int, ...], kv_shape: tuple[int, ...],
+                    dtype) -> str:
+  """Why the fused `kernel` ("cudnn" or "splash") cannot run attention, forward and backward,
+  at these shapes; "" if it can.
 
-  cuDNN checks some things when JAX traces the call (dtype, head dim, layout, its version)
-  and the rest when XLA compiles it (cuDNN builds its kernels, the mask's gradient among
-  them, then), where a refusal would fail the whole step's compile. So this compiles the
-  attention's gradient alone once per shape, and the step falls back to XLA if it fails."""
+  Some checks come when JAX traces the kernel (dtype, head dim, layout, cuDNN's version), the
+  rest when XLA compiles it (cuDNN builds its kernels then, the mask's gradient among them;
+  Mosaic lowers the Pallas kernel for this TPU), so this compiles the gradient alone."""
+  attention_fn = {"cudnn": _cudnn, "splash": _splash}[kernel]
   q, kv = jax.ShapeDtypeStruct(q_shape, dtype), jax.ShapeDtypeStruct(kv_shape, dtype)
   segment_ids = jax.ShapeDtypeStruct(q_shape[:2], jnp.int32)
 
   def summed(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT):
-    return _cudnn(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT).astype(jnp.float32).sum()
+    return attention_fn(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH,
+                        segment_ids_BxT).astype(jnp.float32).sum()
 
   try:
     jax.jit(jax.grad(summed, argnums=(0, 1, 2))).lower(q, kv, kv, segment_ids).compile()
@@ -199,6 +210,13 @@ def _query_block_backward(residuals, dy_BxKxRxH):
 
 
 _query_block.defvjp(_query_block_forward, _query_block_backward)
+
+
+def _device_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+  """A (B, ...) operand's shape on one device: as is, or its rows under a mesh (as
+  `_per_device_rows` splits them)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return shape if mesh.empty else (shape[0] // mesh.size, *shape[1:])
 
 
 def _per_device_rows(attention_fn):

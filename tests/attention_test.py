@@ -178,25 +178,32 @@ def test_splash_falls_back_to_xla_and_says_why(library_logs, monkeypatch, interp
 
 
 @pytest.fixture
-def on_a_gpu(monkeypatch):
-  """attention as it resolves on a GPU: "cudnn" is tried, and cuDNN's own checks decide."""
-  monkeypatch.setattr(attention, "resolve", lambda implementation, dtype: ("cudnn", ""))
-  attention._cudnn_refusal.cache_clear()
-  yield
-  attention._cudnn_refusal.cache_clear()
+def kernels_resolve_as(monkeypatch):
+  """Makes `attend` resolve as on a GPU ("cudnn") or a TPU ("splash"): the kernel is tried,
+  and its own checks decide (this machine runs splash in Pallas's interpreter)."""
+  attention._kernel_refusal.cache_clear()
+  monkeypatch.setattr(attention, "_SPLASH_INTERPRET", True)
+
+  def resolve_as(kernel):
+    monkeypatch.setattr(attention, "resolve", lambda implementation, dtype: (kernel, ""))
+
+  yield resolve_as
+  attention._kernel_refusal.cache_clear()
 
 
 def _xla(q, k, v, segments):
-  """XLA's attention, called directly: with `on_a_gpu`, `attend` would try cuDNN for it too."""
+  """XLA's attention, called directly: `attend` would try the kernel for it too."""
   return jax.nn.dot_product_attention(q, k, v, mask=attention.document_mask(segments))
 
 
-def _bfloat16_inputs():
-  q, k, v, segments = _inputs()
+def _bfloat16_inputs(length=LENGTH):
+  q, k, v, segments = _inputs(length=length)
   return q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), v.astype(jnp.bfloat16), segments
 
 
-def test_cudnn_refused_when_traced_falls_back_to_xla_and_says_why(library_logs, on_a_gpu):
+def test_cudnn_refused_when_traced_falls_back_to_xla_and_says_why(library_logs,
+                                                                   kernels_resolve_as):
+  kernels_resolve_as("cudnn")
   q, k, v, segments = _bfloat16_inputs()
   with library_logs.at_level(logging.WARNING):
     out = attention.attend(q, k, v, segments, "cudnn")
@@ -206,41 +213,52 @@ def test_cudnn_refused_when_traced_falls_back_to_xla_and_says_why(library_logs, 
   np.testing.assert_array_equal(out, _xla(q, k, v, segments))
 
 
-def test_cudnn_refused_when_compiled_falls_back_to_xla_and_says_why(library_logs, on_a_gpu,
-                                                                     monkeypatch):
-  """cuDNN builds its kernels when XLA compiles: a refusal there (here a custom call that
-  nothing implements) must not fail the step either."""
+def _unbuilt_kernel(x):
+  return jax.ffi.ffi_call("cpt_jax_unbuilt_kernel", jax.ShapeDtypeStruct(x.shape, x.dtype))(x)
 
-  def kernel(x):
-    return jax.ffi.ffi_call("cpt_jax_unbuilt_kernel", jax.ShapeDtypeStruct(x.shape, x.dtype))(x)
 
-  @jax.custom_vjp
-  def unbuildable(q, k, v, segment_ids):
-    del k, v, segment_ids
-    return kernel(q)
+@jax.custom_vjp
+def _unbuildable(q, k, v, segment_ids):
+  """Traces, but does not compile: a custom call that nothing implements. cuDNN's and
+  Mosaic's refusals come when XLA compiles too."""
+  del k, v, segment_ids
+  return _unbuilt_kernel(q)
 
-  unbuildable.defvjp(lambda q, k, v, segment_ids: (kernel(q), (k, v)),
-                     lambda kv, dy: (kernel(dy), kernel(kv[0]), kernel(kv[1]), None))
-  monkeypatch.setattr(attention, "_cudnn", unbuildable)
-  q, k, v, segments = _bfloat16_inputs()
+
+_unbuildable.defvjp(lambda q, k, v, segment_ids: (_unbuilt_kernel(q), (k, v)),
+                    lambda kv, dy: (_unbuilt_kernel(dy), _unbuilt_kernel(kv[0]),
+                                    _unbuilt_kernel(kv[1]), None))
+
+
+@pytest.mark.parametrize("kernel, function, name", [("cudnn", "_cudnn", "cuDNN attention"),
+                                                    ("splash", "_splash", "splash attention")])
+def test_a_kernel_refused_when_compiled_falls_back_to_xla_and_says_why(
+    kernel, function, name, library_logs, kernels_resolve_as, monkeypatch):
+  """A refusal at compile time must not fail the step's compile."""
+  kernels_resolve_as(kernel)
+  monkeypatch.setattr(attention, function, _unbuildable)
+  q, k, v, segments = _bfloat16_inputs(length=128)  # A length the splash kernel takes.
   with library_logs.at_level(logging.WARNING):
-    out = attention.attend(q, k, v, segments, "cudnn")
-  assert "cuDNN attention does not apply: NOT_FOUND: No FFI handler registered for " \
-         "cpt_jax_unbuilt_kernel" in library_logs.text
+    out = attention.attend(q, k, v, segments, kernel)
+  assert (f"{name} does not apply: NOT_FOUND: No FFI handler registered for "
+          "cpt_jax_unbuilt_kernel") in library_logs.text
   np.testing.assert_array_equal(out, _xla(q, k, v, segments))
 
 
-def test_cudnn_runs_where_its_gradient_compiles_checked_once_per_shape(library_logs, on_a_gpu,
-                                                                       monkeypatch):
+@pytest.mark.parametrize("kernel, function", [("cudnn", "_cudnn"), ("splash", "_splash")])
+def test_a_kernel_runs_where_its_gradient_compiles_checked_once_per_shape(
+    kernel, function, library_logs, kernels_resolve_as, monkeypatch):
+  kernels_resolve_as(kernel)
+
   def stand_in(q, k, v, segment_ids):  # Compiles anywhere; doubled, to be told apart.
     return 2 * _xla(q, k, v, segment_ids)
 
-  monkeypatch.setattr(attention, "_cudnn", stand_in)
-  q, k, v, segments = _bfloat16_inputs()
+  monkeypatch.setattr(attention, function, stand_in)
+  q, k, v, segments = _bfloat16_inputs(length=128)
   with library_logs.at_level(logging.WARNING):
-    outs = [attention.attend(q, k, v, segments, "cudnn") for _ in range(2)]
+    outs = [attention.attend(q, k, v, segments, kernel) for _ in range(2)]
   assert not library_logs.text
-  assert attention._cudnn_refusal.cache_info()[:2] == (1, 1)  # (hits, misses)
+  assert attention._kernel_refusal.cache_info()[:2] == (1, 1)  # (hits, misses)
   for out in outs:
     np.testing.assert_array_equal(out, 2 * _xla(q, k, v, segments))
 

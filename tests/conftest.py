@@ -9,13 +9,14 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8 " +
                            run_helpers.XLA_TEST_FLAGS).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Compiled programs are reused across tests and by the processes they start (subprocesses,
+# notebook kernels), which inherit the environment.
+os.environ.update(run_helpers.COMPILATION_CACHE)
 
-import jax  # noqa: E402  (must follow the flags above)
+import jax  # noqa: E402  (must follow the settings above)
 
-# Compiled programs are reused across tests and end-to-end subprocesses.
-_CACHE_DIR = os.path.join(os.path.dirname(__file__), "..", ".pytest_cache", "jax_compilation")
-jax.config.update("jax_compilation_cache_dir", os.path.abspath(_CACHE_DIR))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+assert jax.config.jax_compilation_cache_dir == run_helpers.COMPILATION_CACHE[
+    "JAX_COMPILATION_CACHE_DIR"]  # JAX read it from the environment.
 
 import pytest  # noqa: E402
 

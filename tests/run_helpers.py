@@ -57,14 +57,17 @@ def command(*args, config=f"{DEMO}:smoke", small=True):
 # Set for every test process alike, so that runs in and out of this process stay
 # bit-identical; the README test runs as a user does, without it.
 XLA_TEST_FLAGS = "--xla_backend_optimization_level=0"
+# JAX's persistent compilation cache, shared by the tests and every process they start
+# (subprocesses and notebook kernels read it from the environment: conftest.py sets it there).
+COMPILATION_CACHE = {"JAX_COMPILATION_CACHE_DIR": os.path.join(ROOT, ".pytest_cache",
+                                                               "jax_compilation"),
+                     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
 
 
 def environment(devices=8):
   env = dict(os.environ)
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} {XLA_TEST_FLAGS}"
-  env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(ROOT, ".pytest_cache", "jax_compilation")
-  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-  return env
+  return {**env, **COMPILATION_CACHE}
 
 
 def cli(*args, check=True, **kwargs):

@@ -19,11 +19,11 @@ own document (`segment_ids`), softmax in float32, scale 1/sqrt(head dim). They d
   Mosaic compiler does not support), the run falls back to "xla" and logs why. Under a
   mesh (`jax.set_mesh`, as the FSDP path traces) each device runs it on its own rows
   (`jax.shard_map` over the batch), since XLA cannot split a kernel call by itself.
+- "auto": "chunked" on CPUs, "cudnn" on GPUs, "splash" on TPUs, "xla" elsewhere.
 
 Whether a fused kernel ("cudnn", "splash") runs is found out before a step uses it, by
 compiling its gradient alone once per shape: some refusals come only when XLA compiles the
 kernel, and would otherwise fail the whole step's compile.
-- "auto": "chunked" on CPUs, "cudnn" on GPUs, "splash" on TPUs, "xla" elsewhere.
 
 Shapes: B batch, T time, N query heads, K key/value heads (N = K * G), H head dim.
 """

@@ -188,6 +188,39 @@ def test_train_from_python_returns_the_summary(tmp_path):
   assert summary == json.load(open(tmp_path / "from_python" / "summary.json"))
 
 
+def test_throughput_leaves_out_evaluation_and_checkpoint_writing(tmp_path, monkeypatch):
+  """A record's tokens/s (and MFU) is the training's: on a clock that jumps a day in every
+  evaluation and save, each record still counts only the ticks its steps took."""
+  config = _tiny_config()
+  config.stages[0].steps = config.stages[1].steps = 6
+  config.eval.every = config.checkpoint.every = 2
+  config.log.every = 1
+  clock = {"now": 0.0}
+
+  class Clock:
+    @staticmethod
+    def perf_counter():
+      clock["now"] += 1.0  # Every reading is a second later.
+      return clock["now"]
+
+  def a_day_later(method):
+    def timed(*args, **kwargs):
+      clock["now"] += 86_400.0
+      return method(*args, **kwargs)
+    return timed
+
+  monkeypatch.setattr(trainer, "time", Clock)
+  monkeypatch.setattr(trainer._Run, "evaluate", a_day_later(trainer._Run.evaluate))
+  monkeypatch.setattr(trainer._Run, "save", a_day_later(trainer._Run.save))
+  trainer.train(config, str(tmp_path / "run"))
+  records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+  speeds = [r["tokens_per_second"] for r in records if "loss" in r]
+  tokens_per_step = 8 * 32
+  assert len(speeds) == 12
+  # A window spans one step: at most a few one-second readings, never a day.
+  assert min(speeds) >= tokens_per_step / 5, speeds
+
+
 def test_each_stage_stops_its_read_ahead_thread(tmp_path, monkeypatch):
   """A stage's data iterator is closed when the stage ends, so its read-ahead thread (and a
   bucket cache's readers) do not outlive it; older Grain releases never stop them otherwise."""

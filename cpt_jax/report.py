@@ -54,10 +54,10 @@ def summarize(eval_records: list[dict], plans, starts_from_checkpoint: bool = Fa
 def table(summary: dict) -> str:
   sources = sorted({source for stage in summary["stages"]
                     for source in (stage["validation_loss"] or {})})
-  width = max([len("after stage")] + [len(stage["name"]) + 2 for stage in summary["stages"]])
-  lines = ["validation loss".ljust(width) + "".join(f"{s:>12}" for s in sources)]
   rows = [("start", summary["start_validation_loss"])] + [
       (f"after {stage['name']}", stage["validation_loss"]) for stage in summary["stages"]]
+  width = max(len(label) for label, _ in [("validation loss", None), *rows])  # Columns align.
+  lines = ["validation loss".ljust(width) + "".join(f"{s:>12}" for s in sources)]
   for label, losses in rows:
     if losses:
       lines.append(label.ljust(width) + "".join(f"{losses[s]:>12.4f}" for s in sources))

@@ -31,3 +31,14 @@ def test_a_continued_run_measures_its_first_stage_against_the_model_it_started_f
   assert summary["adaptation"] == {"prose": {"prose": pytest.approx(1.0)},
                                    "code": {"code": pytest.approx(2.0)}}
   assert "forgetting during 'prose': code loss rose by -0.5000" in report.table(summary)
+
+
+@pytest.mark.parametrize("stage_name", ["code", "a_stage_named_at_length"])
+def test_the_tables_losses_stand_under_their_sources_names(stage_name):
+  plans = [PLANS[0], types.SimpleNamespace(**{**vars(PLANS[1]), "name": stage_name})]
+  lines = report.table(report.summarize(RECORDS, plans)).splitlines()
+  header, rows = lines[0], lines[1:4]
+  assert [row.split()[0] for row in rows] == ["start", "after", "after"]
+  for source in ("code", "prose"):  # Each number ends in its column's name's last character.
+    end = header.index(source) + len(source)
+    assert all(row[end - 1].isdigit() and row[end:end + 1] in ("", " ") for row in rows), lines

@@ -4,7 +4,8 @@ Command:  cpt-jax study --config=configs/study_demo.py --workdir=runs/study
 Hardware: a 2-core CPU, no accelerator: 10 runs, 21m41s measured (budget: 30 minutes);
           9m38s on 2026-11-25 with the faster step (issue 14), the same table to 3 decimals.
           `:smoke` runs the same grid in 6 steps per stage on a smaller model with a bytes
-          tokenizer (tests; under a minute).
+          tokenizer (tests; under a minute). `--config.num_seeds=3` repeats every variant
+          with two more seeds (3x the runs) and reports means ± standard deviations.
 Data:     as configs/demo.py: Shakespeare -> the CPython standard library, byte-level BPE (4k)
           trained on the prose.
 Variants: (stage 1, prose, is one shared run for the first four)

@@ -13,7 +13,8 @@
   cpt-jax score          --from=RUN_DIR[:STEP] --file=PATH [--seq_len=N]
   cpt-jax info           --from=RUN_DIR                      a run's model and checkpoints
   cpt-jax study          --config=configs/study_demo.py --workdir=STUDY_DIR [--only=A,B]
-                         [--report]    the paper's grid of variants, shared runs, one table
+                         [--report] [--config.num_seeds=N]    the paper's grid of variants,
+                         shared runs, one table (means ± std over N seeds)
 
 Also `python -m cpt_jax ...`; `cpt-jax COMMAND --help` lists a command's flags. Bad input ends
 with one line `cpt-jax: error: ...` and exit 2; a failed save, a diverged run or a step out of

@@ -10,7 +10,10 @@ stage-2 variants cost one stage-1 run plus five stage-2 runs. A variant with `an
 its next stage continues from the un-annealed checkpoint: the constant phase never re-warms.
 
 Every run is an ordinary run directory: a variant's result in STUDY_DIR/NAME, the runs of its
-earlier stages (shared or not) in STUDY_DIR/stages/. A run is identified by a hash of its
+earlier stages (shared or not) in STUDY_DIR/stages/. With `num_seeds` > 1 every variant is
+also run with the next seeds (model initialization and document order, `seed` and
+`data.shuffle_seed`, each + 1, + 2, ...), its results in STUDY_DIR/NAME.seedS, and the table
+gives each variant's mean and spread over them. A run is identified by a hash of its
 config and of the runs before it. A finished run (its summary.json written) is skipped and an
 unfinished one resumes, so a study killed at any moment and rerun trains exactly the same runs.
 """
@@ -42,6 +45,7 @@ _log = logging.getLogger(__name__)
 
 STAGES_DIR = "stages"  # Runs that are not a variant's result, under the study directory.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_SEED_SUFFIX = re.compile(r".*\.seed\d+")  # A later seed's result directory: NAME.seedS.
 _VARIANT_FIELDS = ("name", "description", "overrides", "anneal_steps", "anneal_shape",
                    "anneal_end_value")
 
@@ -64,11 +68,15 @@ def variant(name: str, overrides: dict | None = None, *, description: str = "",
   })
 
 
-def study_config(base: ml_collections.ConfigDict, variants, baseline: str) -> ml_collections.ConfigDict:
+def study_config(base: ml_collections.ConfigDict, variants, baseline: str,
+                 num_seeds: int = 1) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.base = base  # The experiment every variant overrides (base_config fields).
   config.variants = list(variants)  # study.variant(...) entries, in the table's order.
   config.baseline = baseline  # The variant every row is compared with (the union run).
+  # Seeds per variant: the base's `seed` and `data.shuffle_seed`, then each + 1, + 2, ...
+  # The first seed's runs are the single-seed study's, so raising it trains only new runs.
+  config.num_seeds = num_seeds
   return config
 
 
@@ -157,7 +165,9 @@ class Run:
 
 @dataclasses.dataclass(frozen=True)
 class VariantPlan:
+  """A variant's runs for one seed."""
   name: str
+  label: str  # Its result directory's name: the variant's, then NAME.seedS for later seeds.
   description: str
   config: ml_collections.ConfigDict = dataclasses.field(repr=False)  # The whole experiment.
   chain: tuple[Run, ...]  # One run per stage, each starting from the previous one.
@@ -220,9 +230,11 @@ def _check_variant_fields(index: int, spec) -> None:
   if unknown:
     raise ConfigError(f"{where} has unknown fields {unknown}; expected {list(_VARIANT_FIELDS)} "
                       "(build it with study.variant(...))")
-  if not isinstance(spec.name, str) or not _NAME.fullmatch(spec.name) or spec.name == STAGES_DIR:
+  if (not isinstance(spec.name, str) or not _NAME.fullmatch(spec.name)
+      or _SEED_SUFFIX.fullmatch(spec.name) or spec.name == STAGES_DIR):
     raise ConfigError(f"{where}.name={spec.name!r}: expected a directory name of letters, "
-                      f"digits, '_', '.', '-' (and not {STAGES_DIR!r})")
+                      f"digits, '_', '.', '-' (not {STAGES_DIR!r}, nor ending in .seedN, "
+                      "which names a variant's later seeds)")
   steps = spec.anneal_steps
   if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
     raise ConfigError(f"variant {spec.name!r}: anneal_steps={steps!r}: expected an integer >= 0")
@@ -283,7 +295,21 @@ class _Directories:
     return f"{self.study_dir}/{STAGES_DIR}/{label}-{key}"
 
 
-def _plan_variant(name: str, description: str, config, spec, directories) -> VariantPlan:
+def _with_seed(config, offset: int):
+  """The variant's experiment with its model and data seeds moved on by `offset`."""
+  if offset == 0:
+    return config
+  config = copy.deepcopy(config)
+  config.seed += offset
+  config.data.shuffle_seed += offset
+  return config
+
+
+def _label(spec, config, offset: int) -> str:
+  return spec.name if offset == 0 else f"{spec.name}.seed{config.seed}"
+
+
+def _plan_variant(label: str, description: str, config, spec, directories) -> VariantPlan:
   chain, results, parent = [], [], None
   for index, stage in enumerate(config.stages):
     stage_config = _stage_config(config, index, parent)
@@ -302,12 +328,12 @@ def _plan_variant(name: str, description: str, config, spec, directories) -> Var
     chain.append(stage_run)
     results.append(result)
     parent = stage_run
-  return VariantPlan(name, description, config, tuple(chain), tuple(results))
+  return VariantPlan(spec.name, label, description, config, tuple(chain), tuple(results))
 
 
 def plan(study: ml_collections.ConfigDict, study_dir: str) -> list[VariantPlan]:
-  """Every variant's runs; raises ConfigError naming the first bad variant or field, before
-  anything runs."""
+  """Every variant's runs, a plan per seed (a variant's seeds follow each other); raises
+  ConfigError naming the first bad variant or field, before anything runs."""
   for field in ("base", "variants", "baseline"):
     if field not in study:
       raise ConfigError(f"the study config has no {field!r}; expected study.study_config(base, "
@@ -322,6 +348,9 @@ def plan(study: ml_collections.ConfigDict, study_dir: str) -> list[VariantPlan]:
     seen.add(spec.name)
   if study.baseline not in seen:
     raise ConfigError(f"baseline={study.baseline!r}: no such variant; variants: {sorted(seen)}")
+  num_seeds = study.get("num_seeds", 1)
+  if isinstance(num_seeds, bool) or not isinstance(num_seeds, int) or num_seeds < 1:
+    raise ConfigError(f"num_seeds={num_seeds!r}: expected an integer >= 1")
 
   configs = []
   for spec in study.variants:
@@ -332,19 +361,21 @@ def plan(study: ml_collections.ConfigDict, study_dir: str) -> list[VariantPlan]:
       raise ConfigError(f"variant {spec.name!r}: {error}") from None
     _check_chainable(spec.name, config)
     configs.append(config)
+  seeded = [(spec, _with_seed(config, offset), offset)
+            for spec, config in zip(study.variants, configs) for offset in range(num_seeds)]
   # First pass: keys only, to name each variant's result directory after the variant.
   unnamed = lambda key, label: f"{study_dir}/?"
   result_names = {}
-  for spec, config in zip(study.variants, configs):
-    key = _plan_variant(spec.name, "", config, spec, unnamed).results[-1].key
-    result_names.setdefault(key, spec.name)
+  for spec, config, offset in seeded:
+    key = _plan_variant("", "", config, spec, unnamed).results[-1].key
+    result_names.setdefault(key, _label(spec, config, offset))
   directories = _Directories(study_dir, result_names)
-  return [_plan_variant(spec.name, spec.description, config, spec, directories)
-          for spec, config in zip(study.variants, configs)]
+  return [_plan_variant(_label(spec, config, offset), spec.description, config, spec,
+                        directories) for spec, config, offset in seeded]
 
 
 def _select(variants: list[VariantPlan], only) -> list[VariantPlan]:
-  names = [variant.name for variant in variants]
+  names = list(dict.fromkeys(variant.name for variant in variants))
   unknown = [name for name in only if name not in names]
   if unknown:
     raise ConfigError(f"--only names unknown variants {unknown}; variants: {names}")
@@ -352,13 +383,13 @@ def _select(variants: list[VariantPlan], only) -> list[VariantPlan]:
 
 
 def _status_lines(variants: list[VariantPlan], current: Run | None) -> list[str]:
-  width = max(len(variant.name) for variant in variants)
+  width = max(len(variant.label) for variant in variants)
   lines = []
   for variant in variants:
     done = sum(run.is_done() for run in variant.runs)
     state = ("done" if done == len(variant.runs) else
              "running" if current in variant.runs else "waiting")
-    lines.append(f"  {variant.name:<{width}}  {state:<7}  {done}/{len(variant.runs)} runs")
+    lines.append(f"  {variant.label:<{width}}  {state:<7}  {done}/{len(variant.runs)} runs")
   return lines
 
 

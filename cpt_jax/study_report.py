@@ -7,12 +7,16 @@ new data rose during that stage) and adaptation (how much each new source fell),
 the previous stage's result to the last one's; the tokens and FLOPs the variant's model took,
 and those of its update (the runs after its first stage; a one-stage variant's whole run)
 as a share of the baseline's; and the gap of its average loss to the baseline's, in %.
+A variant run with several seeds is compared seed by seed with the baseline's run of the same
+seed; its row holds the mean of its seeds' numbers, their standard deviations and each seed's
+own row.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 
 from etils import epath
 
@@ -43,7 +47,7 @@ def variant_row(variant, study_dir: str) -> dict:
   `stage_results` the one whose final evaluation is each stage's result (relative paths)."""
   results = [_final_losses(run) if run.is_done() else None for run in variant.results]
   last = variant.config.stages[-1]
-  row = {"variant": variant.name, "description": variant.description,
+  row = {"variant": variant.name, "description": variant.description, "seed": variant.config.seed,
          "runs": [os.path.relpath(run.directory, study_dir) for run in variant.runs],
          "stage_results": [os.path.relpath(run.directory, study_dir) for run in variant.results],
          "replay": sum(weight for weight in last.replay.values())}
@@ -67,19 +71,60 @@ def variant_row(variant, study_dir: str) -> dict:
   return row
 
 
+_PER_SOURCE = ("validation_loss", "forgetting", "adaptation")
+_SPREAD = ("average_loss", "average_forgetting", "average_adaptation", "gap_to_baseline_pct")
+_SAME_FOR_EVERY_SEED = ("tokens", "update_tokens", "flops", "update_flops",
+                        "update_flops_vs_baseline")
+
+
+def _across_seeds(seed_rows: list[dict]) -> dict:
+  """One variant's row over its seeds: means, standard deviations and the seeds' rows."""
+  first = seed_rows[0]
+  row = {"variant": first["variant"], "description": first["description"],
+         "replay": first["replay"], "seeds": [seed_row["seed"] for seed_row in seed_rows],
+         "per_seed": seed_rows}
+  if any(seed_row["status"] != "done" for seed_row in seed_rows):
+    return {**row, "status": "unfinished"}
+  row["status"] = "done"
+  for key in _PER_SOURCE:
+    if key in first:
+      row[key] = {s: _mean(seed_row[key][s] for seed_row in seed_rows) for s in first[key]}
+  # Every seed's: a gap needs the baseline's run of the same seed finished too.
+  present = [key for key in _SAME_FOR_EVERY_SEED + _SPREAD
+             if all(key in seed_row for seed_row in seed_rows)]
+  row.update({key: first[key] for key in _SAME_FOR_EVERY_SEED if key in present})
+  present = [key for key in _SPREAD if key in present]
+  row.update({key: _mean(seed_row[key] for seed_row in seed_rows) for key in present})
+  row["std"] = {key: statistics.stdev(seed_row[key] for seed_row in seed_rows)
+                for key in present}
+  return row
+
+
 def rows(variants, baseline: str, study_dir: str) -> list[dict]:
-  """Every variant's row, compared with the baseline's where both are done."""
-  table = [variant_row(variant, study_dir) for variant in variants]
-  base = next(row for row in table if row["variant"] == baseline)
-  for row in table:
-    if row["status"] == "done" and base["status"] == "done":
-      row["update_flops_vs_baseline"] = row["update_flops"] / base["flops"]
-      row["gap_to_baseline_pct"] = 100 * (row["average_loss"] / base["average_loss"] - 1)
-  return table
+  """Every variant's row, each seed compared with the baseline's run of the same seed where
+  both are done; a variant with several seeds as `_across_seeds` gathers them."""
+  by_name: dict[str, list[dict]] = {}
+  for variant in variants:  # A variant's seeds in order, as study.plan gives them.
+    by_name.setdefault(variant.name, []).append(variant_row(variant, study_dir))
+  for seed_rows in by_name.values():
+    for row, base in zip(seed_rows, by_name[baseline]):
+      if row["status"] == "done" and base["status"] == "done":
+        row["update_flops_vs_baseline"] = row["update_flops"] / base["flops"]
+        row["gap_to_baseline_pct"] = 100 * (row["average_loss"] / base["average_loss"] - 1)
+  return [seed_rows[0] if len(seed_rows) == 1 else _across_seeds(seed_rows)
+          for seed_rows in by_name.values()]
 
 
 def _number(value, spec: str) -> str:
   return "—" if value is None else format(value, spec)
+
+
+def _with_spread(row: dict, key: str, spec: str, unit: str = "") -> str:
+  """The cell of `key`: its value, and ± its standard deviation over seeds where it has one."""
+  cell = _number(row.get(key), spec) + (unit if key in row else "")
+  if key in row.get("std", {}):
+    cell += f" ± {row['std'][key]:{spec.lstrip('+')}}{unit}"
+  return cell
 
 
 def markdown(table: list[dict], baseline: str, study_dir: str) -> str:
@@ -90,21 +135,24 @@ def markdown(table: list[dict], baseline: str, study_dir: str) -> str:
   lines = [f"# Study {study_dir}", "",
            f"Final validation loss per domain; forgetting and adaptation over the last stage "
            f"(mean over its old / new sources); the update is what a variant trains after its "
-           f"first stage, against retraining everything ({baseline!r}).", "",
-           "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+           f"first stage, against retraining everything ({baseline!r}).", ""]
+  seeds = max((len(row.get("seeds", [])) for row in table), default=0)
+  if seeds:
+    lines += [f"Means over {seeds} seeds ± their standard deviation; each seed is compared "
+              f"with the {baseline!r} run of the same seed.", ""]
+  lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
   for row in table:
     if row["status"] != "done":
       cells = [row["variant"]] + ["unfinished"] + [""] * (len(header) - 2)
     else:
       losses = row["validation_loss"]
       cells = ([row["variant"]] + [_number(losses.get(s), ".4f") for s in sources] + [
-          _number(row["average_loss"], ".4f"),
-          _number(row.get("average_forgetting"), "+.4f"),
-          _number(row.get("average_adaptation"), "+.4f"),
+          _with_spread(row, "average_loss", ".4f"),
+          _with_spread(row, "average_forgetting", "+.4f"),
+          _with_spread(row, "average_adaptation", "+.4f"),
           f"{row['tokens']:,}", f"{row['flops']:.3g}",
           _number(row.get("update_flops_vs_baseline"), ".2f"),
-          _number(row.get("gap_to_baseline_pct"), "+.2f") + ("%" if "gap_to_baseline_pct"
-                                                               in row else ""),
+          _with_spread(row, "gap_to_baseline_pct", "+.2f", "%"),
           f"{row['replay']:.0%}"])
     lines.append("| " + " | ".join(cells) + " |")
   described = [row for row in table if row["description"]]
@@ -133,7 +181,11 @@ def write(study_dir: str, variants, baseline: str) -> list[dict]:
   (directory / "study.json").write_text(json.dumps(
       {"baseline": baseline, "variants": table}, indent=1))
   (directory / "study.md").write_text(markdown(table, baseline, study_dir))
-  done = [(variant, row) for variant, row in zip(variants, table) if row["status"] == "done"]
+  first_seeds = {}  # Curves are drawn for each variant's first seed, forgetting its mean.
+  for variant in variants:
+    first_seeds.setdefault(variant.name, variant)
+  done = [(variant, row) for variant, row in zip(first_seeds.values(), table)
+          if row["status"] == "done"]
   if done:
     plots.plot_study({variant.name: _curves(variant) for variant, _ in done},
                      {row["variant"]: (row["replay"], row["average_forgetting"])

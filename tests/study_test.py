@@ -4,6 +4,7 @@ recomputed from the runs' records, resuming a stopped study, and bad study confi
 import json
 import os
 import re
+import shutil
 
 import pytest
 
@@ -128,6 +129,55 @@ def test_a_stopped_study_resumes_to_the_same_table(smoke_study, tmp_path):
       assert row["status"] == "unfinished"
 
 
+def test_more_seeds_train_only_the_new_seeds_runs_and_the_table_gives_their_spread(
+    smoke_study, tmp_path, monkeypatch):
+  """num_seeds=2 on a finished study: each selected variant's second seed (model and data
+  seeds + 1) is trained, and its row is the mean and standard deviation of its seeds', each
+  compared with the baseline's run of the same seed."""
+  finished, _ = smoke_study
+  study_dir = str(tmp_path / "study")
+  shutil.copytree(finished, study_dir)
+  trained, real_train = [], trainer.train
+  monkeypatch.setattr(trainer, "train", lambda config, workdir, **kwargs: (
+      trained.append(workdir), real_train(config, workdir, **kwargs))[1])
+  helpers.cli("study", f"--workdir={study_dir}", "--only=replay5,union",
+              "--config.num_seeds=2", "--config.base.log.progress_bar=false",
+              config=helpers.STUDY_DEMO_SMOKE, small=False)
+  # The shared stage 1, replay5's stage 2 and the union run, for seed 1 alone.
+  assert len(trained) == 3 and trained[0].startswith(os.path.join(study_dir, "stages", "0-prose"))
+  assert trained[1:] == [os.path.join(study_dir, "replay5.seed1"),
+                         os.path.join(study_dir, "union.seed1")]
+  stored = json.load(open(os.path.join(study_dir, "replay5.seed1", "config.json")))
+  assert (stored["seed"], stored["data"]["shuffle_seed"]) == (1, 1)
+
+  single = {row["variant"]: row for row in
+            json.load(open(os.path.join(finished, "study.json")))["variants"]}
+  rows = {row["variant"]: row for row in
+          json.load(open(os.path.join(study_dir, "study.json")))["variants"]}
+  assert rows["replay0"]["status"] == "unfinished"  # Its second seed was not selected.
+  averages = {}
+  for name in ("replay5", "union"):
+    row = rows[name]
+    assert row["status"] == "done" and row["seeds"] == [0, 1]
+    assert row["per_seed"][0] == single[name]  # The first seed is the single-seed study's.
+    final = _final_eval(os.path.join(study_dir, f"{name}.seed1"))
+    averages[name] = [single[name]["average_loss"], sum(final.values()) / len(final)]
+    assert row["per_seed"][1]["average_loss"] == pytest.approx(averages[name][1], abs=1e-12)
+    assert averages[name][0] != averages[name][1]
+    assert row["average_loss"] == pytest.approx(sum(averages[name]) / 2, abs=1e-12)
+    assert row["std"]["average_loss"] == pytest.approx(
+        abs(averages[name][0] - averages[name][1]) / 2 ** 0.5, abs=1e-12)
+  gaps = [100 * (averages["replay5"][seed] / averages["union"][seed] - 1) for seed in (0, 1)]
+  assert rows["replay5"]["gap_to_baseline_pct"] == pytest.approx(sum(gaps) / 2, abs=1e-9)
+  assert rows["replay5"]["std"]["gap_to_baseline_pct"] == pytest.approx(
+      abs(gaps[0] - gaps[1]) / 2 ** 0.5, abs=1e-9)
+  markdown = open(os.path.join(study_dir, "study.md")).read()
+  assert "Means over 2 seeds" in markdown
+  replay5 = next(line for line in markdown.splitlines() if line.startswith("| replay5 |"))
+  assert f"{rows['replay5']['average_loss']:.4f} ± {rows['replay5']['std']['average_loss']:.4f}" \
+      in replay5 and f"± {rows['replay5']['std']['gap_to_baseline_pct']:.2f}%" in replay5
+
+
 def test_variants_share_runs_exactly_when_their_stages_are_configured_alike(tmp_path):
   variants = {v.name: v for v in study.plan(_smoke_config(), str(tmp_path))}
   shared = variants["replay5"].chain[0]
@@ -165,6 +215,9 @@ def test_union_stage_weights_sources_by_their_share_of_all_tokens():
     (lambda c: setattr(c, "baseline", "unoin"), "baseline='unoin': no such variant"),
     (lambda c: c.variants.append(study.variant("x", {"stages[1].replay_position": "continue"})),
      "variant 'x': stages[1].replay_position='continue'"),
+    (lambda c: c.variants.append(study.variant("replay5.seed1")),
+     "variants[6].name='replay5.seed1'"),
+    (lambda c: setattr(c, "num_seeds", 0), "num_seeds=0: expected an integer >= 1"),
 ])
 def test_bad_study_configs_are_named_before_anything_runs(change, message, tmp_path):
   config = _smoke_config()

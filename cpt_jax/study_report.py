@@ -89,14 +89,13 @@ def _across_seeds(seed_rows: list[dict]) -> dict:
   for key in _PER_SOURCE:
     if key in first:
       row[key] = {s: _mean(seed_row[key][s] for seed_row in seed_rows) for s in first[key]}
-  # Every seed's: a gap needs the baseline's run of the same seed finished too.
-  present = [key for key in _SAME_FOR_EVERY_SEED + _SPREAD
-             if all(key in seed_row for seed_row in seed_rows)]
-  row.update({key: first[key] for key in _SAME_FOR_EVERY_SEED if key in present})
-  present = [key for key in _SPREAD if key in present]
-  row.update({key: _mean(seed_row[key] for seed_row in seed_rows) for key in present})
+  # A seed's gap needs the baseline's run of the same seed finished too.
+  in_every_seed = lambda key: all(key in seed_row for seed_row in seed_rows)
+  row.update({key: first[key] for key in _SAME_FOR_EVERY_SEED if in_every_seed(key)})
+  spread = [key for key in _SPREAD if in_every_seed(key)]
+  row.update({key: _mean(seed_row[key] for seed_row in seed_rows) for key in spread})
   row["std"] = {key: statistics.stdev(seed_row[key] for seed_row in seed_rows)
-                for key in present}
+                for key in spread}
   return row
 
 

@@ -5,7 +5,8 @@ Hardware: a 2-core CPU, no accelerator: 10 runs, 21m41s measured (budget: 30 min
           9m38s on 2026-11-25 with the faster step (issue 14), the same table to 3 decimals.
           `:smoke` runs the same grid in 6 steps per stage on a smaller model with a bytes
           tokenizer (tests; under a minute). `--config.num_seeds=3` repeats every variant
-          with two more seeds (3x the runs) and reports means ± standard deviations.
+          with two more seeds and reports means ± standard deviations: 30 runs, 32m54s
+          (2026-12-04).
 Data:     as configs/demo.py: Shakespeare -> the CPython standard library, byte-level BPE (4k)
           trained on the prose.
 Variants: (stage 1, prose, is one shared run for the first four)
@@ -21,10 +22,11 @@ Result:   what the paper reports for these comparisons (Ibrahim et al. 2024, 405
           cuts the forgetting of the old data (5% for a weak shift, 25% for a strong one) at the
           same adaptation; without re-warming the model adapts less; infinite schedules match
           re-warmed cosines; the continued models end near the union baseline at half its
-          update compute. Measured here (prose loss rise / average loss vs union): replay 0%
-          +3.21 / +38.1%, 5% +0.81 / +10.3%, 25% +0.16 / +3.2%; no re-warming adapts less
-          (code 4.58 vs 4.29); the infinite schedule's average 4.927 vs the cosine's 4.938.
-          The full table is in the README.
+          update compute. Measured here over 3 seeds (`--config.num_seeds=3`; prose loss rise
+          / average loss vs union, means): replay 0% +3.01 / +37.1%, 5% +0.97 / +13.9%, 25%
+          +0.19 / +5.2%; no re-warming adapts less (code 4.58 vs 4.35, in every seed); the
+          infinite schedule's average 4.957 ± 0.026 vs the cosine's 5.066 ± 0.117. The full
+          table is in the README.
 """
 
 from configs import demo

@@ -67,10 +67,10 @@ def plot_curves(eval_records: list[dict], train_records: list[dict], plans, toke
 
 
 def plot_study(curves: dict[str, dict[str, list[tuple[int, float]]]],
-               forgetting: dict[str, tuple[float, float]], out_path: str) -> None:
+               forgetting: dict[str, tuple[float, float, float]], out_path: str) -> None:
   """One panel per domain with every variant's validation curve on shared axes (`curves`:
   {variant: {source: [(step, loss)]}}), and forgetting against replay share (`forgetting`:
-  {variant: (replay share, mean forgetting)})."""
+  {variant: (replay share, mean forgetting, its standard deviation over seeds or 0)})."""
   sources = sorted({source for per_source in curves.values() for source in per_source})
   figure = Figure(figsize=(4.5 * (len(sources) + 1), 4))
   axes = figure.subplots(1, len(sources) + 1, squeeze=False)[0]
@@ -84,12 +84,14 @@ def plot_study(curves: dict[str, dict[str, list[tuple[int, float]]]],
     axis.set_xlabel("step")
   axes[0].legend(fontsize=7)
   axis = axes[-1]
-  for name, (replay, value) in forgetting.items():
-    axis.scatter([replay * 100], [value], color=colors[name])
+  for name, (replay, value, spread) in forgetting.items():
+    axis.errorbar([replay * 100], [value], yerr=[spread] if spread else None, fmt="o",
+                  color=colors[name], capsize=3)
     axis.annotate(name, (replay * 100, value), fontsize=7, xytext=(4, 2),
                   textcoords="offset points")
   axis.axhline(0, color="gray", linewidth=0.5)
-  axis.set_title("forgetting over the last stage")
+  spread = any(spread for _, _, spread in forgetting.values())
+  axis.set_title("forgetting over the last stage" + (" (± std over seeds)" if spread else ""))
   axis.set_xlabel("replay share of the last stage (%)")
   axis.set_ylabel("mean loss rise of earlier data")
   _save(figure, out_path)

@@ -187,7 +187,8 @@ def write(study_dir: str, variants, baseline: str) -> list[dict]:
           if row["status"] == "done"]
   if done:
     plots.plot_study({variant.name: _curves(variant) for variant, _ in done},
-                     {row["variant"]: (row["replay"], row["average_forgetting"])
+                     {row["variant"]: (row["replay"], row["average_forgetting"],
+                                       row.get("std", {}).get("average_forgetting", 0.0))
                       for _, row in done if row.get("average_forgetting") is not None},
                      str(directory / "study.png"))
   return table

@@ -90,8 +90,8 @@ def plot_study(curves: dict[str, dict[str, list[tuple[int, float]]]],
     axis.annotate(name, (replay * 100, value), fontsize=7, xytext=(4, 2),
                   textcoords="offset points")
   axis.axhline(0, color="gray", linewidth=0.5)
-  spread = any(spread for _, _, spread in forgetting.values())
-  axis.set_title("forgetting over the last stage" + (" (± std over seeds)" if spread else ""))
+  seeded = any(spread for _, _, spread in forgetting.values())
+  axis.set_title("forgetting over the last stage" + (" (± std over seeds)" if seeded else ""))
   axis.set_xlabel("replay share of the last stage (%)")
   axis.set_ylabel("mean loss rise of earlier data")
   _save(figure, out_path)

@@ -178,6 +178,25 @@ def test_more_seeds_train_only_the_new_seeds_runs_and_the_table_gives_their_spre
       in replay5 and f"± {rows['replay5']['std']['gap_to_baseline_pct']:.2f}%" in replay5
 
 
+def test_a_seed_without_its_baselines_run_leaves_the_gap_out_of_the_mean():
+  """Every seed of replay5 is done but the baseline's second seed is not: the row has the
+  means and spreads it can have, and no gap (rather than the first seed's alone)."""
+  from cpt_jax import study_report
+  seeds = [{"variant": "replay5", "description": "", "replay": 0.05, "seed": seed,
+            "status": "done", "validation_loss": {"code": 4.0 + seed, "prose": 5.0},
+            "average_loss": 4.5 + seed / 2, "tokens": 10, "update_tokens": 5, "flops": 1e3,
+            "update_flops": 5e2} for seed in (0, 1)]
+  seeds[0].update(gap_to_baseline_pct=10.0, update_flops_vs_baseline=0.5)
+  row = study_report._across_seeds(seeds)
+  assert row["status"] == "done" and row["seeds"] == [0, 1]
+  assert row["validation_loss"] == {"code": 4.5, "prose": 5.0}
+  assert row["average_loss"] == 4.75
+  assert row["std"] == {"average_loss": pytest.approx(0.5 ** 0.5 / 2)}  # Sample deviation.
+  assert "gap_to_baseline_pct" not in row and "update_flops_vs_baseline" not in row
+  line = study_report.markdown([row], "union", "s").splitlines()[-1]
+  assert line.startswith("| replay5 | 4.5000 | 5.0000 | 4.7500 ± 0.3536 |") and "| — | — |" in line
+
+
 def test_variants_share_runs_exactly_when_their_stages_are_configured_alike(tmp_path):
   variants = {v.name: v for v in study.plan(_smoke_config(), str(tmp_path))}
   shared = variants["replay5"].chain[0]

@@ -66,35 +66,48 @@ def plot_curves(eval_records: list[dict], train_records: list[dict], plans, toke
   _save(figure, out_path)
 
 
-def plot_study(curves: dict[str, dict[str, list[tuple[int, float]]]],
+def plot_study(curves: dict[str, dict[str, list[tuple[int, float, float]]]],
                forgetting: dict[str, tuple[float, float, float]], out_path: str) -> None:
   """One panel per domain with every variant's validation curve on shared axes (`curves`:
-  {variant: {source: [(step, loss)]}}), and forgetting against replay share (`forgetting`:
+  {variant: {source: [(step, mean loss, its standard deviation over seeds or 0)]}}, drawn
+  with a ± band where seeds differ), and forgetting against replay share (`forgetting`:
   {variant: (replay share, mean forgetting, its standard deviation over seeds or 0)})."""
   sources = sorted({source for per_source in curves.values() for source in per_source})
   figure = Figure(figsize=(4.5 * (len(sources) + 1), 4))
   axes = figure.subplots(1, len(sources) + 1, squeeze=False)[0]
   colors = {name: f"C{index % 10}" for index, name in enumerate(curves)}
+  seeded = any(spread for per_source in curves.values() for points in per_source.values()
+               for _, _, spread in points) or any(spread for _, _, spread in forgetting.values())
   for axis, source in zip(axes, sources):
     for name, per_source in curves.items():
       if per_source.get(source):
-        steps, losses = zip(*per_source[source])
+        steps, losses, spreads = map(np.asarray, zip(*per_source[source]))
         axis.plot(steps, losses, color=colors[name], linewidth=1.2, label=name)
-    axis.set_title(f"{source} validation loss")
+        if spreads.any():
+          axis.fill_between(steps, losses - spreads, losses + spreads, color=colors[name],
+                            alpha=0.2, linewidth=0)
+    axis.set_title(f"{source} validation loss" + (" (mean ± std over seeds)" if seeded else ""))
     axis.set_xlabel("step")
   axes[0].legend(fontsize=7)
   axis = axes[-1]
   for name, (replay, value, spread) in forgetting.items():
-    axis.errorbar([replay * 100], [value], yerr=[spread] if spread else None, fmt="o",
-                  color=colors[name], capsize=3)
-    axis.annotate(name, (replay * 100, value), fontsize=7, xytext=(4, 2),
-                  textcoords="offset points")
+    axis.errorbar([replay * 100 + _dodge(name, forgetting)], [value],
+                  yerr=[spread] if spread else None, fmt="o", color=colors[name], capsize=3,
+                  label=name)
   axis.axhline(0, color="gray", linewidth=0.5)
-  seeded = any(spread for _, _, spread in forgetting.values())
+  if forgetting:
+    axis.legend(fontsize=7)  # Variants at one replay share would overlap as annotations.
   axis.set_title("forgetting over the last stage" + (" (± std over seeds)" if seeded else ""))
   axis.set_xlabel("replay share of the last stage (%)")
   axis.set_ylabel("mean loss rise of earlier data")
   _save(figure, out_path)
+
+
+def _dodge(name: str, forgetting: dict[str, tuple[float, float, float]],
+           width: float = 0.6) -> float:
+  """`name`'s shift in replay % from the others at its share, so their points stay apart."""
+  shared = [other for other, point in forgetting.items() if point[0] == forgetting[name][0]]
+  return (shared.index(name) - (len(shared) - 1) / 2) * width
 
 
 def _save(figure, out_path: str) -> None:

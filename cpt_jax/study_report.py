@@ -173,6 +173,20 @@ def _curves(variant) -> dict[str, list[tuple[int, float]]]:
   return {source: sorted(set(points)) for source, points in curves.items()}
 
 
+def _across_seeds_curves(per_seed: list[dict[str, list[tuple[int, float]]]]
+                         ) -> dict[str, list[tuple[int, float, float]]]:
+  """A variant's curves over its seeds: (step, mean, standard deviation or 0 for one seed)
+  at each step every seed evaluated."""
+  curves = {}
+  for source in per_seed[0]:
+    losses = [dict(seed_curves.get(source, [])) for seed_curves in per_seed]
+    steps = sorted(set.intersection(*(set(seed_losses) for seed_losses in losses)))
+    curves[source] = [(step, _mean(seed_losses[step] for seed_losses in losses),
+                       statistics.stdev(seed_losses[step] for seed_losses in losses)
+                       if len(losses) > 1 else 0.0) for step in steps]
+  return curves
+
+
 def write(study_dir: str, variants, baseline: str) -> list[dict]:
   table = rows(variants, baseline, study_dir)
   directory = epath.Path(study_dir)
@@ -180,15 +194,16 @@ def write(study_dir: str, variants, baseline: str) -> list[dict]:
   (directory / "study.json").write_text(json.dumps(
       {"baseline": baseline, "variants": table}, indent=1))
   (directory / "study.md").write_text(markdown(table, baseline, study_dir))
-  first_seeds = {}  # Curves are drawn for each variant's first seed, forgetting its mean.
+  seeds: dict[str, list] = {}  # Each variant's plans, a plan per seed, in table order.
   for variant in variants:
-    first_seeds.setdefault(variant.name, variant)
-  done = [(variant, row) for variant, row in zip(first_seeds.values(), table)
-          if row["status"] == "done"]
+    seeds.setdefault(variant.name, []).append(variant)
+  done = [row for row in table if row["status"] == "done"]
   if done:
-    plots.plot_study({variant.name: _curves(variant) for variant, _ in done},
+    plots.plot_study({row["variant"]: _across_seeds_curves(
+                          [_curves(variant) for variant in seeds[row["variant"]]])
+                      for row in done},
                      {row["variant"]: (row["replay"], row["average_forgetting"],
                                        row.get("std", {}).get("average_forgetting", 0.0))
-                      for _, row in done if row.get("average_forgetting") is not None},
+                      for row in done if row.get("average_forgetting") is not None},
                      str(directory / "study.png"))
   return table

@@ -30,7 +30,7 @@ def test_the_studys_forgetting_has_error_bars_where_it_has_seeds(tmp_path, monke
   from cpt_jax import plots
   drawn = []
   monkeypatch.setattr(plots, "_save", lambda figure, out_path: drawn.append(figure))
-  curves = {name: {"code": [(0, 5.0), (10, 4.0)]} for name in ("replay5", "replay0")}
+  curves = {name: {"code": [(0, 5.0, 0.0), (10, 4.0, 0.0)]} for name in ("replay5", "replay0")}
   plots.plot_study(curves, {"replay5": (0.05, 0.9, 0.15), "replay0": (0.0, 3.0, 0.0)},
                    str(tmp_path / "study.png"))
   axis = drawn[0].axes[-1]
@@ -40,3 +40,26 @@ def test_the_studys_forgetting_has_error_bars_where_it_has_seeds(tmp_path, monke
   assert [[list(point) for point in segment] for collected in segments for segment in collected
           ] == [[[5.0, 0.75], [5.0, 1.05]]]  # One bar: replay5's, mean ± its spread.
   assert axis.get_title().endswith("(± std over seeds)")
+
+
+def test_the_studys_curves_have_bands_and_variants_at_one_replay_share_stand_apart(
+    tmp_path, monkeypatch):
+  from cpt_jax import plots
+  drawn = []
+  monkeypatch.setattr(plots, "_save", lambda figure, out_path: drawn.append(figure))
+  curves = {"replay5": {"code": [(0, 5.0, 0.1), (10, 4.0, 0.2)]},
+            "no_rewarm": {"code": [(0, 5.0, 0.0), (10, 4.5, 0.0)]},
+            "infinite": {"code": [(0, 5.0, 0.0), (10, 4.2, 0.0)]}}
+  forgetting = {"replay5": (0.05, 0.9, 0.1), "no_rewarm": (0.05, 0.9, 0.0),
+                "infinite": (0.05, 0.8, 0.0)}
+  plots.plot_study(curves, forgetting, str(tmp_path / "study.png"))
+  code, forgetting_axis = drawn[0].axes
+  bands = [collection.get_paths()[0].vertices for collection in code.collections]
+  assert len(bands) == 1  # replay5's: mean ± its spread at each step; the others have none.
+  assert {tuple(point) for point in bands[0]} >= {(0, 4.9), (0, 5.1), (10, 3.8), (10, 4.2)}
+  assert code.get_title() == "code validation loss (mean ± std over seeds)"
+  points = [tuple(line.get_xydata()[0]) for line in forgetting_axis.lines
+            if line.get_marker() == "o"]
+  assert points == [(4.4, 0.9), (5.0, 0.9), (5.6, 0.8)]  # Centred on 5%, 0.6 apart.
+  labels = [text.get_text() for text in forgetting_axis.get_legend().get_texts()]
+  assert labels == ["replay5", "no_rewarm", "infinite"]

@@ -140,6 +140,10 @@ def test_more_seeds_train_only_the_new_seeds_runs_and_the_table_gives_their_spre
   trained, real_train = [], trainer.train
   monkeypatch.setattr(trainer, "train", lambda config, workdir, **kwargs: (
       trained.append(workdir), real_train(config, workdir, **kwargs))[1])
+  from cpt_jax import plots
+  drawn = []
+  monkeypatch.setattr(plots, "plot_study", lambda curves, forgetting, out_path: drawn.append(
+      (curves, forgetting)))
   helpers.cli("study", f"--workdir={study_dir}", "--only=replay5,union",
               "--config.num_seeds=2", "--config.base.log.progress_bar=false",
               config=helpers.STUDY_DEMO_SMOKE, small=False)
@@ -171,6 +175,19 @@ def test_more_seeds_train_only_the_new_seeds_runs_and_the_table_gives_their_spre
   assert rows["replay5"]["gap_to_baseline_pct"] == pytest.approx(sum(gaps) / 2, abs=1e-9)
   assert rows["replay5"]["std"]["gap_to_baseline_pct"] == pytest.approx(
       abs(gaps[0] - gaps[1]) / 2 ** 0.5, abs=1e-9)
+  # The figure: each step's mean and spread over the seeds' evaluations, as in the table.
+  curves, forgetting = drawn[-1]
+  assert set(curves) == {"replay5", "union"}
+  _, seed0 = metrics_writer.read_records(os.path.join(study_dir, "replay5"))
+  _, seed1 = metrics_writer.read_records(os.path.join(study_dir, "replay5.seed1"))
+  seed0, seed1 = ({r["step"]: r["eval/prose/loss"] for r in records} for records in (seed0, seed1))
+  replay5 = curves["replay5"]["prose"]
+  assert [step for step, _, _ in replay5][-len(seed1):] == sorted(seed1)
+  for step, mean, spread in replay5[-len(seed1):]:
+    assert mean == pytest.approx((seed0[step] + seed1[step]) / 2, abs=1e-12)
+    assert spread == pytest.approx(abs(seed0[step] - seed1[step]) / 2 ** 0.5, abs=1e-12)
+  assert forgetting["replay5"] == (0.05, rows["replay5"]["average_forgetting"],
+                                   rows["replay5"]["std"]["average_forgetting"])
   markdown = open(os.path.join(study_dir, "study.md")).read()
   assert "Means over 2 seeds" in markdown
   replay5 = next(line for line in markdown.splitlines() if line.startswith("| replay5 |"))

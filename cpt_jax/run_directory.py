@@ -31,6 +31,7 @@ COMPUTE_FIELDS = ("compute_dtype", "remat", "attention", "loss_chunk_tokens")
 # float rounding): a resumed run may change them.
 _EXECUTION_FIELDS = ("remat", "attention", "loss_chunk_tokens")
 _MODEL_DEFAULTS = dataclasses.asdict(model_config.ModelConfig())
+_RUN_CONFIG_KEYS = frozenset({"model", "data", "stages"})  # Every run's config.json has them.
 
 
 class ConfigMismatchError(ConfigError):
@@ -72,15 +73,32 @@ def fields_that_matter(config_json: dict, stages_done: int) -> dict[str, object]
 
 
 def stored_config(workdir: str) -> dict | None:
-  """The run's config.json, or None if it has none; a garbled one is named."""
+  """The run's config.json, or None if it has none; a garbled one is named, and so is one
+  that is not a cpt-jax run's (a Hugging Face model directory's, say)."""
   path = epath.Path(workdir) / CONFIG_FILE
   if not path.exists():
     return None
   try:
-    return json.loads(path.read_text())
+    stored = json.loads(path.read_text())
   except (ValueError, UnicodeDecodeError) as error:
     raise ConfigError(f"{path}: not valid JSON ({str(error)[:100]}); it records the run's "
                       "config: restore it, or start the run in another --workdir") from None
+  if not (isinstance(stored, dict) and _RUN_CONFIG_KEYS <= stored.keys()):
+    if isinstance(stored, dict) and "model_type" in stored:
+      raise ConfigError(
+          f"{path}: a Hugging Face {stored['model_type']} model's config, not a cpt-jax run's; "
+          f"expected a run directory (`cpt-jax import-hf --from={workdir} --workdir=RUN_DIR` "
+          "makes one of the model)")
+    missing = _RUN_CONFIG_KEYS - (stored.keys() if isinstance(stored, dict) else set())
+    raise ConfigError(f"{path}: not a cpt-jax run's config (no {', '.join(sorted(missing))} "
+                      "fields); expected a run directory, or a new one")
+  return stored
+
+
+def check_run_directory(workdir: str) -> None:
+  """Refuses a `--workdir` that holds another program's config.json before a run writes its
+  own over it: one that is new, a run's, or holds no config.json passes."""
+  stored_config(workdir)
 
 
 def source_config(run_dir: str) -> dict:

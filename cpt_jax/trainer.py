@@ -293,6 +293,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   config = run_directory.with_source_model(config)
   experiment_config.validate(config)
   parallel.check_batch_split(config)
+  run_directory.check_run_directory(workdir)
   run_dir = epath.Path(workdir)
   created = not run_dir.exists()
   try:

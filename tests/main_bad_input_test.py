@@ -61,6 +61,12 @@ def files(tmp_path_factory):
   (root / "syntax_error.py").write_text("def get_config(:\n  pass\n")
   (root / "no_get_config.py").write_text("X = 1\n")
   (root / "a_file").write_text("not a directory")
+  (root / "hf_model").mkdir()  # A Hugging Face model directory, as export-hf writes one.
+  (root / "hf_model" / "config.json").write_text(json.dumps(
+      {"model_type": "gpt_neox", "architectures": ["GPTNeoXForCausalLM"]}))
+  (root / "hf_model" / "model.safetensors").write_bytes(b"weights")
+  (root / "project").mkdir()  # A directory with another program's config.json.
+  (root / "project" / "config.json").write_text('{"name": "my project"}')
   return root
 
 
@@ -186,6 +192,24 @@ def _cases(run, files, fresh):
       ("import from a directory that is no model", ("import-hf", f"--from={files}/text",
                                                     f"--workdir={fresh}"), "no config.json",
        fresh),
+      ("train into a Hugging Face model directory", _train(f"{files}/hf_model"),
+       f"{files}/hf_model/config.json: a Hugging Face gpt_neox model's config, not a cpt-jax "
+       f"run's; expected a run directory (`cpt-jax import-hf --from={files}/hf_model",
+       f"{files}/hf_model"),
+      ("start from a Hugging Face model directory",
+       _train(fresh, f"--config.init.from_checkpoint={files}/hf_model"),
+       "a Hugging Face gpt_neox model's config", fresh),
+      ("anneal into a Hugging Face model directory",
+       ("anneal", f"--from={run}", f"--workdir={files}/hf_model", "--steps=2"),
+       "a Hugging Face gpt_neox model's config", f"{files}/hf_model"),
+      ("score a Hugging Face model directory",
+       ("score", f"--from={files}/hf_model", f"--file={files}/text/doc1.txt"),
+       "a Hugging Face gpt_neox model's config", f"{files}/hf_model"),
+      ("export a Hugging Face model directory",
+       ("export-hf", f"--from={files}/hf_model", f"--out={fresh}"),
+       "a Hugging Face gpt_neox model's config", fresh),
+      ("train into a directory with another program's config.json", _train(f"{files}/project"),
+       "project/config.json: not a cpt-jax run's config", f"{files}/project"),
       ("score a missing file", ("score", f"--from={run}", "--file=/nonexistent.txt"),
        "--file=/nonexistent.txt: no such file", run),
       ("score with too long windows", ("score", f"--from={run}", f"--file={files}/text/doc1.txt",

@@ -22,14 +22,6 @@ from cpt_jax import trainer
 from cpt_jax.config_error import ConfigError
 
 
-def _load_config(run_dir: str) -> ml_collections.ConfigDict:
-  stored = run_directory.source_config(run_dir)
-  stages = [ml_collections.ConfigDict(stage) for stage in stored.pop("stages")]
-  config = ml_collections.ConfigDict(stored)
-  config.stages = stages
-  return config
-
-
 def branch_config(config: ml_collections.ConfigDict, run_dir: str, step: int, step_offset: int,
                   stage_index: int, steps: int, shape: str = "1-sqrt",
                   end_value: float = 0.0) -> ml_collections.ConfigDict:
@@ -59,7 +51,7 @@ def anneal_config(source_reference: str, steps: int, shape: str,
                   end_value: float) -> ml_collections.ConfigDict:
   """The config of the annealing branch of an existing run: its config, one anneal stage."""
   run_dir, step = checkpoint_lib.parse_reference(source_reference)
-  config = _load_config(run_dir)  # First: names a directory that is no run.
+  config = run_directory.source_experiment(run_dir)  # First: names a directory that is no run.
   source = checkpoint_lib.Checkpointer(run_dir, read_only=True)
   step = source.existing_step(step, f"--from={source_reference!r}")
   metadata = source.read_metadata(step)

@@ -1,7 +1,8 @@
-"""`cpt-jax info`: what a config will train, before anything is launched.
+"""`cpt-jax info`: what a config will train, before anything is launched, or what a run holds.
 
 Owns the human-readable description: parameter counts, FLOPs per token and the stage plan;
-with `--memory`, the compiled step's memory per device (`step_memory.py`) against capacity.
+with `--memory`, the compiled step's memory per device (`step_memory.py`) against capacity;
+with `--from`, a run's model and checkpoints, and where one checkpoint stands.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import jax
 import ml_collections
 
 from cpt_jax import checkpoint as checkpoint_lib
+from cpt_jax import input_pipeline
+from cpt_jax import metrics_writer
 from cpt_jax import model as model_lib
 from cpt_jax import model_config
 from cpt_jax import paths
@@ -49,10 +52,12 @@ def _model_lines(model: model_config.ModelConfig, seq_len: int) -> tuple[list[st
           f"vocab {model.vocab_size}, {model.compute_dtype}{_design_notes(model)}"], flops
 
 
-def describe_run(run_dir: str) -> str:
-  """A run directory's model and checkpoints (an imported Hugging Face model included)."""
-  run_dir = paths.resolve(run_dir)
-  config = ml_collections.ConfigDict(run_directory.source_config(run_dir))
+def describe_run(reference: str) -> str:
+  """A run directory's model and checkpoints (an imported Hugging Face model included); for
+  RUN_DIR:STEP also where that checkpoint stands: its stage, the tokens of each source this
+  run trained on up to it, and its validation losses where the run evaluated that step."""
+  run_dir, step = checkpoint_lib.parse_reference(paths.resolve_reference(reference))
+  config = run_directory.source_experiment(run_dir)
   lines, flops = _model_lines(model_config.from_config_dict(config.model), config.data.seq_len)
   checkpointer = checkpoint_lib.Checkpointer(run_dir, read_only=True)
   steps = checkpointer.steps()
@@ -65,7 +70,28 @@ def describe_run(run_dir: str) -> str:
     commit = origin.get("imported_commit")
     lines.append(f"imported from: {origin['imported_from']}" + (f" (commit {commit})"
                                                                 if commit else ""))
+  if step is not None:
+    lines += _checkpoint_lines(config, run_dir, checkpointer.existing_step(
+        step, f"--from={reference}"), checkpointer)
   return "\n".join(lines)
+
+
+def _checkpoint_lines(config, run_dir: str, step: int, checkpointer) -> list[str]:
+  metadata = checkpointer.read_metadata(step)
+  plans = run_plan.plan(config, start_step=metadata["step_offset"])
+  tokens = {name: rows * config.data.seq_len
+            for name, rows in input_pipeline.rows_served(config.data, plans, step).items()}
+  lines = [f"step {step}: stage {metadata['stage_name']!r} ({metadata['stage'] + 1} of "
+           f"{len(plans)}), {sum(tokens.values()):,} tokens trained in this run ("
+           + ", ".join(f"{name} {count:,}" for name, count in tokens.items()) + ")"]
+  _, evaluations = metrics_writer.read_records(run_dir)
+  losses = next(({key.split("/")[1]: value for key, value in record.items()
+                  if key.startswith("eval/")} for record in evaluations
+                 if record["step"] == step), None)
+  if losses:
+    lines.append(f"validation loss at step {step}: "
+                 + ", ".join(f"{name} {loss:.4f}" for name, loss in sorted(losses.items())))
+  return lines
 
 
 def _as_trained(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

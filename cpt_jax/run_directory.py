@@ -109,6 +109,15 @@ def source_config(run_dir: str) -> dict:
   return stored
 
 
+def source_experiment(run_dir: str) -> ml_collections.ConfigDict:
+  """The experiment config of a run another command reads (`--from`), as `train` took it."""
+  stored = source_config(run_dir)
+  stages = [ml_collections.ConfigDict(stage) for stage in stored.pop("stages")]
+  config = ml_collections.ConfigDict(stored)
+  config.stages = stages  # A list of dicts would stay plain dicts.
+  return config
+
+
 def check_config(workdir: str, config: ml_collections.ConfigDict, current_stage: int,
                  allow_change: bool) -> None:
   """On a resume, refuses changed fields that matter (listing them) unless `allow_change`.

@@ -210,6 +210,8 @@ def _cases(run, files, fresh):
        "a Hugging Face gpt_neox model's config", fresh),
       ("train into a directory with another program's config.json", _train(f"{files}/project"),
        "project/config.json: not a cpt-jax run's config", f"{files}/project"),
+      ("info of a step with no checkpoint", ("info", f"--from={run}:7"),
+       f"--from={run}:7: no such checkpoint (steps: [", run),
       ("score a missing file", ("score", f"--from={run}", "--file=/nonexistent.txt"),
        "--file=/nonexistent.txt: no such file", run),
       ("score with too long windows", ("score", f"--from={run}", f"--file={files}/text/doc1.txt",

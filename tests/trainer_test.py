@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import run_helpers as helpers
+from cpt_jax import metrics_writer
 from cpt_jax import trainer
 
 
@@ -105,8 +106,27 @@ def test_tokenizer_mismatch_with_the_checkpoint_is_refused(reference_run, tmp_pa
   assert "another tokenizer" in result.stderr
 
 
+def test_info_of_a_checkpoint_gives_its_stage_tokens_and_validation_loss(reference_run):
+  """`cpt-jax info --from=RUN_DIR:STEP`, checked against the run's own records."""
+  train, evaluations = metrics_writer.read_records(reference_run)
+  train, evaluations = ({r["step"]: r for r in records} for records in (train, evaluations))
+  steps = sorted(int(step) for step in os.listdir(os.path.join(reference_run, "checkpoints")))
+  assert steps == [50, 55, 60]  # The last three are kept; the run evaluated 50 and 60.
+  for step in steps:
+    lines = helpers.cli("info", f"--from={reference_run}:{step}", config=None).stdout.splitlines()
+    tokens = {name: int(train[step][f"tokens/{name}"]) for name in ("code", "prose")}
+    position = (f"step {step}: stage 'code' (2 of 2), {sum(tokens.values()):,} tokens trained "
+                f"in this run (code {tokens['code']:,}, prose {tokens['prose']:,})")
+    if step in evaluations:
+      losses = evaluations[step]
+      assert lines[-2:] == [position, f"validation loss at step {step}: code "
+                            f"{losses['eval/code/loss']:.4f}, prose {losses['eval/prose/loss']:.4f}"]
+    else:
+      assert lines[-1] == position
+
+
 def test_anneal_branches_off_without_touching_the_source(reference_run, tmp_path):
-  from cpt_jax import anneal, run_plan, schedules
+  from cpt_jax import run_directory, run_plan, schedules
   before = sorted(os.listdir(os.path.join(reference_run, "checkpoints")))
   workdir = str(tmp_path / "annealed")
   helpers.cli("anneal", f"--from={reference_run}:55", f"--workdir={workdir}", "--steps=5",
@@ -114,7 +134,7 @@ def test_anneal_branches_off_without_touching_the_source(reference_run, tmp_path
   assert sorted(os.listdir(os.path.join(reference_run, "checkpoints"))) == before
   records, _ = helpers.train_losses(workdir), None
   assert sorted(records) == [56, 57, 58, 59, 60]
-  source_config = anneal._load_config(reference_run)
+  source_config = run_directory.source_experiment(reference_run)
   expected = schedules.anneal_from(run_plan.learning_rate_schedule(source_config), 55, 5, 0.0,
                                    "linear")
   logged = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))

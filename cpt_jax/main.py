@@ -269,7 +269,8 @@ def _command_study(config) -> None:
   if study.run(config, workdir, only=_ONLY.value, report_only=_REPORT.value) is not None:
     report = os.path.join(workdir, "study.md")
     print(open(report, encoding="utf-8").read())
-    print(f"wrote {report}, study.json, study.png")
+    figure = os.path.isfile(os.path.join(workdir, "study.png"))  # Once a variant is done.
+    print(f"wrote {report}, study.json" + (", study.png" if figure else ""))
 
 
 def _out_of_memory_remedies(command: str) -> str:

@@ -108,6 +108,17 @@ def test_report_only_rewrites_the_table_without_training(smoke_study, monkeypatc
   assert open(os.path.join(study_dir, "study.json")).read() == before
 
 
+def test_a_report_before_any_variant_finished_lists_them_unfinished_and_draws_nothing(
+    tmp_path, monkeypatch):
+  study_dir = str(tmp_path / "study")
+  monkeypatch.setattr(trainer, "train", lambda *args, **kwargs: pytest.fail("trained"))
+  result = helpers.cli("study", f"--workdir={study_dir}", "--report",
+                       config=helpers.STUDY_DEMO_SMOKE, small=False)
+  assert "| replay5 | unfinished |" in result.stdout
+  assert result.stdout.rstrip().endswith(f"wrote {study_dir}/study.md, study.json")
+  assert sorted(os.listdir(study_dir)) == ["study.json", "study.md"]
+
+
 def test_a_stopped_study_resumes_to_the_same_table(smoke_study, tmp_path):
   """Stopped (as by SIGTERM) in the middle of replay5's stage 2, then rerun: the runs resume
   and the rows equal those of the study that ran straight through."""

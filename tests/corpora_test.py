@@ -25,16 +25,6 @@ def test_embedded_corpora_split_deterministically_and_disjointly():
     assert corpora.documents(corpus, config, "validation") == validation
 
 
-def test_shakespeare_documents_are_scenes():
-  config = corpora.source_config("embedded", corpus="shakespeare")
-  documents = corpora.documents("prose", config, "train")
-  headings = [document.split("\n")[0].split(" ")[1] for document in documents]
-  assert all(document.startswith("### ") for document in documents)
-  assert set(headings) == {"SCENE", "PROLOGUE", "Prologue"}  # Scenes, and the plays' prologues.
-  assert headings.count("SCENE") > 0.95 * len(headings)
-  assert sum(map(len, documents)) > 4_000_000
-
-
 def test_split_record_lists_the_held_out_documents():
   record = corpora.split_record("prose", corpora.source_config("embedded", corpus="shakespeare"))
   assert record["validation_ids"] and all("/" in doc_id for doc_id in record["validation_ids"])
@@ -96,14 +86,6 @@ def test_unknown_kind_and_corpus_are_named():
     corpora.documents("x", corpora.source_config("csv"), "train")
   with pytest.raises(ValueError, match="data.sources.x.corpus='wikipedia'"):
     corpora.documents("x", corpora.source_config("embedded", corpus="wikipedia"), "train")
-
-
-def test_manpages_without_their_packages_say_what_to_install(monkeypatch):
-  monkeypatch.setitem(corpora._MANPAGE_PACKAGES, "manpages_de", ("cpt-jax-no-such-package",))
-  corpora._manpages.cache_clear()
-  monkeypatch.setattr(corpora, "_CACHE_DIR", "/nonexistent-cache")
-  with pytest.raises(ValueError, match="apt-get install cpt-jax-no-such-package"):
-    corpora.documents("de", corpora.source_config("embedded", corpus="manpages_de"), "train")
 
 
 def test_tfds_source_reads_mocked_data_offline():

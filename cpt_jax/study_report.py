@@ -4,9 +4,11 @@ Owns turning the variants' run directories into one row each, read back from the
 metrics.jsonl only: the final validation loss per domain (the result run's evaluation at its
 last step) and their average; forgetting (how much each source that is not the last stage's
 new data rose during that stage) and adaptation (how much each new source fell), both from
-the previous stage's result to the last one's; the tokens and FLOPs the variant's model took,
-and those of its update (the runs after its first stage; a one-stage variant's whole run)
-as a share of the baseline's; and the gap of its average loss to the baseline's, in %.
+the previous stage's result to the last one's (for a one-stage variant that continues a
+checkpoint from outside the study, an imported model, from that model's own evaluation); the
+tokens and FLOPs the variant's model took in the study, and those of its update (the runs
+after its first stage; a one-stage variant's whole run) as a share of the baseline's; and
+the gap of its average loss to the baseline's, in %.
 A variant run with several seeds is compared seed by seed with the baseline's run of the same
 seed; its row holds the mean of its seeds' numbers, their standard deviations and each seed's
 own row.
@@ -36,6 +38,18 @@ def _final_losses(run) -> dict[str, float] | None:
   return None
 
 
+def _start_losses(variant) -> dict[str, float] | None:
+  """The validation losses of the model a variant continues, where that is a checkpoint from
+  outside the study (an imported Hugging Face model): its first run's first evaluation. None
+  for a variant that starts from scratch."""
+  first = variant.chain[0]
+  if not first.config.init.from_checkpoint:
+    return None
+  _, eval_records = metrics_writer.read_records(first.directory)
+  return {key.split("/")[1]: value for key, value in eval_records[0].items()
+          if key.startswith("eval/")}
+
+
 def _mean(values) -> float | None:
   values = list(values)
   return sum(values) / len(values) if values else None
@@ -55,9 +69,9 @@ def variant_row(variant, study_dir: str) -> dict:
     return {**row, "status": "unfinished"}
   final = results[-1]
   row.update(status="done", validation_loss=final, average_loss=_mean(final.values()))
-  if len(results) > 1:
+  before = results[-2] if len(results) > 1 else _start_losses(variant)
+  if before is not None:
     new = {source for source, weight in last.mixture.items() if weight > 0}
-    before = results[-2]
     row["forgetting"] = {s: final[s] - before[s] for s in sorted(final) if s not in new}
     row["adaptation"] = {s: before[s] - final[s] for s in sorted(final) if s in new}
     row["average_forgetting"] = _mean(row["forgetting"].values())

@@ -32,20 +32,7 @@ def test_notebook_runs_without_errors(name):
 
 def test_the_hugging_face_notebook_continues_a_model_and_hands_it_back(tmp_path, monkeypatch):
   """The notebook on a tiny GPT-NeoX made here (Pythia's design; no Hub from the tests)."""
-  import torch
-  import transformers
-  from cpt_jax import corpora
-  from cpt_jax import tokenizer as tokenizer_lib
-  prose = corpora.documents("prose", corpora.source_config("embedded", corpus="shakespeare"),
-                            "train")
-  tokenizer = tokenizer_lib.train_bpe(prose[:20], vocab_size=512, megabytes=1)
-  torch.manual_seed(0)
-  model = transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(
-      vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-      intermediate_size=256, max_position_embeddings=128, rotary_pct=0.25,
-      bos_token_id=tokenizer.eos_id, eos_token_id=tokenizer.eos_id))
-  model.save_pretrained(tmp_path / "hf")
-  (tmp_path / "hf" / "tokenizer.json").write_bytes(tokenizer.serialized)
+  helpers.tiny_hf_gpt_neox(tmp_path / "hf")
   monkeypatch.setenv("CPT_JAX_NOTEBOOK_MODEL", str(tmp_path / "hf"))
   monkeypatch.setenv("CPT_JAX_NOTEBOOK_DIR", str(tmp_path / "work"))
   monkeypatch.setenv("CPT_JAX_NOTEBOOK_SMOKE", "1")

@@ -43,6 +43,26 @@ def with_begin_of_text(serialized: bytes, template: str = "<|begin_of_text|> $A"
   return hf.to_str().encode(), specials[0][1]
 
 
+def tiny_hf_gpt_neox(directory) -> None:
+  """A Hugging Face GPT-NeoX directory (Pythia's design, 2 layers of 64) with a 512-token BPE
+  trained on prose, saved by transformers: what the Hub would give, made without it."""
+  import torch
+  import transformers
+  from cpt_jax import corpora
+  from cpt_jax import tokenizer as tokenizer_lib
+  prose = corpora.documents("prose", corpora.source_config("embedded", corpus="shakespeare"),
+                            "train")
+  tokenizer = tokenizer_lib.train_bpe(prose[:20], vocab_size=512, megabytes=1)
+  torch.manual_seed(0)
+  model = transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(
+      vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+      intermediate_size=256, max_position_embeddings=128, rotary_pct=0.25,
+      bos_token_id=tokenizer.eos_id, eos_token_id=tokenizer.eos_id))
+  model.save_pretrained(directory)
+  with open(os.path.join(directory, "tokenizer.json"), "wb") as f:
+    f.write(tokenizer.serialized)
+
+
 def command(*args, config=f"{DEMO}:smoke", small=True):
   """The test's own flags come last, so they win over SMALL's."""
   base = [sys.executable, "-m", "cpt_jax", *args[:1]]

@@ -147,8 +147,9 @@ def markdown(table: list[dict], baseline: str, study_dir: str) -> str:
              f"{baseline}", f"gap to {baseline}", "replay"])
   lines = [f"# Study {study_dir}", "",
            f"Final validation loss per domain; forgetting and adaptation over the last stage "
-           f"(mean over its old / new sources); the update is what a variant trains after its "
-           f"first stage, against retraining everything ({baseline!r}).", ""]
+           f"(mean over its old / new sources); a variant's update is what it trains after its "
+           f"first stage (a one-stage variant's whole run), as a share of everything the "
+           f"baseline {baseline!r} trains.", ""]
   seeds = max((len(row.get("seeds", [])) for row in table), default=0)
   if seeds:
     lines += [f"Means over {seeds} seeds ± their standard deviation; each seed is compared "

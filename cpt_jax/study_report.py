@@ -70,6 +70,8 @@ def variant_row(variant, study_dir: str) -> dict:
   final = results[-1]
   row.update(status="done", validation_loss=final, average_loss=_mean(final.values()))
   before = results[-2] if len(results) > 1 else _start_losses(variant)
+  if len(results) == 1 and before is not None:
+    row["start_validation_loss"] = before  # The continued model's, which the table names.
   if before is not None:
     new = {source for source, weight in last.mixture.items() if weight > 0}
     row["forgetting"] = {s: final[s] - before[s] for s in sorted(final) if s not in new}
@@ -97,6 +99,8 @@ def _across_seeds(seed_rows: list[dict]) -> dict:
   row = {"variant": first["variant"], "description": first["description"],
          "replay": first["replay"], "seeds": [seed_row["seed"] for seed_row in seed_rows],
          "per_seed": seed_rows}
+  if "start_validation_loss" in first:  # One model for every seed (its first seed's batches).
+    row["start_validation_loss"] = first["start_validation_loss"]
   if any(seed_row["status"] != "done" for seed_row in seed_rows):
     return {**row, "status": "unfinished"}
   row["status"] = "done"
@@ -169,6 +173,11 @@ def markdown(table: list[dict], baseline: str, study_dir: str) -> str:
           _with_spread(row, "gap_to_baseline_pct", "+.2f", "%"),
           f"{row['replay']:.0%}"])
     lines.append("| " + " | ".join(cells) + " |")
+  starts = [row["start_validation_loss"] for row in table if "start_validation_loss" in row]
+  if starts:
+    lines += ["", "Forgetting and adaptation of one-stage variants are measured from the model "
+              "they continue, whose validation loss was " + ", ".join(
+                  f"{s} {loss:.4f}" for s, loss in sorted(starts[0].items())) + "."]
   described = [row for row in table if row["description"]]
   if described:
     lines += [""] + [f"- **{row['variant']}**: {row['description']}" for row in described]

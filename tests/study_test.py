@@ -253,6 +253,10 @@ def test_a_study_of_an_imported_model_measures_each_variant_from_that_model(tmp_
     assert row["forgetting"] == {"prose": pytest.approx(final["prose"] - start["prose"])}
     assert row["adaptation"] == {"code": pytest.approx(start["code"] - final["code"])}
   assert all(start == starts[0] for start in starts)  # One imported model, one measurement.
+  assert all(row["start_validation_loss"] == starts[0] for row in rows.values())
+  markdown = open(os.path.join(study_dir, "study.md")).read()
+  assert ("measured from the model they continue, whose validation loss was "
+          f"code {starts[0]['code']:.4f}, prose {starts[0]['prose']:.4f}.") in markdown
   # Six steps at a constant 3e-5 against a re-warmed 3e-4: the new data is learnt less.
   assert rows["no_rewarm"]["average_adaptation"] < rows["replay5"]["average_adaptation"]
   assert rows["replay0"]["gap_to_baseline_pct"] == 0

@@ -242,7 +242,7 @@ class _Run:
     self._last_log = (sum(self._tokens(self.step).values()), time.perf_counter())
     dense_steps = schedule_config.duration_steps(config.eval.dense_start, stage_plan.steps,
                                                  "eval.dense_start")
-    pending = None
+    pending, first_step = None, self.step + 1
     while self.step < stage_plan.end_step:
       if preemption.check(self.step):
         if pending is not None:
@@ -264,6 +264,9 @@ class _Run:
       save = self.step % config.checkpoint.every == 0 or stage_end
       if self.step % config.log.every == 0 or evaluate or save:
         pending = (self.step, metrics, self._tokens(self.step))
+      elif self.step == first_step:  # It compiled the step: no part of throughput (or MFU).
+        jax.block_until_ready(metrics)
+        self._last_log = (sum(self._tokens(self.step).values()), time.perf_counter())
       if evaluate or save:
         self._log(pending, stage_plan, bar)  # Checks the loss: never checkpoint divergence.
         pending = None

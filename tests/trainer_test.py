@@ -242,6 +242,45 @@ def test_throughput_leaves_out_evaluation_and_checkpoint_writing(tmp_path, monke
   assert min(speeds) >= tokens_per_step / 5, speeds
 
 
+def test_throughput_leaves_out_the_compilation_of_the_step(tmp_path, monkeypatch):
+  """The first step of a run compiles it: on a clock where that step takes a day, the first
+  record (three steps later) counts only the steps after it."""
+  config = _tiny_config()
+  config.stages[0].steps = config.stages[1].steps = 6
+  config.log.every = 3
+  config.eval.every = config.checkpoint.every = 100  # Stage ends only.
+  clock = {"now": 0.0}
+
+  class Clock:
+    @staticmethod
+    def perf_counter():
+      clock["now"] += 1.0
+      return clock["now"]
+
+  make_executor = trainer.parallel.make_executor
+
+  def compiling_executor(*args, **kwargs):
+    executor, calls = make_executor(*args, **kwargs), []
+    train_step = executor.train_step
+
+    def step(state, batch):
+      if not calls:
+        clock["now"] += 86_400.0  # Compilation.
+      calls.append(None)
+      return train_step(state, batch)
+
+    executor.train_step = step
+    return executor
+
+  monkeypatch.setattr(trainer, "time", Clock)
+  monkeypatch.setattr(trainer.parallel, "make_executor", compiling_executor)
+  trainer.train(config, str(tmp_path / "run"))
+  records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+  speeds = {r["step"]: r["tokens_per_second"] for r in records if "loss" in r}
+  assert list(speeds) == [3, 6, 9, 12]
+  assert min(speeds.values()) >= 8 * 32 / 5, speeds  # Seconds a step, never a day.
+
+
 def test_each_stage_stops_its_read_ahead_thread(tmp_path, monkeypatch):
   """A stage's data iterator is closed when the stage ends, so its read-ahead thread (and a
   bucket cache's readers) do not outlive it; older Grain releases never stop them otherwise."""

@@ -55,6 +55,11 @@ def anneal_config(source_reference: str, steps: int, shape: str,
   source = checkpoint_lib.Checkpointer(run_dir, read_only=True)
   step = source.existing_step(step, f"--from={source_reference!r}")
   metadata = source.read_metadata(step)
+  if not config.stages:  # An imported model: trained elsewhere, on a schedule cpt_jax lacks.
+    raise ConfigError(f"--from={source_reference!r}: an imported model, with no stage or "
+                      "learning rate of its own to anneal from; continue it with `cpt-jax "
+                      f"train --config.init.from_checkpoint={run_dir}` (a stage can end in an "
+                      "anneal schedule)")
   return branch_config(config, run_dir, step, metadata["step_offset"], metadata["stage"],
                        steps, shape, end_value)
 

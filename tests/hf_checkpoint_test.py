@@ -539,7 +539,8 @@ def test_info_on_a_config_that_continues_an_import_describes_the_imported_model(
       "q/k norms per head, tied embeddings")  # Not the demo's own model block.
 
 
-def test_imported_run_refuses_keeping_its_missing_optimizer_state(tokenizer, tmp_path, capsys):
+def test_an_imported_run_cannot_keep_its_missing_optimizer_state_or_be_annealed(
+    tokenizer, tmp_path, capsys):
   _save_hf("pythia", str(tmp_path / "hf"), tokenizer)
   hf_checkpoint.import_hf(str(tmp_path / "hf"), str(tmp_path / "imported"))
   capsys.readouterr()
@@ -550,6 +551,16 @@ def test_imported_run_refuses_keeping_its_missing_optimizer_state(tokenizer, tmp
   err = capsys.readouterr().err.strip().splitlines()
   assert code == 2 and "has no optimizer state" in err[-1] and len(err) == 1, err[-3:]
   assert not os.path.exists(tmp_path / "run")
+  # Nor can it be annealed: it has no stage or learning rate of its own.
+  code = main.main(["cpt-jax", "anneal", f"--from={tmp_path}/imported",
+                    f"--workdir={tmp_path}/annealed", "--steps=5"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 2 and len(err) == 1, err[-3:]
+  assert err[0].endswith("an imported model, with no stage or learning rate of its own to "
+                         "anneal from; continue it with `cpt-jax train "
+                         f"--config.init.from_checkpoint={tmp_path}/imported` (a stage can end "
+                         "in an anneal schedule)")
+  assert not os.path.exists(tmp_path / "annealed")
 
 
 def test_hf_config_round_trips_through_model_config():

@@ -84,10 +84,7 @@ def _checkpoint_lines(config, run_dir: str, step: int, checkpointer) -> list[str
   lines = [f"step {step}: stage {metadata['stage_name']!r} ({metadata['stage'] + 1} of "
            f"{len(plans)}), {sum(tokens.values()):,} tokens trained in this run ("
            + ", ".join(f"{name} {count:,}" for name, count in tokens.items()) + ")"]
-  _, evaluations = metrics_writer.read_records(run_dir)
-  losses = next(({key.split("/")[1]: value for key, value in record.items()
-                  if key.startswith("eval/")} for record in evaluations
-                 if record["step"] == step), None)
+  losses = metrics_writer.losses_at(metrics_writer.read_records(run_dir)[1], step)
   if losses:
     lines.append(f"validation loss at step {step}: "
                  + ", ".join(f"{name} {loss:.4f}" for name, loss in sorted(losses.items())))

@@ -124,6 +124,16 @@ class MetricsWriter:
       self.flush()
 
 
+def eval_losses(record: dict) -> dict[str, float]:
+  """An evaluation record's validation loss per source."""
+  return {key.split("/")[1]: value for key, value in record.items() if key.startswith("eval/")}
+
+
+def losses_at(eval_records: list[dict], step: int) -> dict[str, float] | None:
+  """The validation loss per source evaluated at `step`, or None if none was."""
+  return next((eval_losses(record) for record in eval_records if record["step"] == step), None)
+
+
 def read_records(workdir: str) -> tuple[list[dict], list[dict]]:
   """(train records, eval records), one per step, the last written winning."""
   train, evaluation = {}, {}

@@ -19,21 +19,13 @@ from cpt_jax import metrics_writer
 from cpt_jax import plots
 
 
-def _loss_at(eval_records: list[dict], step: int) -> dict[str, float] | None:
-  for record in eval_records:
-    if record["step"] == step:
-      return {key.split("/")[1]: value for key, value in record.items()
-              if key.startswith("eval/")}
-  return None
-
-
 def summarize(eval_records: list[dict], plans, starts_from_checkpoint: bool = False) -> dict:
-  start = _loss_at(eval_records, plans[0].start_step)
+  start = metrics_writer.losses_at(eval_records, plans[0].start_step)
   stages = []
   for stage_plan in plans:
     stages.append({"name": stage_plan.name, "end_step": stage_plan.end_step,
                    "mixture": stage_plan.mixture,
-                   "validation_loss": _loss_at(eval_records, stage_plan.end_step)})
+                   "validation_loss": metrics_writer.losses_at(eval_records, stage_plan.end_step)})
   forgetting, adaptation = {}, {}
   # A fresh run starts from random weights: its first stage forgets nothing worth measuring.
   befores = [start if starts_from_checkpoint else None] + [

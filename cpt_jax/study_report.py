@@ -30,12 +30,7 @@ from cpt_jax import plots
 
 def _final_losses(run) -> dict[str, float] | None:
   """The run's validation losses at its last step, or None if it has none yet."""
-  _, eval_records = metrics_writer.read_records(run.directory)
-  for record in eval_records:
-    if record["step"] == run.end_step:
-      return {key.split("/")[1]: value for key, value in record.items()
-              if key.startswith("eval/")}
-  return None
+  return metrics_writer.losses_at(metrics_writer.read_records(run.directory)[1], run.end_step)
 
 
 def _start_losses(variant) -> dict[str, float] | None:
@@ -45,9 +40,7 @@ def _start_losses(variant) -> dict[str, float] | None:
   first = variant.chain[0]
   if not first.config.init.from_checkpoint:
     return None
-  _, eval_records = metrics_writer.read_records(first.directory)
-  return {key.split("/")[1]: value for key, value in eval_records[0].items()
-          if key.startswith("eval/")}
+  return metrics_writer.eval_losses(metrics_writer.read_records(first.directory)[1][0])
 
 
 def _mean(values) -> float | None:

@@ -27,6 +27,18 @@ def test_a_resumed_run_appends_and_the_last_record_of_a_step_wins(tmp_path):
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
 
 
+def test_an_evaluations_losses_are_found_by_step(tmp_path):
+  workdir = str(tmp_path / "run")
+  _session(workdir, [{"step": 0, "stage": "a", "eval/code/loss": 8.0, "eval/prose/loss": 7.0},
+                     {"step": 1, "stage": "a", "loss": 3.0},
+                     {"step": 2, "stage": "a", "eval/code/loss": 6.0, "eval/prose/loss": 5.0}
+                     ]).close()
+  _, evaluations = metrics_writer.read_records(workdir)
+  assert metrics_writer.eval_losses(evaluations[0]) == {"code": 8.0, "prose": 7.0}
+  assert metrics_writer.losses_at(evaluations, 2) == {"code": 6.0, "prose": 5.0}
+  assert metrics_writer.losses_at(evaluations, 1) is None  # A train step, not evaluated.
+
+
 def test_staged_records_reach_the_run_directory_whole_at_each_flush(tmp_path):
   # How a gs:// run directory (no appends) is written: locally, then copied up.
   workdir = str(tmp_path / "run")

@@ -110,12 +110,19 @@ def _across_seeds(seed_rows: list[dict]) -> dict:
   return row
 
 
+def _seeds_by_name(variants) -> dict[str, list]:
+  """Each variant's plans, one per seed in order (as study.plan gives them), in table order."""
+  seeds: dict[str, list] = {}
+  for variant in variants:
+    seeds.setdefault(variant.name, []).append(variant)
+  return seeds
+
+
 def rows(variants, baseline: str, study_dir: str) -> list[dict]:
   """Every variant's row, each seed compared with the baseline's run of the same seed where
   both are done; a variant with several seeds as `_across_seeds` gathers them."""
-  by_name: dict[str, list[dict]] = {}
-  for variant in variants:  # A variant's seeds in order, as study.plan gives them.
-    by_name.setdefault(variant.name, []).append(variant_row(variant, study_dir))
+  by_name = {name: [variant_row(variant, study_dir) for variant in seeds]
+             for name, seeds in _seeds_by_name(variants).items()}
   for seed_rows in by_name.values():
     for row, base in zip(seed_rows, by_name[baseline]):
       if row["status"] == "done" and base["status"] == "done":
@@ -211,9 +218,7 @@ def write(study_dir: str, variants, baseline: str) -> list[dict]:
   (directory / "study.json").write_text(json.dumps(
       {"baseline": baseline, "variants": table}, indent=1))
   (directory / "study.md").write_text(markdown(table, baseline, study_dir))
-  seeds: dict[str, list] = {}  # Each variant's plans, a plan per seed, in table order.
-  for variant in variants:
-    seeds.setdefault(variant.name, []).append(variant)
+  seeds = _seeds_by_name(variants)
   done = [row for row in table if row["status"] == "done"]
   if done:
     plots.plot_study({row["variant"]: _across_seeds_curves(

@@ -24,6 +24,9 @@ from cpt_jax.model_config import ModelConfig
 
 MODEL_INPUTS = ("inputs", "targets", "positions", "segment_ids", "loss_mask")
 LEARNING_RATE = jax.ShapeDtypeStruct((), jnp.float32)  # The step's third argument.
+# A tree's l2 norm: optax >= 0.2.5 calls it tree_norm and deprecates its older names (0.2.4,
+# the floor, has only tree_l2_norm).
+_tree_norm = getattr(optax.tree_utils, "tree_norm", None) or optax.tree_utils.tree_l2_norm
 
 
 @flax.struct.dataclass
@@ -115,8 +118,8 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
     params = optax.apply_updates(state.params, updates)
     new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
     # The l2 norms show the re-warming spike at a stage boundary (Ibrahim et al., fig. 3).
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
-               "update_norm": optax.global_norm(updates), "param_norm": optax.global_norm(params),
+    metrics = {"loss": loss, "grad_norm": _tree_norm(grads),
+               "update_norm": _tree_norm(updates), "param_norm": _tree_norm(params),
                "learning_rate": learning_rate, "tokens": token_count}
     return new_state, metrics
 

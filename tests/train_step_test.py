@@ -1,6 +1,7 @@
 """Tests for cpt_jax/train_step.py, chunked_loss.py, optimizer.py and data_parallel.py."""
 
 import dataclasses
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -161,6 +162,24 @@ def test_gradient_norm_is_reported_before_clipping():
   step = _jitted_step(graphdef, optimizer, schedule)
   _, metrics = step(state, _batch(1))
   assert float(metrics["grad_norm"]) > 1e-2
+
+
+def _l2_norm(tree):
+  return float(np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64)))
+                           for x in jax.tree.leaves(tree))))
+
+
+def test_norms_are_the_l2_norms_of_the_new_parameters_and_the_update_without_deprecations():
+  graphdef, state, optimizer, schedule = _setup(learning_rate=1e-2)
+  step = _jitted_step(graphdef, optimizer, schedule)
+  with warnings.catch_warnings():
+    # A deprecated optax call warns when the step is traced; the step must not use one.
+    warnings.simplefilter("error", DeprecationWarning)
+    new_state, metrics = step(state, _batch(1))
+  update = jax.tree.map(jnp.subtract, new_state.params, state.params)
+  assert float(metrics["param_norm"]) == pytest.approx(_l2_norm(new_state.params), rel=1e-5)
+  assert float(metrics["update_norm"]) == pytest.approx(_l2_norm(update), rel=1e-3)
+  assert float(metrics["update_norm"]) > 0
 
 
 def test_weight_decay_skips_norms_biases_and_embeddings_by_default():

@@ -76,6 +76,6 @@ def base_config() -> ml_collections.ConfigDict:
   config.init.optimizer_state = "reset"  # "reset" (fresh Adam moments) or "keep" them.
   config.init.step = "reset"  # "reset" the step counter to 0 or "continue" from the checkpoint's.
   # "fresh": the first stage's data starts anew; "continue": it resumes the checkpoint's data
-  # stream exactly (same mixture and process count needed; `cpt-jax anneal` uses it).
+  # stream exactly (the same mixture needed, on any process count; `cpt-jax anneal` uses it).
   config.init.data = "fresh"
   return config

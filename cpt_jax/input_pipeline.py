@@ -14,9 +14,10 @@ batch index and each stream's window) goes into the run's checkpoints.
 
 A replayed source starts from the beginning of its training split (data the model already
 saw, as in Ibrahim et al.), or with `replay_position="continue"` after the furthest row of it
-served in earlier stages. How many rows of each source were served by any step is closed form
-(`rows_served`, `stream_positions`): nothing is counted, saved or fed back. Validation batches
-are finite, unshuffled and the same every time.
+served in earlier stages, this run's or those of the run it started from. How many rows of
+each source were served by any step is closed form (`rows_served`, `stream_positions`): nothing
+is counted or fed back, and a checkpoint keeps only where its run's streams began. Validation
+batches are finite, unshuffled and the same every time.
 """
 
 from __future__ import annotations
@@ -182,10 +183,12 @@ def _first_rows(stage: run_plan.StagePlan, positions: dict[str, int]) -> dict[st
 
 
 def stream_positions(data_config: ml_collections.ConfigDict, plans: list[run_plan.StagePlan],
-                     stage_index: int) -> dict[str, int]:
+                     stage_index: int, before_run: dict[str, int] | None = None
+                     ) -> dict[str, int]:
   """The furthest row of each source's stream served before stage `stage_index` begins, over
-  all processes: closed form from the plan (mixtures are fixed patterns), nothing carried."""
-  positions: dict[str, int] = {}
+  all processes: closed form from the plan (mixtures are fixed patterns) and `before_run`,
+  the positions the run started from (those of the run it continues)."""
+  positions = dict(before_run or {})
   for stage in plans[:stage_index]:
     names, mixture = _stage_sources(stage)
     first = _first_rows(stage, positions)
@@ -193,6 +196,15 @@ def stream_positions(data_config: ml_collections.ConfigDict, plans: list[run_pla
     for name, rows in zip(names, served):
       positions[name] = max(positions.get(name, 0), first[name] + int(rows))
   return positions
+
+
+def stream_positions_at(data_config: ml_collections.ConfigDict, plans: list[run_plan.StagePlan],
+                        step: int, before_run: dict[str, int] | None = None) -> dict[str, int]:
+  """The furthest row of each source's stream served up to global `step` (where a run that
+  starts from that step's checkpoint continues a replayed source)."""
+  done = [dataclasses.replace(stage, steps=min(max(step - stage.start_step, 0), stage.steps))
+          for stage in plans]
+  return stream_positions(data_config, done, len(done), before_run)
 
 
 def rows_served(data_config: ml_collections.ConfigDict, plans: list[run_plan.StagePlan],

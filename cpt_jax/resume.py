@@ -7,7 +7,9 @@ The order matters:
    batches do not depend on the count.
 2. Else `init.from_checkpoint`: another run's parameters (its Adam moments only with
    `init.optimizer_state="keep"`), its step counter with `init.step="continue"`, and its exact
-   data stream with `init.data="continue"`.
+   data stream with `init.data="continue"` (on any process count). Either way the run learns
+   how far the source served each source's stream, so a `replay_position="continue"` stage
+   goes on from there, as it would have in one run.
 3. Else a fresh start at step 0 with initialized parameters.
 The trainer reads the returned `StartPoint`; `position_data` places a stage's iterator.
 """
@@ -21,9 +23,13 @@ import grain
 
 from cpt_jax import checkpoint as checkpoint_lib
 from cpt_jax import input_pipeline
+from cpt_jax import run_directory
+from cpt_jax import run_plan
 from cpt_jax.config_error import ConfigError
 
-DataStart = Literal["fresh", "restore", "continue_source", "seek"]
+DataStart = Literal["fresh", "restore", "seek", "continue_source", "seek_source"]
+# Checkpoint metadata: where the run's streams began (`StartPoint.positions_before_run`).
+POSITIONS_KEY = "stream_positions_before_run"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,16 +42,40 @@ class StartPoint:
   data: DataStart  # How the iterator of the stage holding `step` is positioned.
   data_checkpointer: checkpoint_lib.Checkpointer | None = None  # Holds the iterator state...
   data_step: int | None = None  # ...of this step ("restore", "continue_source").
+  # The furthest row of each source served before this run's first stage, by the run it
+  # started from: where a replay_position="continue" source picks up. {} for a fresh run.
+  positions_before_run: dict[str, int] = dataclasses.field(default_factory=dict)
+  source_batch: int | None = None  # "seek_source": the batch of the source's stage to go to.
 
 
 def data_start(source: str, saved_process_count: int | None, process_count: int,
                continue_source_data: bool) -> DataStart:
-  """The rule for the data position, apart from any I/O."""
+  """The rule for the data position, apart from any I/O. Grain keeps one iterator state per
+  process, so on another process count the iterator seeks to the batch index instead (the
+  global batches do not depend on the count)."""
+  same_processes = saved_process_count == process_count
   if source == "resume":
-    return "restore" if saved_process_count == process_count else "seek"
+    return "restore" if same_processes else "seek"
   if source == "init" and continue_source_data:
-    return "continue_source"
+    return "continue_source" if same_processes else "seek_source"
   return "fresh"
+
+
+def _source_streams(metadata: dict, continue_data: bool) -> tuple[dict[str, int], int | None]:
+  """Where a run started from another run's checkpoint (`metadata`: that checkpoint's) finds
+  its data: (positions_before_run, source_batch). Continuing the source's data stream, its
+  first stage is the source's stage, so it begins where that stage began and goes on from the
+  stage's batch at the checkpoint; otherwise its stages come after everything served."""
+  if "imported_from" in metadata:  # Trained elsewhere: no stream of cpt_jax's to continue.
+    return {}, None
+  source = run_directory.experiment_from_json(metadata["config"])
+  plans = run_plan.plan(source, start_step=metadata["step_offset"])
+  before = metadata.get(POSITIONS_KEY, {})
+  if continue_data:
+    stage = plans[metadata["stage"]]
+    return (input_pipeline.stream_positions(source.data, plans, stage.index, before),
+            metadata["step"] - stage.start_step)
+  return input_pipeline.stream_positions_at(source.data, plans, metadata["step"], before), None
 
 
 def _check_imported(source: checkpoint_lib.Checkpointer, step: int | None, config) -> None:
@@ -95,13 +125,14 @@ def start_point(config, checkpointer: checkpoint_lib.Checkpointer, abstract, opt
     step, arrays, metadata = restored
     return StartPoint(arrays, metadata["step"], metadata["step_offset"], metadata, "resume",
                       data_start("resume", metadata["process_count"], process_count, False),
-                      checkpointer, step)
+                      checkpointer, step, metadata.get(POSITIONS_KEY, {}))
   if config.init.from_checkpoint:
     step, arrays, metadata, source = _restore_init(config, abstract, optimizer)
     offset = metadata["step"] if config.init.step == "continue" else 0
     continue_data = config.init.data == "continue"
-    return StartPoint(arrays, offset, offset, metadata, "init",
-                      data_start("init", None, process_count, continue_data), source, step)
+    data = data_start("init", metadata.get("process_count"), process_count, continue_data)
+    return StartPoint(arrays, offset, offset, metadata, "init", data, source, step,
+                      *_source_streams(metadata, continue_data))
   return StartPoint(None, 0, 0, None, "fresh", "fresh")
 
 
@@ -114,6 +145,8 @@ def position_data(start: StartPoint, stage_start_step: int, step: int,
     return
   if start.data == "continue_source":
     start.data_checkpointer.restore_data(start.data_step, iterator)
+  elif start.data == "seek_source":
+    input_pipeline.skip_to_batch(iterator, start.source_batch)
   elif step == stage_start_step:
     return
   elif start.data == "restore":

@@ -111,7 +111,12 @@ def source_config(run_dir: str) -> dict:
 
 def source_experiment(run_dir: str) -> ml_collections.ConfigDict:
   """The experiment config of a run another command reads (`--from`), as `train` took it."""
-  stored = source_config(run_dir)
+  return experiment_from_json(source_config(run_dir))
+
+
+def experiment_from_json(stored: dict) -> ml_collections.ConfigDict:
+  """An experiment config from its JSON form (config.json, a checkpoint's metadata)."""
+  stored = dict(stored)
   stages = [ml_collections.ConfigDict(stage) for stage in stored.pop("stages")]
   config = ml_collections.ConfigDict(stored)
   config.stages = stages  # A list of dicts would stay plain dicts.

@@ -35,7 +35,8 @@ def stage(name: str, steps: int, mixture: dict[str, float],
       # At the stage's start: "reset" the Adam moments (the paper's choice) or "keep" them.
       "optimizer_state": optimizer_state,
       # Sources seen in an earlier stage replay from the "start" of their training split (data
-      # the model already saw, as in the paper) or "continue" where the last stage stopped.
+      # the model already saw, as in the paper) or "continue" where the last stage stopped
+      # (this run's, or that of the run it started from).
       "replay_position": replay_position,
   })
 

@@ -95,11 +95,13 @@ class _Preemption:
       signal.signal(signum, previous)
 
 
-def _metadata(step, stage_plan, tokenizer, step_offset, config) -> dict:
+def _metadata(step, stage_plan, tokenizer, step_offset, config,
+              positions_before_run: dict[str, int]) -> dict:
   return {"step": step, "stage": stage_plan.index, "stage_name": stage_plan.name,
           "step_offset": step_offset, "tokenizer_fingerprint": tokenizer.fingerprint,
           "seed": config.seed, "process_count": jax.process_count(),
-          "config": run_directory.config_as_json(config)}
+          "config": run_directory.config_as_json(config),
+          resume.POSITIONS_KEY: positions_before_run}
 
 
 def _check_tokenizer(metadata: dict, tokenizer, where: str) -> None:
@@ -178,7 +180,8 @@ class _Run:
                        **{f"eval/{name}/loss": loss for name, loss in losses.items()}})
 
   def save(self, stage_plan, data_iterator) -> None:
-    metadata = _metadata(self.step, stage_plan, self.tokenizer, self.step_offset, self.config)
+    metadata = _metadata(self.step, stage_plan, self.tokenizer, self.step_offset, self.config,
+                         self.start.positions_before_run)
     self.checkpointer.save(self.step, self.executor.for_checkpoint(self.state), metadata,
                            data_iterator)
     if self.lead and not self.identity_stored:
@@ -225,7 +228,8 @@ class _Run:
   def run_stage(self, stage_plan, bar, preemption) -> None:
     data_iterator = iter(input_pipeline.stage_dataset(
         self.config.data, stage_plan, self.tokenizer, self.shard,
-        input_pipeline.stream_positions(self.config.data, self.plans, stage_plan.index)))
+        input_pipeline.stream_positions(self.config.data, self.plans, stage_plan.index,
+                                        self.start.positions_before_run)))
     try:
       self._train_stage(stage_plan, data_iterator, bar, preemption)
     finally:  # Stops a read-ahead thread (data.prefetch_batches, a bucket's token cache).

@@ -119,3 +119,17 @@ def test_two_process_checkpoint_resumes_in_one_process(two_process_run, tmp_path
   output = helpers.cli("train", f"--workdir={resumed}", *STEPS).stdout
   assert f"resuming {resumed} from step 10" in output
   _assert_same_losses(helpers.train_losses(resumed), helpers.train_losses(workdir), rtol=1e-5)
+
+
+def test_a_two_process_checkpoint_anneals_in_one_process_on_the_same_data(two_process_run,
+                                                                          tmp_path):
+  """Grain's iterator state is per process: a branch on another process count continues the
+  source's stream by batch index. Step 11's loss is taken before its update, so it depends
+  on the step-10 parameters and step 11's batch only, not on the anneal's learning rate."""
+  annealed = str(tmp_path / "annealed")
+  helpers.cli("anneal", f"--from={two_process_run.workdir}:10", f"--workdir={annealed}",
+              "--steps=2", config=None)
+  got = helpers.train_losses(annealed)
+  assert sorted(got) == [11, 12]
+  np.testing.assert_allclose(got[11], helpers.train_losses(two_process_run.workdir)[11],
+                             rtol=1e-5)

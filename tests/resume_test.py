@@ -5,6 +5,7 @@ import pytest
 
 from cpt_jax import checkpoint as checkpoint_lib
 from cpt_jax import resume
+from cpt_jax import run_plan
 from cpt_jax.config_error import ConfigError
 
 
@@ -66,10 +67,22 @@ def _metadata(step, offset=0, processes=1, **extra):
   return {"step": step, "step_offset": offset, "process_count": processes, **extra}
 
 
+def _source_metadata(step, processes=1, before_run=None):
+  """A checkpoint of the source run: 30 steps of prose, then code with 25% of prose replayed
+  from where stage 0 stopped; 8 rows a batch."""
+  stages = [run_plan.stage("prose", 30, {"prose": 1.0}),
+            run_plan.stage("code", 30, {"code": 0.75}, replay={"prose": 0.25},
+                           replay_position="continue")]
+  config = {"stages": [stage.to_dict() for stage in stages], "init": {"from_checkpoint": ""},
+            "data": {"global_batch_size": 8, "sources": {"prose": {}, "code": {}}}}
+  extra = {resume.POSITIONS_KEY: before_run} if before_run is not None else {}
+  return _metadata(step, processes=processes, stage=int(step > 30), config=config, **extra)
+
+
 @pytest.fixture
 def source(monkeypatch):
   """The run `init.from_checkpoint` names: steps 40 and 50."""
-  checkpoints = _Checkpoints({40: _metadata(40), 50: _metadata(50)})
+  checkpoints = _Checkpoints({40: _source_metadata(40), 50: _source_metadata(50)})
   monkeypatch.setattr(checkpoint_lib, "Checkpointer", lambda *a, **k: checkpoints)
   return checkpoints
 
@@ -95,6 +108,40 @@ def test_init_resets_the_optimizer_and_step_unless_asked(source):
                             None, _Optimizer(), 1)
   assert (kept.step, kept.step_offset, kept.data) == (50, 50, "continue_source")
   assert kept.arrays["opt_state"] == "adam@50" and kept.data_checkpointer is source
+
+
+def test_a_run_from_a_checkpoint_goes_on_from_the_sources_stream_positions(source):
+  # Stage 0 served prose rows 0-239; by step 50 the code stage has served code rows 0-119
+  # and prose rows 240-279.
+  fresh = resume.start_point(_config("/other"), _Checkpoints(), None, _Optimizer(), 1)
+  assert (fresh.positions_before_run, fresh.source_batch) == ({"prose": 280, "code": 120}, None)
+  # Continuing the code stage's stream: that stage began at prose row 240, and is at batch 20.
+  continued = resume.start_point(_config("/other", data="continue"), _Checkpoints(), None,
+                                 _Optimizer(), 1)
+  assert (continued.positions_before_run, continued.source_batch) == ({"prose": 240}, 20)
+
+
+def test_positions_the_source_started_from_carry_on(monkeypatch):
+  # The source's own source had served prose up to row 1000: its code stage replayed prose
+  # from there (rows 1000-1039), past its prose stage's rows 0-239.
+  chained = _Checkpoints({50: _source_metadata(50, before_run={"prose": 1000, "news": 7})})
+  monkeypatch.setattr(checkpoint_lib, "Checkpointer", lambda *a, **k: chained)
+  start = resume.start_point(_config("/other"), _Checkpoints(), None, _Optimizer(), 1)
+  assert start.positions_before_run == {"prose": 1040, "code": 120, "news": 7}
+  own = _Checkpoints({60: _metadata(60, **{resume.POSITIONS_KEY: {"prose": 5}})})
+  resumed = resume.start_point(_config("/other"), own, None, _Optimizer(), 1)
+  assert resumed.positions_before_run == {"prose": 5}
+
+
+def test_continuing_a_source_saved_by_another_process_count_seeks_to_its_batch(monkeypatch):
+  two_processes = _Checkpoints({50: _source_metadata(50, processes=2)})
+  monkeypatch.setattr(checkpoint_lib, "Checkpointer", lambda *a, **k: two_processes)
+  start = resume.start_point(_config("/other", data="continue"), _Checkpoints(), None,
+                             _Optimizer(), 1)
+  assert (start.data, start.source_batch) == ("seek_source", 20)
+  iterator = _Iterator()
+  resume.position_data(start, 0, 0, iterator)  # The run's first step (init.step="reset").
+  assert two_processes.data_restored == [] and iterator.state["batch"] == 20
 
 
 def test_init_from_a_missing_step_is_named(source):

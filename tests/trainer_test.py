@@ -144,6 +144,19 @@ def test_anneal_branches_off_without_touching_the_source(reference_run, tmp_path
     assert record["learning_rate"] == pytest.approx(float(expected(record["step"] - 1)), rel=1e-5)
 
 
+def test_a_branch_of_a_stage_that_continues_its_replay_trains_on_that_stages_rows(tmp_path):
+  """Stage 2 replays prose from where stage 1 stopped (row 240 of 8-row batches), a quarter
+  of every batch. Its anneal branch from step 50 continues that stage's stream, so step 51,
+  whose loss comes before its update (the branch's learning rate does not enter), trains on
+  the same rows from the same parameters as in the source run."""
+  source = str(tmp_path / "source")
+  helpers.cli("train", f"--workdir={source}", "--config.stages[1].replay.prose=0.25",
+              "--config.stages[1].mixture.code=0.75", "--config.stages[1].replay_position=continue")
+  annealed = str(tmp_path / "annealed")
+  helpers.cli("anneal", f"--from={source}:50", f"--workdir={annealed}", "--steps=2", config=None)
+  assert helpers.train_losses(annealed)[51] == helpers.train_losses(source)[51]
+
+
 def test_a_diverging_run_never_checkpoints_nan_parameters(tmp_path):
   # Stage 1 trains normally and is checkpointed at steps 5 and 10; stage 2's LR blows the
   # parameters up at its first step, and its checkpoint steps 15 and 20 come after that.

@@ -246,11 +246,6 @@ def _check_chainable(name: str, config) -> None:
     raise ConfigError(f"variant {name!r}: a run-wide config.schedule cannot be split into one "
                       "run per stage; give each stage its own schedule (an infinite schedule: "
                       "warmup and cooldown in stage 0, constant after, anneal_steps > 0)")
-  for index, stage in enumerate(config.stages):
-    if stage.replay_position != "start":
-      raise ConfigError(f"variant {name!r}: stages[{index}].replay_position="
-                        f"{stage.replay_position!r}: a study runs each stage as its own run, "
-                        "which replays from the start of the earlier data; expected 'start'")
 
 
 def _key(config, parent: Run | None) -> str:

@@ -278,6 +278,26 @@ def test_variants_share_runs_exactly_when_their_stages_are_configured_alike(tmp_
   assert not tmp_path.joinpath("replay0").exists()  # Planning creates nothing.
 
 
+def test_a_stage_that_continues_its_replay_trains_in_a_study_as_in_one_run(tmp_path):
+  """A study runs each stage as a run of its own; the stage-2 run learns from its parent's
+  checkpoint how far stage 1 served prose, and replays from there as one run would."""
+  config = _smoke_config()
+  config.variants = [study.variant("continued", {"stages[1].replay_position": "continue",
+                                                 "stages[1].replay.prose": 0.25,
+                                                 "stages[1].mixture.code": 0.75})]
+  config.baseline = "continued"
+  study_dir = str(tmp_path / "study")
+  study.run(config, study_dir)
+  (variant,) = study.plan(config, study_dir)
+  single = str(tmp_path / "single")
+  trainer.train(variant.config, single)
+  stage_2 = [step for step in helpers.train_losses(single) if step > 6]
+  chained = helpers.train_losses(variant.chain[1].directory)
+  assert sorted(chained) == stage_2
+  assert {step: chained[step] for step in stage_2} == {
+      step: helpers.train_losses(single)[step] for step in stage_2}
+
+
 def test_union_stage_weights_sources_by_their_share_of_all_tokens():
   base = study_demo.get_config().base  # Two stages of n steps; stage 2 replays 5% prose.
   union = study.union_stage(base, base.stages[0].schedule)
@@ -297,8 +317,6 @@ def test_union_stage_weights_sources_by_their_share_of_all_tokens():
      "variant 'x': stages[1].mixture + replay weights sum to 0.55; expected 1"),
     (lambda c: c.variants.append(study.variant("a/b")), "variants[6].name='a/b'"),
     (lambda c: setattr(c, "baseline", "unoin"), "baseline='unoin': no such variant"),
-    (lambda c: c.variants.append(study.variant("x", {"stages[1].replay_position": "continue"})),
-     "variant 'x': stages[1].replay_position='continue'"),
     (lambda c: c.variants.append(study.variant("replay5.seed1")),
      "variants[6].name='replay5.seed1'"),
     (lambda c: setattr(c, "num_seeds", 0), "num_seeds=0: expected an integer >= 1"),

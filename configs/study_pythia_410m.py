@@ -5,7 +5,10 @@ Command:  cpt-jax study --config=configs/study_pythia_410m.py --workdir=gs://B/s
             --config.base.data.tokenizer.path=/data/neox/tokenizer.json ...
           (data paths as in configs/pythia_410m_pile_slimpajama.py and
           pythia_410m_pile_german.py, overridden under `config.base`); `--only=replay5,union`
-          runs a part of it; `--report` writes the table of what has finished.
+          runs a part of it; `--report` writes the table of what has finished. On a TPU
+          slice: `RUN=study CONFIG=configs/study_pythia_410m.py WORKDIR=gs://B/study
+          tpu/tpu.sh relaunch -- --config.base.data...`; on GPU hosts add
+          `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` on each.
 Hardware: a TPU pod or GPU cluster. The shared Pile stage is trained once for the four
           cosine variants: the weak-shift study trains 11 runs, 3.06T tokens in all (Pile
           300B, four second stages of 300B, the infinite variant's 600B + 2 x 30B anneals,

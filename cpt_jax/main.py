@@ -16,7 +16,9 @@
                          [--report] [--config.num_seeds=N]    the paper's grid of variants,
                          shared runs, one table (means ± std over N seeds)
 
-Also `python -m cpt_jax ...`; `cpt-jax COMMAND --help` lists a command's flags. Bad input ends
+`train`, `anneal` and `study` run on every process of a multi-process job (GPU hosts:
+--coordinator_address=HOST:PORT --num_processes=N --process_id=I; TPU slices join by
+themselves). Also `python -m cpt_jax ...`; `cpt-jax COMMAND --help` lists a command's flags. Bad input ends
 with one line `cpt-jax: error: ...` and exit 2; a failed save, a diverged run or a step out of
 device memory with one line and exit 1; Ctrl-C during training saves the current step and
 exits 130.
@@ -41,11 +43,13 @@ COMMANDS = {
     "info": ("config", "from", "memory"),
     "plot-schedule": ("config", "out"),
     "prepare": ("config", "workers", "num_processes", "process_id"),
-    "anneal": ("from", "workdir", "steps", "shape", "end_value"),
+    "anneal": ("from", "workdir", "steps", "shape", "end_value", "coordinator_address",
+               "num_processes", "process_id"),
     "import-hf": ("from", "workdir"),
     "export-hf": ("from", "out", "dtype"),
     "score": ("from", "file", "seq_len"),
-    "study": ("config", "workdir", "only", "report"),
+    "study": ("config", "workdir", "only", "report", "coordinator_address", "num_processes",
+              "process_id"),
 }
 _WITHOUT_CONFIG = ("anneal", "import-hf", "export-hf", "score")
 # Commands that spend their time in compiled steps: their allocator keeps freed memory for the
@@ -231,16 +235,22 @@ def _command_prepare(config) -> None:
                   progress=config.log.progress_bar)
 
 
-def _command_train(config) -> None:
+def _join_processes() -> None:
+  """Commands that train run on every process of a multi-process job (every host of a pod)."""
   from cpt_jax import distributed
-  from cpt_jax import trainer
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+
+
+def _command_train(config) -> None:
+  from cpt_jax import trainer
+  _join_processes()
   _print_summary(trainer.train(config, _require(_WORKDIR, "workdir"),
                               allow_config_change=_ALLOW_CONFIG_CHANGE.value))
 
 
 def _command_anneal() -> None:
   from cpt_jax import anneal
+  _join_processes()
   _print_summary(anneal.anneal(_require(_FROM, "from"), _require(_WORKDIR, "workdir"),
                               _require(_STEPS, "steps"), _SHAPE.value, _END_VALUE.value))
 
@@ -264,9 +274,12 @@ def _command_score() -> None:
 
 
 def _command_study(config) -> None:
+  import jax
   from cpt_jax import study
   workdir = _require(_WORKDIR, "workdir")
-  if study.run(config, workdir, only=_ONLY.value, report_only=_REPORT.value) is not None:
+  _join_processes()
+  report = study.run(config, workdir, only=_ONLY.value, report_only=_REPORT.value)
+  if report is not None and jax.process_index() == 0:  # Process 0 writes the report.
     report = os.path.join(workdir, "study.md")
     print(open(report, encoding="utf-8").read())
     figure = os.path.isfile(os.path.join(workdir, "study.png"))  # Once a variant is done.

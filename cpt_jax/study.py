@@ -28,6 +28,7 @@ import logging
 import re
 
 from etils import epath
+import jax
 import ml_collections
 
 from cpt_jax import anneal
@@ -411,4 +412,6 @@ def run(study: ml_collections.ConfigDict, study_dir: str, only=(), report_only: 
                   run_to_train.directory)
         return None
     _log.info("\n".join(["study finished"] + _status_lines(selected, None)))
+  if jax.process_index() != 0:  # Every process trains; one writes the report.
+    return study_report.rows(variants, study.baseline, study_dir)
   return study_report.write(study_dir, variants, study.baseline)

@@ -1,5 +1,6 @@
 """Tests for multi-process runs: two local processes (4 CPU devices each) train together."""
 
+import json
 import os
 import shutil
 import signal
@@ -21,14 +22,18 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _start_processes(workdir, *flags):
+def _launch(*args, **command_options):
+  """`cpt-jax ARGS` as the two processes of one job, 4 CPU devices each."""
   port = _free_port()
   return [subprocess.Popen(
-      helpers.command("train", f"--workdir={workdir}", *STEPS, *flags,
-                      f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                      f"--process_id={index}"),
+      helpers.command(*args, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                      f"--process_id={index}", **command_options),
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
       env=helpers.environment(devices=4), cwd=helpers.ROOT) for index in range(2)]
+
+
+def _start_processes(workdir, *flags):
+  return _launch("train", f"--workdir={workdir}", *STEPS, *flags)
 
 
 def _finish(processes):
@@ -105,8 +110,12 @@ def test_sigterm_to_one_process_saves_everywhere_and_both_resume(two_process_run
   assert f"resuming {run.workdir} from step {saved}" in run.resumed[0]
 
 
-def test_partial_process_flags_are_refused():
-  result = helpers.cli("train", "--workdir=/tmp/unused", "--num_processes=2", check=False)
+@pytest.mark.parametrize("command, config", [("train", f"{helpers.DEMO}:smoke"),
+                                             ("anneal", None),
+                                             ("study", helpers.STUDY_DEMO_SMOKE)])
+def test_partial_process_flags_are_refused(command, config):
+  result = helpers.cli(command, "--workdir=/tmp/unused", "--from=/tmp/unused", "--steps=1",
+                       "--num_processes=2", check=False, config=config, small=False)
   assert result.returncode == 2
   assert "need all of --coordinator_address, --num_processes and --process_id" in result.stderr
 
@@ -133,3 +142,23 @@ def test_a_two_process_checkpoint_anneals_in_one_process_on_the_same_data(two_pr
   assert sorted(got) == [11, 12]
   np.testing.assert_allclose(got[11], helpers.train_losses(two_process_run.workdir)[11],
                              rtol=1e-5)
+  # The same anneal as a two-process job (each process restores its own iterator state).
+  together = str(tmp_path / "annealed_by_two")
+  outputs = _finish(_launch("anneal", f"--from={two_process_run.workdir}:10",
+                            f"--workdir={together}", "--steps=2", config=None))
+  assert "anneal@10" in outputs[0] and "anneal@10" not in outputs[1]  # Process 0 reports.
+  _assert_same_losses(helpers.train_losses(together), got, rtol=1e-5)
+
+
+def test_a_study_runs_as_a_two_process_job_and_process_0_writes_the_report(tmp_path):
+  study_dir = str(tmp_path / "study")
+  outputs = _finish(_launch("study", f"--workdir={study_dir}", "--only=replay0",
+                            "--config.base.log.progress_bar=false",
+                            config=helpers.STUDY_DEMO_SMOKE, small=False))
+  assert f"wrote {study_dir}/study.md" in outputs[0]
+  assert "wrote" not in outputs[1]
+  rows = {row["variant"]: row for row in
+          json.load(open(os.path.join(study_dir, "study.json")))["variants"]}
+  assert rows["replay0"]["status"] == "done"
+  train_steps = sorted(helpers.train_losses(os.path.join(study_dir, "replay0")))
+  assert train_steps == list(range(7, 13))  # Stage 2 of the shared stage-1 run.

@@ -34,6 +34,17 @@ def test_install_and_launch_run_on_every_worker():
   assert "--config.seed=3" in launch
 
 
+def test_a_study_is_launched_on_every_worker_and_another_command_is_refused():
+  result = subprocess.run(["bash", SCRIPT, "--dry-run", "launch"], capture_output=True,
+                          text=True, env={**ENV, "RUN": "study"}, timeout=60)
+  assert result.returncode == 0 and "--worker=all" in result.stdout
+  assert "cpt-jax study --config=configs/pythia_410m_pile_slimpajama.py" in result.stdout.replace(
+      "\\", "")
+  refused = subprocess.run(["bash", SCRIPT, "--dry-run", "launch"], capture_output=True,
+                           text=True, env={**ENV, "RUN": "score"}, timeout=60)
+  assert refused.returncode == 2 and "RUN=score: expected train or study" in refused.stderr
+
+
 def test_launch_detaches_the_run_and_keeps_its_exit_code():
   launch = dry_run("launch")
   assert "setsid\\ nohup" in launch and "cpt_jax_train.log" in launch

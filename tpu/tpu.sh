@@ -15,7 +15,9 @@
 #   TPU_NAME (cpt-jax), ZONE (us-central2-b), ACCELERATOR_TYPE (v4-32),
 #   RUNTIME_VERSION (tpu-ubuntu2204-base), PROJECT (gcloud's default), SPOT (1: preemptible),
 #   REPO_GIT (the cpt_jax repository the workers clone), CONFIG (configs/demo.py),
-#   WORKDIR (the run directory; use a gs:// bucket so every worker and every relaunch sees it).
+#   WORKDIR (the run directory; use a gs:// bucket so every worker and every relaunch sees it),
+#   RUN (train: the cpt-jax command `launch` runs; `study` runs a study config's grid, whose
+#   rerun resumes it as a train rerun does).
 # --dry-run prints the gcloud commands instead of running them; for `relaunch` it walks the
 # preempted path once and then the stop path, with the exit code DRY_RUN_EXIT (default 2).
 set -euo pipefail
@@ -28,6 +30,10 @@ SPOT=${SPOT:-1}
 REPO_GIT=${REPO_GIT:-https://github.com/your-org/cpt_jax.git}
 CONFIG=${CONFIG:-configs/demo.py}
 WORKDIR=${WORKDIR:-gs://your-bucket/cpt_jax/demo}
+RUN=${RUN:-train}
+if [[ "$RUN" != train && "$RUN" != study ]]; then
+  echo "tpu.sh: RUN=$RUN: expected train or study" >&2; exit 2
+fi
 
 DRY_RUN=0
 if [[ "${1:-}" == "--dry-run" ]]; then DRY_RUN=1; shift; fi
@@ -58,7 +64,7 @@ train_command() {
   # nohup + setsid: the run survives the ssh session; its exit code is kept for `relaunch`.
   local flags=""
   if (( ${#TRAIN_FLAGS[@]} )); then flags=$(printf ' %q' "${TRAIN_FLAGS[@]}"); fi
-  local train="cd ~/cpt_jax && ~/cpt_jax_venv/bin/cpt-jax train --config=$CONFIG --workdir=$WORKDIR$flags"
+  local train="cd ~/cpt_jax && ~/cpt_jax_venv/bin/cpt-jax $RUN --config=$CONFIG --workdir=$WORKDIR$flags"
   echo "rm -f ~/cpt_jax_train.exit && setsid nohup bash -c" \
        "$(printf '%q' "$train >> ~/cpt_jax_train.log 2>&1; echo \$? > ~/cpt_jax_train.exit")" \
        "> /dev/null 2>&1 < /dev/null &"

@@ -169,6 +169,15 @@ def _parse(argv: list[str]) -> None:
     raise UsageError(str(error).splitlines()[0]) from None
 
 
+def _check_flags_of(command: str) -> None:
+  """A flag the command does not read (`train --steps=100`) would be ignored: refused."""
+  ours = {name for names in COMMANDS.values() for name in names}
+  for name in sorted(ours - set(COMMANDS[command])):
+    if flags.FLAGS[name].present:
+      raise UsageError(f"--{name} is not a flag of `cpt-jax {command}`; its flags: "
+                       + ", ".join(f"--{flag}" for flag in COMMANDS[command]))
+
+
 class _Format(logging.Formatter):
   def format(self, record: logging.LogRecord) -> str:
     message = record.getMessage()
@@ -311,6 +320,7 @@ def main(argv: list[str]) -> int:
   _show_library_logs()
   try:
     _parse([argv[0]] + argv[2:])
+    _check_flags_of(command)
     if command in _WITHOUT_CONFIG:
       {"anneal": _command_anneal, "import-hf": _command_import_hf,
        "export-hf": _command_export_hf, "score": _command_score}[command]()

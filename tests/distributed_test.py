@@ -110,12 +110,13 @@ def test_sigterm_to_one_process_saves_everywhere_and_both_resume(two_process_run
   assert f"resuming {run.workdir} from step {saved}" in run.resumed[0]
 
 
-@pytest.mark.parametrize("command, config", [("train", f"{helpers.DEMO}:smoke"),
-                                             ("anneal", None),
-                                             ("study", helpers.STUDY_DEMO_SMOKE)])
-def test_partial_process_flags_are_refused(command, config):
-  result = helpers.cli(command, "--workdir=/tmp/unused", "--from=/tmp/unused", "--steps=1",
-                       "--num_processes=2", check=False, config=config, small=False)
+@pytest.mark.parametrize("args, config", [
+    (("train",), f"{helpers.DEMO}:smoke"),
+    (("anneal", "--from=/tmp/unused", "--steps=1"), None),
+    (("study",), helpers.STUDY_DEMO_SMOKE)])
+def test_partial_process_flags_are_refused(args, config):
+  result = helpers.cli(*args, "--workdir=/tmp/unused", "--num_processes=2", check=False,
+                       config=config, small=False)
   assert result.returncode == 2
   assert "need all of --coordinator_address, --num_processes and --process_id" in result.stderr
 

@@ -112,6 +112,10 @@ def _cases(run, files, fresh):
       ("evaluation never", ("info", DEMO, "--config.eval.every=0"), "eval.every=0", None),
       ("unknown init policy", ("info", DEMO, "--config.init.optimizer_state=maybe"),
        "init.optimizer_state='maybe'", None),
+      ("a flag of another command", _train(fresh, "--steps=100"),
+       "--steps is not a flag of `cpt-jax train`; its flags: --config, --workdir", fresh),
+      ("info given a run directory to write", ("info", DEMO, f"--workdir={fresh}"),
+       "--workdir is not a flag of `cpt-jax info`", fresh),
       # Paths.
       ("no --workdir", ("train", DEMO), "--workdir is required", None),
       ("workdir is a file", _train(files / "a_file"), "is a file", None),

@@ -76,6 +76,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.init.optimizer_state = "reset"  # "reset" (fresh Adam moments) or "keep" them.
   config.init.step = "reset"  # "reset" the step counter to 0 or "continue" from the checkpoint's.
   # "fresh": the first stage's data starts anew; "continue": it resumes the checkpoint's data
-  # stream exactly (the same mixture needed, on any process count; `cpt-jax anneal` uses it).
+  # stream exactly (its first stage must be the source stage's data, refused otherwise; on any
+  # process count; `cpt-jax anneal` uses it).
   config.init.data = "fresh"
   return config

@@ -61,7 +61,26 @@ def data_start(source: str, saved_process_count: int | None, process_count: int,
   return "fresh"
 
 
-def _source_streams(metadata: dict, continue_data: bool) -> tuple[dict[str, int], int | None]:
+# What decides a stage's batches besides its mixture (input_pipeline, packing).
+_STREAM_FIELDS = ("seq_len", "global_batch_size", "shuffle_seed")
+
+
+def _check_continues(config, source, stage: run_plan.StagePlan) -> None:
+  """init.data="continue" trains on the source stage's batches: this run's first stage must
+  be that stage's data, or the stream would go on silently as another one."""
+  first = run_plan.plan(config)[0]
+  changed = [f"data.{field} {source.data[field]!r} -> {config.data[field]!r}"
+             for field in _STREAM_FIELDS if source.data[field] != config.data[field]]
+  for field in ("mixture", "replay_position"):
+    if getattr(first, field) != getattr(stage, field):
+      changed.append(f"{field} {getattr(stage, field)!r} -> {getattr(first, field)!r}")
+  if changed:
+    raise ConfigError(f"init.data='continue' goes on with the data stream of the source's "
+                      f"stage {stage.name!r}, but stages[0] differs from it: "
+                      f"{'; '.join(changed)}; use init.data=fresh to train on other data")
+
+
+def _source_streams(config, metadata: dict) -> tuple[dict[str, int], int | None]:
   """Where a run started from another run's checkpoint (`metadata`: that checkpoint's) finds
   its data: (positions_before_run, source_batch). Continuing the source's data stream, its
   first stage is the source's stage, so it begins where that stage began and goes on from the
@@ -71,8 +90,9 @@ def _source_streams(metadata: dict, continue_data: bool) -> tuple[dict[str, int]
   source = run_directory.experiment_from_json(metadata["config"])
   plans = run_plan.plan(source, start_step=metadata["step_offset"])
   before = metadata.get(POSITIONS_KEY, {})
-  if continue_data:
+  if config.init.data == "continue":
     stage = plans[metadata["stage"]]
+    _check_continues(config, source, stage)
     return (input_pipeline.stream_positions(source.data, plans, stage.index, before),
             metadata["step"] - stage.start_step)
   return input_pipeline.stream_positions_at(source.data, plans, metadata["step"], before), None
@@ -132,7 +152,7 @@ def start_point(config, checkpointer: checkpoint_lib.Checkpointer, abstract, opt
     continue_data = config.init.data == "continue"
     data = data_start("init", metadata.get("process_count"), process_count, continue_data)
     return StartPoint(arrays, offset, offset, metadata, "init", data, source, step,
-                      *_source_streams(metadata, continue_data))
+                      *_source_streams(config, metadata))
   return StartPoint(None, 0, 0, None, "fresh", "fresh")
 
 

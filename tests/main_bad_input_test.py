@@ -176,6 +176,10 @@ def _cases(run, files, fresh):
       ("init with another tokenizer",
        _train(fresh, f"--config.init.from_checkpoint={run}", "--config.data.tokenizer.kind=bpe",
               "--config.data.tokenizer.vocab_size=300"), "another tokenizer", fresh),
+      ("continue the data stream of another mixture",
+       _train(fresh, f"--config.init.from_checkpoint={run}", "--config.init.data=continue"),
+       "stages[0] differs from it: mixture {'code': 0.95, 'prose': 0.05} -> {'prose': 1.0}",
+       fresh),
       # Anneal.
       ("anneal from a missing run", ("anneal", "--from=/nonexistent/run", f"--workdir={fresh}",
                                      "--steps=5"), "no config.json there", fresh),

@@ -1,5 +1,8 @@
 """Tests for cpt_jax/resume.py: where a run starts, with stand-in checkpoints (no I/O)."""
 
+import copy
+import re
+
 import ml_collections
 import pytest
 
@@ -57,10 +60,23 @@ class _Iterator:
     self.state = state
 
 
-def _config(from_checkpoint="", optimizer_state="reset", step="reset", data="fresh"):
-  return ml_collections.ConfigDict({"init": {
+# The source run: 30 steps of prose, then code with 25% of prose replayed from where stage 0
+# stopped; 8 rows a batch.
+_SOURCE_STAGES = (run_plan.stage("prose", 30, {"prose": 1.0}),
+                  run_plan.stage("code", 30, {"code": 0.75}, replay={"prose": 0.25},
+                                 replay_position="continue"))
+_DATA = {"global_batch_size": 8, "seq_len": 32, "shuffle_seed": 0,
+         "sources": {"prose": {}, "code": {}}}
+
+
+def _config(from_checkpoint="", optimizer_state="reset", step="reset", data="fresh",
+            first_stage=_SOURCE_STAGES[1]):
+  """A run whose first stage is (by default) the source's code stage."""
+  config = ml_collections.ConfigDict({"init": {
       "from_checkpoint": from_checkpoint, "optimizer_state": optimizer_state, "step": step,
-      "data": data, "model": "source"}})
+      "data": data, "model": "source"}, "data": _DATA})
+  config.stages = [copy.deepcopy(first_stage)]
+  return config
 
 
 def _metadata(step, offset=0, processes=1, **extra):
@@ -68,13 +84,9 @@ def _metadata(step, offset=0, processes=1, **extra):
 
 
 def _source_metadata(step, processes=1, before_run=None):
-  """A checkpoint of the source run: 30 steps of prose, then code with 25% of prose replayed
-  from where stage 0 stopped; 8 rows a batch."""
-  stages = [run_plan.stage("prose", 30, {"prose": 1.0}),
-            run_plan.stage("code", 30, {"code": 0.75}, replay={"prose": 0.25},
-                           replay_position="continue")]
-  config = {"stages": [stage.to_dict() for stage in stages], "init": {"from_checkpoint": ""},
-            "data": {"global_batch_size": 8, "sources": {"prose": {}, "code": {}}}}
+  """A checkpoint of the source run (_SOURCE_STAGES)."""
+  config = {"stages": [stage.to_dict() for stage in _SOURCE_STAGES],
+            "init": {"from_checkpoint": ""}, "data": _DATA}
   extra = {resume.POSITIONS_KEY: before_run} if before_run is not None else {}
   return _metadata(step, processes=processes, stage=int(step > 30), config=config, **extra)
 
@@ -142,6 +154,22 @@ def test_continuing_a_source_saved_by_another_process_count_seeks_to_its_batch(m
   iterator = _Iterator()
   resume.position_data(start, 0, 0, iterator)  # The run's first step (init.step="reset").
   assert two_processes.data_restored == [] and iterator.state["batch"] == 20
+
+
+@pytest.mark.parametrize("change, named", [
+    (lambda c: c.stages[0].replay.update(prose=0.05) or c.stages[0].mixture.update(code=0.95),
+     "mixture {'code': 0.75, 'prose': 0.25} -> {'code': 0.95, 'prose': 0.05}"),
+    (lambda c: setattr(c.stages[0], "replay_position", "start"),
+     "replay_position 'continue' -> 'start'"),
+    (lambda c: setattr(c.data, "global_batch_size", 16), "data.global_batch_size 8 -> 16"),
+])
+def test_continuing_the_sources_data_with_other_data_is_refused(source, change, named):
+  config = _config("/other", data="continue")
+  change(config)
+  with pytest.raises(ConfigError, match=re.escape(
+      f"init.data='continue' goes on with the data stream of the source's stage 'code', "
+      f"but stages[0] differs from it: {named}; use init.data=fresh")):
+    resume.start_point(config, _Checkpoints(), None, _Optimizer(), 1)
 
 
 def test_init_from_a_missing_step_is_named(source):

@@ -7,10 +7,12 @@ Kinds:
 - "embedded": corpora available offline after `pip install` (`embedded_corpora.py`):
   "shakespeare", "python_stdlib", "manpages_en" / "manpages_de" (split by page id, the same
   in both languages).
-- "text_files": a glob (local or gs://, through etils.epath) of files, by suffix: .jsonl,
-  .jsonl.gz, .jsonl.zst (one document per line, `text_field`), .parquet and .arrow (a Hugging
-  Face `datasets` directory saved with `save_to_disk`: one document per row of `text_field`,
-  read a row group / record batch at a time), anything else one document per file (UTF-8).
+- "text_files": a glob (local or gs://, through etils.epath; or a Hugging Face dataset's
+  files, hf://datasets/ORG/NAME[@REVISION]/PATTERN, fetched into its cache: `hf_hub.py`) of
+  files, by suffix: .jsonl, .jsonl.gz, .jsonl.zst (one document per line, `text_field`),
+  .parquet and .arrow (a Hugging Face `datasets` directory saved with `save_to_disk`: one
+  document per row of `text_field`, read a row group / record batch at a time), anything else
+  one document per file (UTF-8).
 - "tfds": `tfds.data_source(name, split=..., data_dir=...)`, for data on GCS at scale.
 Corpora without their own validation split are split by a hash of each document's id:
 deterministic, independent of file order, and the same id lands on the same side everywhere.
@@ -30,6 +32,7 @@ from etils import epath
 import ml_collections
 
 from cpt_jax import embedded_corpora
+from cpt_jax import hf_hub
 from cpt_jax.config_error import ConfigError
 
 KINDS = ("embedded", "text_files", "tfds")
@@ -42,7 +45,9 @@ def source_config(kind: str, **fields) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.kind = kind  # One of KINDS.
   config.corpus = ""  # "embedded": one of EMBEDDED.
-  config.glob = ""  # "text_files": training files; also the validation pool if no validation_glob.
+  # "text_files": training files (local, gs://, hf://datasets/ORG/NAME[@REVISION]/PATTERN);
+  # also the validation pool if there is no validation_glob.
+  config.glob = ""
   config.validation_glob = ""  # "text_files": validation files; "" = split `glob` by hash.
   config.text_field = "text"  # "text_files" (.jsonl) and "tfds": the feature holding the text.
   config.tfds_name = ""  # "tfds": dataset name, e.g. "wiki40b/en".
@@ -196,6 +201,8 @@ def _file_documents(path: epath.Path, root: str, text_field: str, where: str):
 
 
 def _file_units(pattern: str, split: str, where: str, first_index: int) -> list[ReadUnit]:
+  if hf_hub.is_dataset_glob(pattern):  # Fetched into the Hugging Face cache, read there.
+    pattern = hf_hub.dataset_glob(pattern, where)
   paths = _matching_files(pattern)
   if not paths:
     raise ConfigError(f"{where}={pattern!r}: no files match")

@@ -1,4 +1,5 @@
-"""Models on the Hugging Face Hub as `import-hf` sources: `hf://ORG/NAME[@REVISION]`.
+"""The Hugging Face Hub: models as `import-hf` sources (`hf://ORG/NAME[@REVISION]`), and
+datasets' files as `text_files` globs (`hf://datasets/ORG/NAME[@REVISION]/PATTERN`).
 
 The reference is Hugging Face's own URL form (huggingface_hub's HfFileSystem), with the
 revision a branch, tag or commit: Pythia's intermediate steps are branches, as in
@@ -11,18 +12,27 @@ like any local one:
   model.safetensors, PyTorch shards and their index, one pytorch_model.bin. Repositories
   often hold both formats; fetching both would double the download.
 
+A dataset glob fetches the files PATTERN matches (fnmatch: `*` also spans directories) into
+the same cache and reads them there, like local files; files already cached are not fetched
+again. The revision may be a branch, tag or commit, URL-encoded where it holds a slash
+(`@refs%2Fconvert%2Fparquet`, the Parquet files the Hub converts every dataset to). Pin a
+commit for a reproducible corpus: a token cache is keyed by the glob, not by what `main`
+resolved to.
+
 With HF_HUB_OFFLINE=1, or where the Hub cannot be reached, what the cache holds is used.
-Gated models (Llama) need a token: `hf auth login`, or HF_TOKEN.
+Gated models (Llama) and datasets need a token: `hf auth login`, or HF_TOKEN.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import urllib.parse
 
 from cpt_jax.config_error import ConfigError
 
 PREFIX = "hf://"
+DATASETS_PREFIX = "hf://datasets/"
 _WEIGHTS = (("model.safetensors.index.json", "model.safetensors"),
             ("pytorch_model.bin.index.json", "pytorch_model.bin"))
 _OPTIONAL = ("tokenizer.json", "tokenizer_config.json")  # Import names what it misses.
@@ -97,3 +107,36 @@ def snapshot(reference: str) -> str:
       return directory
   raise ConfigError(f"--from={reference}: the repository has no weights; expected one of "
                     f"{[name for pair in _WEIGHTS for name in pair]}")
+
+
+def is_dataset_glob(pattern: str) -> bool:
+  return pattern.startswith(DATASETS_PREFIX)
+
+
+def dataset_glob(pattern: str, where: str) -> str:
+  """`hf://datasets/ORG/NAME[@REVISION]/PATTERN` as a local glob: PATTERN in the snapshot
+  directory that the matching files were fetched into. `where` names the config field."""
+  import huggingface_hub
+  from huggingface_hub import utils as hub_errors
+  parts = pattern[len(DATASETS_PREFIX):].split("/", 2)
+  if len(parts) != 3 or not all(parts):
+    raise ConfigError(f"{where}={pattern!r}: expected hf://datasets/ORG/NAME[@REVISION]/PATTERN")
+  organization, name_revision, file_pattern = parts
+  name, _, revision = name_revision.partition("@")
+  repo_id = f"{organization}/{name}"
+  try:
+    directory = huggingface_hub.snapshot_download(
+        repo_id, repo_type="dataset", revision=urllib.parse.unquote(revision) or None,
+        allow_patterns=[file_pattern])
+  except hub_errors.LocalEntryNotFoundError:
+    raise ConfigError(f"{where}={pattern!r}: not in the local Hugging Face cache and the Hub "
+                      "cannot be reached") from None
+  except hub_errors.RevisionNotFoundError:
+    raise ConfigError(f"{where}={pattern!r}: the dataset has no revision {revision!r}") from None
+  except hub_errors.RepositoryNotFoundError:  # Also gated and private ones without access.
+    raise ConfigError(f"{where}={pattern!r}: no such dataset on the Hub, or one this login may "
+                      "not read (gated datasets: `hf auth login` or HF_TOKEN)") from None
+  except OSError as error:  # Connection and HTTP errors, a full disk.
+    raise ConfigError(f"{where}={pattern!r}: fetching its files failed "
+                      f"({str(error).splitlines()[0][:160]})") from None
+  return os.path.join(directory, file_pattern)

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from cpt_jax import corpora
+from cpt_jax.config_error import ConfigError
 
 import fake_bucket
+import run_helpers as helpers
 
 
 def test_embedded_corpora_split_deterministically_and_disjointly():
@@ -177,3 +179,54 @@ def test_a_gs_glob_reads_the_same_documents_through_epath(tmp_path):
     with pytest.raises(ValueError, match="no files match"):
       _file_documents(f"{bucket.prefix}/data/*.csv")
   assert remote == local  # The same ids (relative to the glob's root) and texts.
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+  """An empty Hugging Face cache in tmp_path, offline: nothing can be downloaded."""
+  from huggingface_hub import constants
+  cache = tmp_path / "hub_cache"
+  monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+  monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+  return cache
+
+
+def _write_dataset(directory, tag):
+  for part in range(2):
+    path = directory / "data" / f"part-{part}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"text": f"{tag} document {part}.{i} " * 5}) + "\n"
+                            for i in range(40)))
+  (directory / "README.md").write_text("a dataset card, not data")
+
+
+def test_a_hub_dataset_glob_reads_its_revisions_files_as_local_ones(tmp_path, offline_hub):
+  for tag, revision, commit in (("main", "main", "a" * 40),
+                                ("parquet", "refs/convert/parquet", "b" * 40)):
+    _write_dataset(tmp_path / tag, tag)
+    helpers.put_in_hub_cache(offline_hub, "org/corpus", revision, tmp_path / tag, commit,
+                             kind="datasets")
+  for tag, reference in (("main", "org/corpus"), ("main", "org/corpus@main"),
+                         ("parquet", "org/corpus@refs%2Fconvert%2Fparquet")):
+    hub = corpora.source_config("text_files", glob=f"hf://datasets/{reference}/data/*.jsonl")
+    local = corpora.source_config("text_files", glob=f"{tmp_path}/{tag}/data/*.jsonl")
+    for split in corpora.SPLITS:
+      # The same documents, ids (relative to the glob's fixed part) and so the same split.
+      assert corpora._documents("web", hub, split) == corpora._documents("web", local, split)
+    assert corpora.documents("web", hub, "train")[0].startswith(tag)
+
+
+@pytest.mark.parametrize("glob, message", [
+    ("hf://datasets/org/missing/data/*.jsonl",
+     "not in the local Hugging Face cache and the Hub cannot be reached"),
+    ("hf://datasets/org/corpus", "expected hf://datasets/ORG/NAME[@REVISION]/PATTERN"),
+    ("hf://datasets/org/corpus/none/*.jsonl", "no files match"),
+])
+def test_a_hub_dataset_glob_that_cannot_be_read_is_named(tmp_path, offline_hub, glob, message):
+  _write_dataset(tmp_path / "main", "main")
+  helpers.put_in_hub_cache(offline_hub, "org/corpus", "main", tmp_path / "main", "a" * 40,
+                           kind="datasets")
+  config = corpora.source_config("text_files", glob=glob)
+  with pytest.raises(ConfigError, match=re.escape("data.sources.web.glob=") + ".*"
+                     + re.escape(message)):
+    corpora.documents("web", config, "train")

@@ -9,7 +9,6 @@ import dataclasses
 import importlib
 import json
 import os
-import shutil
 import sys
 
 import jax
@@ -222,24 +221,16 @@ def hub_cache(tmp_path, monkeypatch):
   return cache, fetched
 
 
-def _put_in_cache(cache, repo_id, revision, directory, commit):
-  """`directory` as the snapshot `commit` of `repo_id`, `revision` naming it."""
-  repo = cache / f"models--{repo_id.replace('/', '--')}"
-  (repo / "refs").mkdir(parents=True, exist_ok=True)
-  (repo / "refs" / revision).write_text(commit)
-  shutil.copytree(directory, repo / "snapshots" / commit)
-
-
 def test_a_hub_reference_imports_its_revision_from_the_cache_fetching_one_weight_format(
     tokenizer, tmp_path, hub_cache):
   cache, fetched = hub_cache
   main_model = _save_hf("pythia", str(tmp_path / "main"), tokenizer)
   # Both formats, as Pythia's main branch has them.
   torch.save(main_model.state_dict(), tmp_path / "main" / "pytorch_model.bin")
-  _put_in_cache(cache, "EleutherAI/pythia-tiny", "main", tmp_path / "main", "a" * 40)
+  helpers.put_in_hub_cache(cache, "EleutherAI/pythia-tiny", "main", tmp_path / "main", "a" * 40)
   step_model = _save_hf("pythia", str(tmp_path / "step"), tokenizer, max_shard_size="100KB",
                         seed=1)
-  _put_in_cache(cache, "EleutherAI/pythia-tiny", "step1000", tmp_path / "step", "b" * 40)
+  helpers.put_in_hub_cache(cache, "EleutherAI/pythia-tiny", "step1000", tmp_path / "step", "b" * 40)
   tokens = _tokens()
   for reference, hf_model, commit in [("hf://EleutherAI/pythia-tiny", main_model, "a" * 40),
                                       ("hf://EleutherAI/pythia-tiny@step1000", step_model,

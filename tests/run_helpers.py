@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,6 +62,15 @@ def tiny_hf_gpt_neox(directory) -> None:
   model.save_pretrained(directory)
   with open(os.path.join(directory, "tokenizer.json"), "wb") as f:
     f.write(tokenizer.serialized)
+
+
+def put_in_hub_cache(cache, repo_id, revision, directory, commit, kind="models"):
+  """`directory` as the snapshot `commit` of Hugging Face repository `repo_id` (of `kind`:
+  models or datasets) in the Hub cache `cache`, `revision` naming it, as a download leaves it."""
+  repo = cache / f"{kind}--{repo_id.replace('/', '--')}"
+  (repo / "refs" / revision).parent.mkdir(parents=True, exist_ok=True)
+  (repo / "refs" / revision).write_text(commit)
+  shutil.copytree(directory, repo / "snapshots" / commit)
 
 
 def command(*args, config=f"{DEMO}:smoke", small=True):

@@ -56,8 +56,9 @@ def table(summary: dict) -> str:
   for kind in ("forgetting", "adaptation"):
     for stage_name, changes in summary[kind].items():
       for source, change in changes.items():
-        verb = "rose" if kind == "forgetting" else "fell"
-        lines.append(f"{kind} during {stage_name!r}: {source} loss {verb} by {change:+.4f}")
+        rose = (change > 0) == (kind == "forgetting")  # Negative forgetting: the loss fell.
+        lines.append(f"{kind} during {stage_name!r}: {change:+.4f} ({source} loss "
+                     f"{'rose' if rose else 'fell'} by {abs(change):.4f})")
   return "\n".join(lines)
 
 

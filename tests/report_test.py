@@ -30,7 +30,11 @@ def test_a_continued_run_measures_its_first_stage_against_the_model_it_started_f
                                    "code": {"prose": pytest.approx(0.5)}}
   assert summary["adaptation"] == {"prose": {"prose": pytest.approx(1.0)},
                                    "code": {"code": pytest.approx(2.0)}}
-  assert "forgetting during 'prose': code loss rose by -0.5000" in report.table(summary)
+  lines = report.table(summary).splitlines()
+  # The sign is the measure's; the words say which way the loss went.
+  assert "forgetting during 'prose': -0.5000 (code loss fell by 0.5000)" in lines
+  assert "forgetting during 'code': +0.5000 (prose loss rose by 0.5000)" in lines
+  assert "adaptation during 'code': +2.0000 (code loss fell by 2.0000)" in lines
 
 
 @pytest.mark.parametrize("stage_name", ["code", "a_stage_named_at_length"])

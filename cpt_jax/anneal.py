@@ -14,6 +14,7 @@ import copy
 import ml_collections
 
 from cpt_jax import checkpoint as checkpoint_lib
+from cpt_jax import experiment_config
 from cpt_jax import paths
 from cpt_jax import run_directory
 from cpt_jax import run_plan
@@ -47,9 +48,10 @@ def branch_config(config: ml_collections.ConfigDict, run_dir: str, step: int, st
   return config
 
 
-def anneal_config(source_reference: str, steps: int, shape: str,
-                  end_value: float) -> ml_collections.ConfigDict:
-  """The config of the annealing branch of an existing run: its config, one anneal stage."""
+def anneal_config(source_reference: str, steps: int, shape: str, end_value: float,
+                  overrides: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
+  """The config of the annealing branch of an existing run: its config, one anneal stage,
+  then `overrides` (`--config.PATH=VALUE`, e.g. of logging or evaluation)."""
   run_dir, step = checkpoint_lib.parse_reference(source_reference)
   config = run_directory.source_experiment(run_dir)  # First: names a directory that is no run.
   source = checkpoint_lib.Checkpointer(run_dir, read_only=True)
@@ -60,14 +62,15 @@ def anneal_config(source_reference: str, steps: int, shape: str,
                       "learning rate of its own to anneal from; continue it with `cpt-jax "
                       f"train --config.init.from_checkpoint={run_dir}` (a stage can end in an "
                       "anneal schedule)")
-  return branch_config(config, run_dir, step, metadata["step_offset"], metadata["stage"],
-                       steps, shape, end_value)
+  branch = branch_config(config, run_dir, step, metadata["step_offset"], metadata["stage"],
+                         steps, shape, end_value)
+  return experiment_config.override_from_command_line(branch, list(overrides))
 
 
 def anneal(source_reference: str, workdir: str, steps: int, shape: str = "1-sqrt",
-           end_value: float = 0.0) -> dict:
+           end_value: float = 0.0, overrides: tuple[str, ...] = ()) -> dict:
   source_reference, workdir = paths.resolve_reference(source_reference), paths.resolve(workdir)
-  config = anneal_config(source_reference, steps, shape, end_value)
+  config = anneal_config(source_reference, steps, shape, end_value, overrides)
   run_dir, _ = checkpoint_lib.parse_reference(source_reference)
   if workdir.rstrip("/") == run_dir.rstrip("/"):
     raise ConfigError("--workdir must differ from the source run directory: annealing never "

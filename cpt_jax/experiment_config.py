@@ -11,6 +11,8 @@ import difflib
 import importlib.util
 
 import ml_collections
+from absl import flags
+from ml_collections import config_flags
 
 from cpt_jax import base_config
 from cpt_jax import corpora
@@ -118,3 +120,22 @@ def unknown_override(config: ml_collections.ConfigDict, path: str) -> str | None
       return f"unknown config field {walked}.{part}{hint}"
     node, walked = node[part], f"{walked}.{part}"
   return None
+
+
+def override_from_command_line(config: ml_collections.ConfigDict,
+                               args: list[str]) -> ml_collections.ConfigDict:
+  """`config` with `--config.PATH=VALUE` arguments applied as `train` applies them to a
+  config file (ml-collections' parsers, typed by the field): for a config that comes from a
+  run directory rather than a file (`cpt-jax anneal`). Changes `config` in place."""
+  for arg in args:
+    message = unknown_override(config, arg[len("--config."):].split("=")[0])
+    if message:
+      raise ConfigError(message)
+  argv = ["cpt-jax", *args]
+  values = flags.FlagValues()  # Private: the command line's own flags are parsed already.
+  config_flags.DEFINE_config_dict("config", config, flag_values=values, sys_argv=argv)
+  try:
+    values(argv)
+  except (flags.Error, AttributeError, KeyError, IndexError, TypeError) as error:
+    raise ConfigError(f"bad --config override: {str(error).splitlines()[0]}") from None
+  return values.config

@@ -7,6 +7,7 @@
   cpt-jax prepare        --config=configs/demo.py [--workers=N] [--num_processes=N
                          --process_id=I]    tokenize sources into the cache, shard by shard
   cpt-jax anneal         --from=RUN_DIR[:STEP] --workdir=NEW_DIR --steps=N [--shape=1-sqrt]
+                         [--config.a.b=v ...]   (overrides of the source run's config)
   cpt-jax import-hf      --from=HF_DIR --workdir=RUN_DIR     a Hugging Face model as a run
                          (HF_DIR local, or on the Hub: hf://ORG/NAME[@REVISION])
   cpt-jax export-hf      --from=RUN_DIR[:STEP] --out=HF_DIR [--dtype=bfloat16]
@@ -106,6 +107,9 @@ def _usage(command: str | None) -> str:
   if "config" in COMMANDS[command]:
     lines.append("  --config.FIELD=VALUE: override a config field, e.g. "
                  "--config.stages[1].replay.prose=0.25")
+  if command == "anneal":
+    lines.append("  --config.FIELD=VALUE: override a field of the source run's config, e.g. "
+                 "--config.eval.every=10")
   return "\n".join(lines)
 
 
@@ -257,11 +261,12 @@ def _command_train(config) -> None:
                               allow_config_change=_ALLOW_CONFIG_CHANGE.value))
 
 
-def _command_anneal() -> None:
+def _command_anneal(overrides: tuple[str, ...]) -> None:
   from cpt_jax import anneal
   _join_processes()
   _print_summary(anneal.anneal(_require(_FROM, "from"), _require(_WORKDIR, "workdir"),
-                              _require(_STEPS, "steps"), _SHAPE.value, _END_VALUE.value))
+                              _require(_STEPS, "steps"), _SHAPE.value, _END_VALUE.value,
+                              overrides))
 
 
 def _command_import_hf() -> None:
@@ -318,12 +323,19 @@ def main(argv: list[str]) -> int:
   import jax
   from cpt_jax import checkpoint, trainer
   _show_library_logs()
+  args = argv[2:]
+  # anneal's config is its source run's: overrides apply to it, after the flags are parsed.
+  overrides = tuple(arg for arg in args if arg.startswith("--config.")) if (
+      command == "anneal") else ()
   try:
-    _parse([argv[0]] + argv[2:])
+    _parse([argv[0]] + [arg for arg in args if arg not in overrides])
     _check_flags_of(command)
+    if command == "anneal":
+      _command_anneal(overrides)
+      return 0
     if command in _WITHOUT_CONFIG:
-      {"anneal": _command_anneal, "import-hf": _command_import_hf,
-       "export-hf": _command_export_hf, "score": _command_score}[command]()
+      {"import-hf": _command_import_hf, "export-hf": _command_export_hf,
+       "score": _command_score}[command]()
       return 0
     config = _CONFIG.value
     if command == "info" and config is None and _FROM.value:

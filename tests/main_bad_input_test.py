@@ -181,6 +181,12 @@ def _cases(run, files, fresh):
        "stages[0] differs from it: mixture {'code': 0.95, 'prose': 0.05} -> {'prose': 1.0}",
        fresh),
       # Anneal.
+      ("anneal with a misspelt override", ("anneal", f"--from={run}", f"--workdir={fresh}",
+                                           "--steps=5", "--config.eval.evry=1"),
+       "unknown config field config.eval.evry; did you mean config.eval.every?", fresh),
+      ("anneal with an unparsable override", ("anneal", f"--from={run}", f"--workdir={fresh}",
+                                              "--steps=5", "--config.eval.every=often"),
+       "bad --config override: flag --config.eval.every=often", fresh),
       ("anneal from a missing run", ("anneal", "--from=/nonexistent/run", f"--workdir={fresh}",
                                      "--steps=5"), "no config.json there", fresh),
       ("anneal from a missing step", ("anneal", f"--from={run}:999", f"--workdir={fresh}",

@@ -131,10 +131,14 @@ def test_anneal_branches_off_without_touching_the_source(reference_run, tmp_path
   before = sorted(os.listdir(os.path.join(reference_run, "checkpoints")))
   workdir = str(tmp_path / "annealed")
   helpers.cli("anneal", f"--from={reference_run}:55", f"--workdir={workdir}", "--steps=5",
-              "--shape=linear", config=None)
+              "--shape=linear", "--config.eval.every=2", config=None)
   assert sorted(os.listdir(os.path.join(reference_run, "checkpoints"))) == before
   records, _ = helpers.train_losses(workdir), None
   assert sorted(records) == [56, 57, 58, 59, 60]
+  # The override of the source's config: evaluated at the start and at even global steps.
+  from cpt_jax import metrics_writer
+  assert [record["step"] for record in metrics_writer.read_records(workdir)[1]] == [
+      55, 56, 58, 60]
   source_config = run_directory.source_experiment(reference_run)
   expected = schedules.anneal_from(run_plan.learning_rate_schedule(source_config), 55, 5, 0.0,
                                    "linear")

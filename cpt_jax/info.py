@@ -16,6 +16,7 @@ from cpt_jax import metrics_writer
 from cpt_jax import model as model_lib
 from cpt_jax import model_config
 from cpt_jax import paths
+from cpt_jax import resume
 from cpt_jax import run_directory
 from cpt_jax import run_plan
 from cpt_jax import step_memory
@@ -70,6 +71,14 @@ def describe_run(reference: str) -> str:
     commit = origin.get("imported_commit")
     lines.append(f"imported from: {origin['imported_from']}" + (f" (commit {commit})"
                                                                 if commit else ""))
+  elif config.init.from_checkpoint:
+    init = config.init
+    lines.append(f"started from: {init.from_checkpoint} (optimizer state {init.optimizer_state}"
+                 f", step {init.step}, data {init.data})")
+    positions = origin.get(resume.POSITIONS_KEY)
+    if positions:  # Where a replay_position="continue" stage of this run picks its rows up.
+      lines.append("rows of each source served before its first stage: " + ", ".join(
+          f"{name} {rows:,}" for name, rows in sorted(positions.items())))
   if step is not None:
     lines += _checkpoint_lines(config, run_dir, checkpointer.existing_step(
         step, f"--from={reference}"), checkpointer)

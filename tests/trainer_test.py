@@ -159,6 +159,11 @@ def test_a_branch_of_a_stage_that_continues_its_replay_trains_on_that_stages_row
   annealed = str(tmp_path / "annealed")
   helpers.cli("anneal", f"--from={source}:50", f"--workdir={annealed}", "--steps=2", config=None)
   assert helpers.train_losses(annealed)[51] == helpers.train_losses(source)[51]
+  from cpt_jax import info
+  described = info.describe_run(annealed).splitlines()
+  assert described[-2:] == [
+      f"started from: {source}:50 (optimizer state keep, step continue, data continue)",
+      "rows of each source served before its first stage: prose 240"]  # Stage 1: 30 x 8.
 
 
 def test_a_diverging_run_never_checkpoints_nan_parameters(tmp_path):

@@ -69,8 +69,8 @@ def _check_continues(config, source, stage: run_plan.StagePlan) -> None:
   """init.data="continue" trains on the source stage's batches: this run's first stage must
   be that stage's data, or the stream would go on silently as another one."""
   first = run_plan.plan(config)[0]
-  changed = [f"data.{field} {source.data[field]!r} -> {config.data[field]!r}"
-             for field in _STREAM_FIELDS if source.data[field] != config.data[field]]
+  changed = [f"data.{field} {source.data.get(field)!r} -> {config.data.get(field)!r}"
+             for field in _STREAM_FIELDS if source.data.get(field) != config.data.get(field)]
   for field in ("mixture", "replay_position"):
     if getattr(first, field) != getattr(stage, field):
       changed.append(f"{field} {getattr(stage, field)!r} -> {getattr(first, field)!r}")

@@ -8,11 +8,11 @@ Kinds:
   "shakespeare", "python_stdlib", "manpages_en" / "manpages_de" (split by page id, the same
   in both languages).
 - "text_files": a glob (local or gs://, through etils.epath; or a Hugging Face dataset's
-  files, hf://datasets/ORG/NAME[@REVISION]/PATTERN, fetched into its cache: `hf_hub.py`) of
-  files, by suffix: .jsonl, .jsonl.gz, .jsonl.zst (one document per line, `text_field`),
-  .parquet and .arrow (a Hugging Face `datasets` directory saved with `save_to_disk`: one
-  document per row of `text_field`, read a row group / record batch at a time), anything else
-  one document per file (UTF-8).
+  files, hf://datasets/ORG/NAME[@REVISION]/PATTERN, each fetched into its cache when read:
+  `hf_hub.py`) of files, by suffix: .jsonl, .jsonl.gz, .jsonl.zst (one document per line,
+  `text_field`), .parquet and .arrow (a Hugging Face `datasets` directory saved with
+  `save_to_disk`: one document per row of `text_field`, read a row group / record batch at a
+  time), anything else one document per file (UTF-8).
 - "tfds": `tfds.data_source(name, split=..., data_dir=...)`, for data on GCS at scale.
 Corpora without their own validation split are split by a hash of each document's id:
 deterministic, independent of file order, and the same id lands on the same side everywhere.
@@ -200,23 +200,34 @@ def _file_documents(path: epath.Path, root: str, text_field: str, where: str):
     yield relative, _read_text(path, where)
 
 
+def _readable(path: str, unit: ReadUnit) -> tuple[epath.Path, str]:
+  """(a file of `unit` to open, the root its document ids are relative to)."""
+  if hf_hub.is_dataset_glob(path):  # Fetched into its snapshot directory, read there.
+    local, snapshot = hf_hub.fetch_dataset_file(path, unit.where)
+    return epath.Path(local), os.path.join(snapshot, unit.root) if unit.root else snapshot
+  return epath.Path(path), unit.root
+
+
 def _file_units(pattern: str, split: str, where: str, first_index: int) -> list[ReadUnit]:
-  if hf_hub.is_dataset_glob(pattern):  # Fetched into the Hugging Face cache, read there.
-    pattern = hf_hub.dataset_glob(pattern, where)
-  paths = _matching_files(pattern)
+  if hf_hub.is_dataset_glob(pattern):  # Listed; each file fetched when read.
+    paths = hf_hub.dataset_files(pattern, where)
+    # Document ids are relative to the repository, as they are to a local copy of it.
+    root = _glob_root(hf_hub.parse_dataset_glob(pattern, where)[2])
+  else:
+    paths, root = [os.fspath(path) for path in _matching_files(pattern)], _glob_root(pattern)
   if not paths:
     raise ConfigError(f"{where}={pattern!r}: no files match")
   groups, plain = [], []
   for path in paths:
-    if path.name.endswith(_JSON_LINES + _COLUMNAR):
+    if path.endswith(_JSON_LINES + _COLUMNAR):
       groups.append([path])
     else:
       if not plain or len(plain) == _TEXT_FILES_PER_UNIT:
         plain = []
         groups.append(plain)
       plain.append(path)
-  return [ReadUnit(first_index + index, split, tuple(map(os.fspath, group)), _glob_root(pattern),
-                   where) for index, group in enumerate(groups)]
+  return [ReadUnit(first_index + index, split, tuple(group), root, where)
+          for index, group in enumerate(groups)]
 
 
 def check_kind(name: str, config: ml_collections.ConfigDict) -> str:
@@ -261,7 +272,7 @@ def unit_documents(unit: ReadUnit, config: ml_collections.ConfigDict):
     documents = embedded_corpora.documents(config.corpus)
   else:
     documents = (document for path in unit.files for document in
-                 _file_documents(epath.Path(path), unit.root, config.text_field, unit.where))
+                 _file_documents(*_readable(path, unit), config.text_field, unit.where))
   for doc_id, text in documents:
     split = unit.split or ("validation" if is_validation(doc_id, config.validation_fraction)
                            else "train")

@@ -12,9 +12,10 @@ like any local one:
   model.safetensors, PyTorch shards and their index, one pytorch_model.bin. Repositories
   often hold both formats; fetching both would double the download.
 
-A dataset glob fetches the files PATTERN matches (fnmatch: `*` also spans directories) into
-the same cache and reads them there, like local files; files already cached are not fetched
-again. The revision may be a branch, tag or commit, URL-encoded where it holds a slash
+A dataset glob lists the files PATTERN matches (fnmatch: `*` also spans directories) at the
+commit its revision names, and each file is fetched into the same cache when it is first read
+(a host of a multi-host `prepare` fetches only its share); files already cached are not
+fetched again. The revision may be a branch, tag or commit, URL-encoded where it holds a slash
 (`@refs%2Fconvert%2Fparquet`, the Parquet files the Hub converts every dataset to). Pin a
 commit for a reproducible corpus: a token cache is keyed by the glob, not by what `main`
 resolved to.
@@ -25,6 +26,7 @@ Gated models (Llama) and datasets need a token: `hf auth login`, or HF_TOKEN.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import urllib.parse
@@ -110,24 +112,83 @@ def snapshot(reference: str) -> str:
 
 
 def is_dataset_glob(pattern: str) -> bool:
+  """Also true of the files such a glob lists (`hf://datasets/ORG/NAME@COMMIT/FILE`)."""
   return pattern.startswith(DATASETS_PREFIX)
 
 
-def dataset_glob(pattern: str, where: str) -> str:
-  """`hf://datasets/ORG/NAME[@REVISION]/PATTERN` as a local glob: PATTERN in the snapshot
-  directory that the matching files were fetched into. `where` names the config field."""
-  import huggingface_hub
-  from huggingface_hub import utils as hub_errors
+def parse_dataset_glob(pattern: str, where: str) -> tuple[str, str | None, str]:
+  """'hf://datasets/ORG/NAME@REV/PATTERN' -> ('ORG/NAME', 'REV' or None, 'PATTERN')."""
   parts = pattern[len(DATASETS_PREFIX):].split("/", 2)
   if len(parts) != 3 or not all(parts):
     raise ConfigError(f"{where}={pattern!r}: expected hf://datasets/ORG/NAME[@REVISION]/PATTERN")
   organization, name_revision, file_pattern = parts
   name, _, revision = name_revision.partition("@")
-  repo_id = f"{organization}/{name}"
+  return f"{organization}/{name}", urllib.parse.unquote(revision) or None, file_pattern
+
+
+def _saved_listing(repo_id: str, commit: str) -> str:
+  """Where a dataset's listing at `commit` is kept, beside its files in the cache: offline, a
+  snapshot directory holds only the files fetched so far, which may be a host's share."""
+  from huggingface_hub import constants
+  return os.path.join(constants.HF_HUB_CACHE, f"datasets--{repo_id.replace('/', '--')}",
+                      "cpt_jax_listings", f"{commit}.json")
+
+
+def _listed_on_the_hub(repo_id: str, revision: str | None) -> tuple[str, list[str]]:
+  """(the commit `revision` resolves to, every file of the dataset there), the listing kept."""
+  import huggingface_hub
+  api = huggingface_hub.HfApi()
+  commit = api.repo_info(repo_id, repo_type="dataset", revision=revision).sha
+  names = api.list_repo_files(repo_id, repo_type="dataset", revision=commit)
+  path = _saved_listing(repo_id, commit)
   try:
-    directory = huggingface_hub.snapshot_download(
-        repo_id, repo_type="dataset", revision=urllib.parse.unquote(revision) or None,
-        allow_patterns=[file_pattern])
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(f"{path}.{os.getpid()}", "w") as f:
+      json.dump(sorted(names), f)
+    os.replace(f"{path}.{os.getpid()}", path)  # Whole or not at all: hosts may share a cache.
+  except OSError:  # A read-only cache: offline runs will list what it holds.
+    pass
+  return commit, names
+
+
+def _listed_in_the_cache(repo_id: str, revision: str | None) -> tuple[str, list[str]]:
+  """The same offline: the listing kept when the Hub was last asked, else the files the
+  cache's snapshot holds (all of them where a whole snapshot was downloaded)."""
+  import huggingface_hub
+  directory = huggingface_hub.snapshot_download(repo_id, repo_type="dataset", revision=revision,
+                                                local_files_only=True)
+  commit = os.path.basename(directory)
+  try:
+    with open(_saved_listing(repo_id, commit)) as f:
+      return commit, json.load(f)
+  except (OSError, ValueError):
+    return commit, [os.path.relpath(os.path.join(parent, name), directory)
+                    for parent, _, files in os.walk(directory) for name in files]
+
+
+def dataset_files(pattern: str, where: str) -> list[str]:
+  """The files `hf://datasets/ORG/NAME[@REVISION]/PATTERN` matches, as references
+  `hf://datasets/ORG/NAME@COMMIT/FILE` pinned to the commit the revision names now, sorted;
+  nothing is fetched (`fetch_dataset_file` does, file by file, when a file is read). Listed on
+  the Hub, or, offline, in the cache. `where` names the config field."""
+  from huggingface_hub import constants
+  from huggingface_hub import utils as hub_errors
+  repo_id, revision, file_pattern = parse_dataset_glob(pattern, where)
+  try:
+    if constants.HF_HUB_OFFLINE:
+      commit, names = _listed_in_the_cache(repo_id, revision)
+    else:
+      try:
+        commit, names = _listed_on_the_hub(repo_id, revision)
+      except (hub_errors.RepositoryNotFoundError, hub_errors.RevisionNotFoundError):
+        raise
+      except Exception as error:  # No connection (httpx, requests): what the cache holds.
+        try:
+          commit, names = _listed_in_the_cache(repo_id, revision)
+        except hub_errors.LocalEntryNotFoundError:
+          raise ConfigError(f"{where}={pattern!r}: the Hub cannot be reached ("
+                            f"{str(error).splitlines()[0][:160]}) and the local Hugging Face "
+                            "cache does not hold it") from None
   except hub_errors.LocalEntryNotFoundError:
     raise ConfigError(f"{where}={pattern!r}: not in the local Hugging Face cache and the Hub "
                       "cannot be reached") from None
@@ -136,7 +197,22 @@ def dataset_glob(pattern: str, where: str) -> str:
   except hub_errors.RepositoryNotFoundError:  # Also gated and private ones without access.
     raise ConfigError(f"{where}={pattern!r}: no such dataset on the Hub, or one this login may "
                       "not read (gated datasets: `hf auth login` or HF_TOKEN)") from None
+  return [f"{DATASETS_PREFIX}{repo_id}@{commit}/{name}"
+          for name in sorted(fnmatch.filter(names, file_pattern))]
+
+
+def fetch_dataset_file(reference: str, where: str) -> tuple[str, str]:
+  """(local path, its snapshot directory) of `hf://datasets/ORG/NAME@COMMIT/FILE`, fetched
+  into the Hugging Face cache unless it is there."""
+  import huggingface_hub
+  from huggingface_hub import utils as hub_errors
+  repo_id, commit, name = parse_dataset_glob(reference, where)
+  try:
+    path = huggingface_hub.hf_hub_download(repo_id, name, repo_type="dataset", revision=commit)
+  except hub_errors.LocalEntryNotFoundError:
+    raise ConfigError(f"{reference} (matched by {where}): not in the local Hugging Face cache "
+                      "and the Hub cannot be reached") from None
   except OSError as error:  # Connection and HTTP errors, a full disk.
-    raise ConfigError(f"{where}={pattern!r}: fetching its files failed "
+    raise ConfigError(f"{reference} (matched by {where}): fetching it failed "
                       f"({str(error).splitlines()[0][:160]})") from None
-  return os.path.join(directory, file_pattern)
+  return path, path[:-len(name)].rstrip("/")

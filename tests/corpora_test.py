@@ -5,6 +5,7 @@ import json
 import os
 import re
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -230,3 +231,77 @@ def test_a_hub_dataset_glob_that_cannot_be_read_is_named(tmp_path, offline_hub, 
   with pytest.raises(ConfigError, match=re.escape("data.sources.web.glob=") + ".*"
                      + re.escape(message)):
     corpora.documents("web", config, "train")
+
+
+def test_a_hub_dataset_glob_is_listed_at_one_commit_and_each_file_fetched_when_read(
+    tmp_path, offline_hub, monkeypatch):
+  """Online (the Hub stood in for): the glob is listed at the commit `main` names now, with
+  fnmatch's `*` spanning directories as the Hub's own patterns do, and a unit's files are
+  fetched only when that unit is read (a host of a multi-host prepare reads its share)."""
+  import huggingface_hub
+  from huggingface_hub import constants
+  _write_dataset(tmp_path / "main", "main")
+  (tmp_path / "main" / "data" / "more").mkdir()
+  (tmp_path / "main" / "data" / "more" / "part-2.jsonl").write_text(
+      json.dumps({"text": "a nested document " * 5}) + "\n")
+  commit = "c" * 40
+  helpers.put_in_hub_cache(offline_hub, "org/corpus", "main", tmp_path / "main", commit,
+                           kind="datasets")
+  names = ["README.md", "data/part-0.jsonl", "data/part-1.jsonl", "data/more/part-2.jsonl"]
+  asked = []
+
+  class FakeApi:
+    def repo_info(self, repo_id, repo_type, revision):
+      asked.append(("info", repo_id, repo_type, revision))
+      return types.SimpleNamespace(sha=commit)
+
+    def list_repo_files(self, repo_id, repo_type, revision):
+      asked.append(("list", repo_id, repo_type, revision))
+      return names
+
+  fetched, download = [], huggingface_hub.hf_hub_download
+
+  def recording_download(repo_id, filename, **kwargs):
+    fetched.append((filename, kwargs["revision"]))
+    return download(repo_id, filename, local_files_only=True, **kwargs)
+
+  monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+  monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+  monkeypatch.setattr(huggingface_hub, "hf_hub_download", recording_download)
+  config = corpora.source_config("text_files", glob="hf://datasets/org/corpus/data/*.jsonl")
+  units = corpora.read_units("web", config)
+  assert asked == [("info", "org/corpus", "dataset", None),
+                   ("list", "org/corpus", "dataset", commit)]
+  assert [unit.files for unit in units] == [
+      (f"hf://datasets/org/corpus@{commit}/data/{name}",)
+      for name in ("more/part-2.jsonl", "part-0.jsonl", "part-1.jsonl")]
+  assert fetched == []  # Listing fetches nothing.
+  ids = [doc_id for _, doc_id, _ in corpora.unit_documents(units[1], config)]
+  assert fetched == [("data/part-0.jsonl", commit)]
+  assert ids[0] == "part-0.jsonl:1"  # Relative to the glob's fixed part, as locally.
+  # Offline, the listing kept from the Hub still names every file, also those this cache
+  # lacks (fetched by other hosts): reading one is named, never silently skipped.
+  monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+  os.remove(offline_hub / "datasets--org--corpus" / "snapshots" / commit / "data" / "part-1.jsonl")
+  assert corpora.read_units("web", config) == units
+  with pytest.raises(ConfigError, match=re.escape(
+      f"hf://datasets/org/corpus@{commit}/data/part-1.jsonl (matched by "
+      "data.sources.web.glob): not in the local Hugging Face cache")):
+    list(corpora.unit_documents(units[2], config))
+
+
+def test_a_hub_dataset_the_hub_and_the_cache_lack_is_named(offline_hub, monkeypatch):
+  import huggingface_hub
+  from huggingface_hub import constants
+
+  class Unreachable:
+    def repo_info(self, *args, **kwargs):
+      raise ConnectionError("Name or service not known")
+
+  monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+  monkeypatch.setattr(huggingface_hub, "HfApi", Unreachable)
+  config = corpora.source_config("text_files", glob="hf://datasets/org/absent/*.jsonl")
+  with pytest.raises(ConfigError, match=re.escape(
+      "data.sources.web.glob='hf://datasets/org/absent/*.jsonl': the Hub cannot be reached "
+      "(Name or service not known) and the local Hugging Face cache does not hold it")):
+    corpora.read_units("web", config)

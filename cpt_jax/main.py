@@ -19,10 +19,10 @@
 
 `train`, `anneal` and `study` run on every process of a multi-process job (GPU hosts:
 --coordinator_address=HOST:PORT --num_processes=N --process_id=I; TPU slices join by
-themselves). Also `python -m cpt_jax ...`; `cpt-jax COMMAND --help` lists a command's flags. Bad input ends
-with one line `cpt-jax: error: ...` and exit 2; a failed save, a diverged run or a step out of
-device memory with one line and exit 1; Ctrl-C during training saves the current step and
-exits 130.
+themselves). Also `python -m cpt_jax ...`; `cpt-jax COMMAND --help` lists a command's flags.
+Bad input ends with one line `cpt-jax: error: ...` and exit 2; a failed save, a diverged run
+or a step out of device memory with one line and exit 1; Ctrl-C during training saves the
+current step and exits 130.
 """
 
 from __future__ import annotations
@@ -292,8 +292,8 @@ def _command_study(config) -> None:
   from cpt_jax import study
   workdir = _require(_WORKDIR, "workdir")
   _join_processes()
-  report = study.run(config, workdir, only=_ONLY.value, report_only=_REPORT.value)
-  if report is not None and jax.process_index() == 0:  # Process 0 writes the report.
+  table = study.run(config, workdir, only=_ONLY.value, report_only=_REPORT.value)
+  if table is not None and jax.process_index() == 0:  # Process 0 writes the report.
     report = os.path.join(workdir, "study.md")
     print(open(report, encoding="utf-8").read())
     figure = os.path.isfile(os.path.join(workdir, "study.png"))  # Once a variant is done.

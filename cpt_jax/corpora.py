@@ -204,7 +204,7 @@ def _readable(path: str, unit: ReadUnit) -> tuple[epath.Path, str]:
   """(a file of `unit` to open, the root its document ids are relative to)."""
   if hf_hub.is_dataset_glob(path):  # Fetched into its snapshot directory, read there.
     local, snapshot = hf_hub.fetch_dataset_file(path, unit.where)
-    return epath.Path(local), os.path.join(snapshot, unit.root) if unit.root else snapshot
+    return epath.Path(local), os.path.join(snapshot, unit.root)
   return epath.Path(path), unit.root
 
 

@@ -64,3 +64,14 @@ def reference_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("reference"))
   run_helpers.cli("train", f"--workdir={workdir}")
   return workdir
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+  """An empty Hugging Face cache in tmp_path, offline: nothing can be downloaded
+  (run_helpers.put_in_hub_cache fills it)."""
+  from huggingface_hub import constants
+  cache = tmp_path / "hub_cache"
+  monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+  monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+  return cache

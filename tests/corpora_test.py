@@ -182,16 +182,6 @@ def test_a_gs_glob_reads_the_same_documents_through_epath(tmp_path):
   assert remote == local  # The same ids (relative to the glob's root) and texts.
 
 
-@pytest.fixture
-def offline_hub(tmp_path, monkeypatch):
-  """An empty Hugging Face cache in tmp_path, offline: nothing can be downloaded."""
-  from huggingface_hub import constants
-  cache = tmp_path / "hub_cache"
-  monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-  monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-  return cache
-
-
 def _write_dataset(directory, tag):
   for part in range(2):
     path = directory / "data" / f"part-{part}.jsonl"

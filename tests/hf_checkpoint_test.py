@@ -204,13 +204,9 @@ def test_pytorch_bin_weights_without_torch_are_one_line(tokenizer, tmp_path, mon
 
 
 @pytest.fixture
-def hub_cache(tmp_path, monkeypatch):
+def hub_cache(offline_hub, monkeypatch):
   """An offline Hugging Face cache in tmp_path: nothing is downloaded; fetches are recorded."""
   import huggingface_hub
-  from huggingface_hub import constants
-  cache = tmp_path / "hub_cache"
-  monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-  monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
   fetched, download = [], huggingface_hub.hf_hub_download
 
   def recording_download(repo_id, filename, **kwargs):
@@ -218,7 +214,7 @@ def hub_cache(tmp_path, monkeypatch):
     return download(repo_id, filename, **kwargs)
 
   monkeypatch.setattr(huggingface_hub, "hf_hub_download", recording_download)
-  return cache, fetched
+  return offline_hub, fetched
 
 
 def test_a_hub_reference_imports_its_revision_from_the_cache_fetching_one_weight_format(

@@ -115,8 +115,14 @@ def unknown_override(config: ml_collections.ConfigDict, path: str) -> str | None
     keys = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
     if part not in keys:
       close = difflib.get_close_matches(part, keys, n=3)
-      hint = f"; did you mean {', '.join(walked + '.' + c for c in close)}?" if close else (
-          f"; it has {sorted(keys)}")
+      if close:
+        hint = f"; did you mean {', '.join(walked + '.' + c for c in close)}?"
+      elif keys:
+        hint = f"; it has {sorted(keys)}"
+      else:
+        hint = f"; {walked} has no fields"
+        if walked.endswith(".replay"):
+          hint += " (a stage replays sources that earlier stages trained on)"
       return f"unknown config field {walked}.{part}{hint}"
     node, walked = node[part], f"{walked}.{part}"
   return None

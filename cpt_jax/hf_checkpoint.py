@@ -223,6 +223,10 @@ def import_hf(hf_dir: str, workdir: str) -> dict:
   if not (source / "config.json").exists():
     raise ConfigError(f"--from={hf_dir}: no config.json; expected a Hugging Face model directory")
   hf = _read_json(source / "config.json")
+  if run_directory.is_run_config(hf):
+    raise ConfigError(f"--from={hf_dir}: a cpt-jax run directory, not a Hugging Face model; it "
+                      f"needs no import: train from it with --config.init.from_checkpoint="
+                      f"{hf_dir}, or `cpt-jax export-hf --from={hf_dir} --out=HF_DIR`")
   model = hf_convert.model_config_from_hf(hf, where=str(source / "config.json"))
   tensors = _Tensors(source)
   resolved = _resolve_names(tensors, model, hf_dir)

@@ -83,7 +83,7 @@ def stored_config(workdir: str) -> dict | None:
   except (ValueError, UnicodeDecodeError) as error:
     raise ConfigError(f"{path}: not valid JSON ({str(error)[:100]}); it records the run's "
                       "config: restore it, or start the run in another --workdir") from None
-  if not (isinstance(stored, dict) and _RUN_CONFIG_KEYS <= stored.keys()):
+  if not is_run_config(stored):
     if isinstance(stored, dict) and "model_type" in stored:
       raise ConfigError(
           f"{path}: a Hugging Face {stored['model_type']} model's config, not a cpt-jax run's; "
@@ -93,6 +93,11 @@ def stored_config(workdir: str) -> dict | None:
     raise ConfigError(f"{path}: not a cpt-jax run's config (no {', '.join(sorted(missing))} "
                       "fields); expected a run directory, or a new one")
   return stored
+
+
+def is_run_config(stored) -> bool:
+  """Whether `stored` (a parsed config.json) is a cpt-jax run's."""
+  return isinstance(stored, dict) and _RUN_CONFIG_KEYS <= stored.keys()
 
 
 def check_run_directory(workdir: str) -> None:

@@ -92,6 +92,9 @@ def _cases(run, files, fresh):
       ("misspelt field", ("info", DEMO, "--config.stages[1].schedul.peak_value=1"),
        "did you mean config.stages[1].schedule", None),
       ("unparsable value", ("info", DEMO, "--config.data.seq_len=abc"), "seq_len", None),
+      ("replay in the first stage", ("info", DEMO, "--config.stages[0].replay.prose=0.05"),
+       "config.stages[0].replay has no fields (a stage replays sources that earlier stages "
+       "trained on)", None),
       ("no --config", ("info",), "--config is required", None),
       ("sequence longer than context", ("info", DEMO, "--config.data.seq_len=1000"),
        "exceeds the model's context", None),
@@ -206,6 +209,9 @@ def _cases(run, files, fresh):
       ("import from a directory that is no model", ("import-hf", f"--from={files}/text",
                                                     f"--workdir={fresh}"), "no config.json",
        fresh),
+      ("import a cpt-jax run", ("import-hf", f"--from={run}", f"--workdir={fresh}"),
+       f"--from={run}: a cpt-jax run directory, not a Hugging Face model; it needs no import: "
+       f"train from it with --config.init.from_checkpoint={run}", fresh),
       ("train into a Hugging Face model directory", _train(f"{files}/hf_model"),
        f"{files}/hf_model/config.json: a Hugging Face gpt_neox model's config, not a cpt-jax "
        f"run's; expected a run directory (`cpt-jax import-hf --from={files}/hf_model",

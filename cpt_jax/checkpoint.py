@@ -49,6 +49,15 @@ class CheckpointError(RuntimeError):
   """A save failed (disk full, unwritable directory): the previous checkpoint is intact."""
 
 
+def _drop_unraisable(unraisable) -> None:
+  """`sys.unraisablehook` while a possibly corrupt step is probed. A module-level function,
+  never freed: a TensorStore thread may still be running it (reporting "Event loop is
+  closed" from a failed read's leftover callback) when the previous hook is put back. A
+  per-probe lambda was freed mid-call then: a segmentation fault (a core dump, Python
+  3.13.0)."""
+  del unraisable
+
+
 @contextlib.contextmanager
 def _quiet_logs():
   """Silences Orbax's and TensorStore's warnings while probing a possibly corrupt step, and
@@ -58,7 +67,7 @@ def _quiet_logs():
   unraisable_hook = sys.unraisablehook
   for logger in loggers:
     logger.setLevel(logging.ERROR + 1)
-  sys.unraisablehook = lambda unraisable: None
+  sys.unraisablehook = _drop_unraisable
   try:
     yield
   except BaseException:

@@ -1,8 +1,11 @@
 """Tests for cpt_jax/checkpoint.py."""
 
 import dataclasses
+import gc
 import os
+import sys
 import time
+import weakref
 
 import grain
 import ml_collections
@@ -135,6 +138,33 @@ def test_a_read_only_source_falls_back_without_writing(tmp_path):
   assert step == 1 and _tree_listing(tmp_path) == before  # Nothing moved or written.
   step, _, _ = checkpointer.restore_latest(abstract)  # The run itself sets the step aside.
   assert step == 1 and os.listdir(tmp_path / "checkpoints.corrupt") == ["2"]
+
+
+def test_the_hook_that_silences_a_probe_outlives_it(tmp_path, monkeypatch):
+  """A TensorStore thread may still be calling the `sys.unraisablehook` that silences a
+  probe of a corrupt step when the probe ends; it must not be freed then (a per-probe lambda
+  was, and crashed a test worker on Python 3.13.0)."""
+  hooks = []
+  restore = checkpoint_lib.Checkpointer.restore
+
+  def recording_restore(self, *args, **kwargs):
+    hooks.append(weakref.ref(sys.unraisablehook))
+    return restore(self, *args, **kwargs)
+
+  monkeypatch.setattr(checkpoint_lib.Checkpointer, "restore", recording_restore)
+  state = _replicated_state()
+  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path))
+  for step in (1, 2):
+    checkpointer.save(step, state, {"step": step}, None)
+  checkpointer.wait()
+  helpers.garble(tmp_path / "checkpoints" / "2" / "params")
+  previous = sys.unraisablehook
+  abstract = checkpoint_lib.abstract_like(state, data_parallel.replicated_sharding())
+  step, _, _ = checkpointer.restore_latest(abstract)
+  gc.collect()
+  assert step == 1 and len(hooks) == 2  # Step 2 failed, step 1 restored: two probes.
+  assert all(hook() is not None and hook() is not previous for hook in hooks)
+  assert sys.unraisablehook is previous
 
 
 def test_a_garbled_data_iterator_state_falls_back_to_the_previous_step(tmp_path):

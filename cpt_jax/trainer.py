@@ -130,8 +130,22 @@ class _Run:
       # Every process reads and checks: Orbax reads are collective, and all must stop alike.
       metadata = self.checkpointer.read_metadata(latest)
       plans = run_plan.plan(config, start_step=metadata["step_offset"])
-      run_directory.check_config(workdir, config, run_plan.stage_at(plans, metadata["step"]).index,
-                                 allow_config_change)
+      stage_now = run_plan.stage_at(plans, metadata["step"])
+      run_directory.check_config(workdir, config, stage_now.index, allow_config_change)
+      if metadata["step"] > plans[-1].end_step:  # Its records would be summarised as another run's.
+        raise ConfigError(
+            f"--workdir={workdir} is at step {metadata['step']}, past this config's last step "
+            f"{plans[-1].end_step} (the stages' steps); a run cannot end before where it is: "
+            f"start a new run from one of its checkpoints (--config.init.from_checkpoint="
+            f"{workdir}:STEP) instead")
+      # Mid-stage, the data iterator's state is that stage's (a stage's first step starts it
+      # afresh), so a changed plan must leave the step in the stage it was saved in.
+      if metadata["stage"] != stage_now.index and metadata["step"] != stage_now.start_step:
+        raise ConfigError(
+            f"--workdir={workdir} is at step {metadata['step']} of stage {metadata['stage']} "
+            f"({metadata['stage_name']!r}), which this config's stages' steps put in stage "
+            f"{stage_now.index} ({stage_now.name!r}); keep the step in its stage, or start a "
+            f"new run from the checkpoint (--config.init.from_checkpoint={workdir}:STEP)")
     self.start = resume.start_point(config, self.checkpointer, abstract, self.optimizer,
                                     self.shard.count)
     self.step, self.step_offset = self.start.step, self.start.step_offset

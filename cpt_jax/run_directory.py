@@ -110,8 +110,19 @@ def source_config(run_dir: str) -> dict:
   """The config.json of a run another command reads (`--from`); one line if there is none."""
   stored = stored_config(run_dir)
   if stored is None:
-    raise ConfigError(f"--from={run_dir}: no config.json there; expected a cpt-jax run directory")
+    inside = _runs_inside(run_dir)  # A study's directory, or a directory of runs.
+    hint = f" (runs inside it: {', '.join(inside[:5])}{', ...' if len(inside) > 5 else ''})"
+    raise ConfigError(f"--from={run_dir}: no config.json there; expected a cpt-jax run "
+                      f"directory{hint if inside else ''}")
   return stored
+
+
+def _runs_inside(directory: str) -> list[str]:
+  """The names of the run directories right under `directory`, sorted."""
+  path = epath.Path(directory)
+  if not path.is_dir():
+    return []
+  return sorted(child.name for child in path.iterdir() if (child / CONFIG_FILE).exists())
 
 
 def source_experiment(run_dir: str) -> ml_collections.ConfigDict:

@@ -71,7 +71,7 @@ def score(reference: str, file: str, seq_len: int | None = None,
     raise ConfigError(f"--file={file}: no such file")
   config = ml_collections.ConfigDict(stored)
   model = model_config_lib.from_config_dict(config.model)
-  seq_len = seq_len or config.data.seq_len
+  seq_len = config.data.seq_len if seq_len is None else seq_len
   if seq_len < 1:
     raise ConfigError(f"--seq_len={seq_len}: expected a positive number of tokens")
   model.check_sequence_length(seq_len, "--seq_len")

@@ -330,6 +330,10 @@ def _plan_variant(label: str, description: str, config, spec, directories) -> Va
 def plan(study: ml_collections.ConfigDict, study_dir: str) -> list[VariantPlan]:
   """Every variant's runs, a plan per seed (a variant's seeds follow each other); raises
   ConfigError naming the first bad variant or field, before anything runs."""
+  if "base" not in study and "model" in study and "stages" in study:
+    raise ConfigError("the config is an experiment, not a study (base, variants, baseline): "
+                      "run it with `cpt-jax train`, or give a study config (see "
+                      "configs/study_demo.py)")
   for field in ("base", "variants", "baseline"):
     if field not in study:
       raise ConfigError(f"the study config has no {field!r}; expected study.study_config(base, "

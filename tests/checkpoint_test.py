@@ -124,13 +124,19 @@ def test_a_failed_background_save_is_noticed_at_the_next_step_boundary(tmp_path,
   assert checkpointer.steps() == []
 
 
-def test_a_read_only_source_falls_back_without_writing(tmp_path):
+def _two_steps_the_latest_garbled(tmp_path):
+  """(state, checkpointer) of a run directory with steps 1 and 2, step 2's arrays garbled."""
   state = _replicated_state()
   checkpointer = checkpoint_lib.Checkpointer(str(tmp_path))
   for step in (1, 2):
     checkpointer.save(step, state, {"step": step}, None)
   checkpointer.wait()
   helpers.garble(tmp_path / "checkpoints" / "2" / "params")
+  return state, checkpointer
+
+
+def test_a_read_only_source_falls_back_without_writing(tmp_path):
+  state, checkpointer = _two_steps_the_latest_garbled(tmp_path)
   before = _tree_listing(tmp_path)
   abstract = checkpoint_lib.abstract_like(state, data_parallel.replicated_sharding())
   source = checkpoint_lib.Checkpointer(str(tmp_path), read_only=True)
@@ -152,12 +158,7 @@ def test_the_hook_that_silences_a_probe_outlives_it(tmp_path, monkeypatch):
     return restore(self, *args, **kwargs)
 
   monkeypatch.setattr(checkpoint_lib.Checkpointer, "restore", recording_restore)
-  state = _replicated_state()
-  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path))
-  for step in (1, 2):
-    checkpointer.save(step, state, {"step": step}, None)
-  checkpointer.wait()
-  helpers.garble(tmp_path / "checkpoints" / "2" / "params")
+  state, checkpointer = _two_steps_the_latest_garbled(tmp_path)
   previous = sys.unraisablehook
   abstract = checkpoint_lib.abstract_like(state, data_parallel.replicated_sharding())
   step, _, _ = checkpointer.restore_latest(abstract)

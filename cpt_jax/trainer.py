@@ -28,6 +28,7 @@ import tqdm.auto
 
 from cpt_jax import checkpoint as checkpoint_lib
 from cpt_jax import device_peaks
+from cpt_jax import distributed
 from cpt_jax import evaluation
 from cpt_jax import experiment_config
 from cpt_jax import input_pipeline
@@ -324,6 +325,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
                       "a directory") from None
   lock = run_lock.RunLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
   try:
+    distributed.check_shared_directory(workdir, "--workdir")
     with lock:
       return _train_locked(config, workdir, allow_config_change)
   except ConfigError:  # Bad input: a new run directory is removed again, untouched.

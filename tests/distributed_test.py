@@ -22,14 +22,16 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _launch(*args, **command_options):
-  """`cpt-jax ARGS` as the two processes of one job, 4 CPU devices each."""
+def _launch(*args, homes=(None, None), **command_options):
+  """`cpt-jax ARGS` as the two processes of one job, 4 CPU devices each (with `homes`, each
+  its own HOME: `~` is another directory for each, as on two hosts)."""
   port = _free_port()
   return [subprocess.Popen(
       helpers.command(*args, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
                       f"--process_id={index}", **command_options),
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-      env=helpers.environment(devices=4), cwd=helpers.ROOT) for index in range(2)]
+      env={**helpers.environment(devices=4), **({"HOME": home} if home else {})},
+      cwd=helpers.ROOT) for index, home in enumerate(homes)]
 
 
 def _start_processes(workdir, *flags):
@@ -108,6 +110,20 @@ def test_sigterm_to_one_process_saves_everywhere_and_both_resume(two_process_run
   assert run.saved[str(saved)] == ["commit_success.txt", "process_0-of-2.json",
                                    "process_1-of-2.json"]
   assert f"resuming {run.workdir} from step {saved}" in run.resumed[0]
+
+
+def test_a_workdir_the_processes_do_not_share_is_refused_on_every_process(tmp_path):
+  """`--workdir=~/run` on each host of a slice is a directory per host: each process would
+  checkpoint alone, and a resume would restore on some processes and start afresh on others."""
+  homes = [str(tmp_path / f"host{index}") for index in range(2)]
+  processes = _launch("train", "--workdir=~/run", *STEPS, homes=homes)
+  for process in processes:
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode == 2, output[-3000:]
+    assert (f"--workdir={homes[0]}/run: a file process 0 wrote there is not there for "
+            "processes [1] (of 2); a multi-process run needs a directory that every process "
+            f"shares" in output.replace(homes[1], homes[0])), output[-3000:]
+  assert not os.path.exists(os.path.join(homes[0], "run"))  # Process 0's new one is removed.
 
 
 @pytest.mark.parametrize("args, config", [

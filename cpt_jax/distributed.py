@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 
 from etils import epath
 import jax
@@ -16,7 +17,8 @@ import numpy as np
 
 from cpt_jax.config_error import ConfigError
 
-_PROBE_FILE = ".cpt_jax_shared_probe"
+_PROBE_PREFIX = ".cpt_jax_shared_probe_"
+_PROBE_GRACE_S = 5  # How long a process waits to see the probe: a filesystem's own delay.
 
 
 def initialize(coordinator_address: str | None, num_processes: int | None,
@@ -33,18 +35,23 @@ def initialize(coordinator_address: str | None, num_processes: int | None,
 
 
 def check_shared_directory(path: str, flag: str) -> None:
-  """Refuses, on every process alike, a directory that the processes of a multi-process job
-  do not share: process 0 writes a token there, and each process reads it back. A local
-  path on each host of a slice would give every process checkpoints of its own, and a resume
-  that restores on some processes and starts afresh on others."""
-  if jax.process_count() == 1:
+  """Refuses, on every process alike, a local directory that the processes of a multi-process
+  job do not share: process 0 writes a token there, and each process reads it back. With a
+  local path on each host, every process writes checkpoints of its own (two processes with
+  different HOMEs and `~/run` hung at the first one). Object stores (`gs://`) are one
+  namespace for every host and are not probed."""
+  if jax.process_count() == 1 or "://" in path:
     return
   token = str(int(multihost_utils.broadcast_one_to_all(np.int32(secrets.randbits(31)))))
-  probe = epath.Path(path) / _PROBE_FILE
+  # A name no process has looked up before: network filesystems (NFS) may cache that a name
+  # they looked up is absent, for up to a minute.
+  probe = epath.Path(path) / f"{_PROBE_PREFIX}{token}"
   if jax.process_index() == 0:
     probe.write_text(token)
   multihost_utils.sync_global_devices("cpt_jax: shared directory probe written")
-  sees = probe.exists() and probe.read_text() == token
+  deadline = time.monotonic() + _PROBE_GRACE_S
+  while not (sees := _holds(probe, token)) and time.monotonic() < deadline:
+    time.sleep(0.5)
   seen = multihost_utils.process_allgather(np.array(sees))  # Every process waits here.
   if jax.process_index() == 0:
     probe.unlink(missing_ok=True)
@@ -54,3 +61,10 @@ def check_shared_directory(path: str, flag: str) -> None:
         f"{flag}={path}: a file process 0 wrote there is not there for processes {blind} "
         f"(of {jax.process_count()}); a multi-process run needs a directory that every process "
         "shares (gs://BUCKET/..., or a shared filesystem)")
+
+
+def _holds(probe: epath.Path, token: str) -> bool:
+  try:
+    return probe.read_text() == token
+  except FileNotFoundError:
+    return False

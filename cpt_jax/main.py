@@ -115,11 +115,22 @@ def _usage(command: str | None) -> str:
 
 def _importable_config_package(path: str) -> None:
   """Configs in a package (configs/) import each other through it: put its parent on the
-  import path, as running from the repository root would."""
+  import path, and the working directory, as `python -m cpt_jax` has it (a config of one's
+  own, run from the repository root, imports `configs.demo`)."""
   directory = os.path.dirname(os.path.abspath(path))
   root = os.path.dirname(directory)
   if os.path.exists(os.path.join(directory, "__init__.py")) and root not in sys.path:
     sys.path.insert(0, root)
+  if os.getcwd() not in sys.path and "" not in sys.path:
+    sys.path.append(os.getcwd())
+
+
+def _line_in(path: str, error: BaseException) -> str:
+  """`path:LINE` of the last line of `path` that `error` passed through, else `path`."""
+  import traceback
+  lines = [frame.lineno for frame in traceback.extract_tb(error.__traceback__)
+           if os.path.abspath(frame.filename) == os.path.abspath(path)]
+  return f"{path}:{lines[-1]}" if lines else path
 
 
 def _check_config_file(argv: list[str]):
@@ -140,6 +151,10 @@ def _check_config_file(argv: list[str]):
       spec.loader.exec_module(module)
     except SyntaxError as error:
       raise UsageError(f"{path}:{error.lineno}: syntax error: {error.msg}") from None
+    except ImportError as error:  # Another error in the file is a bug in it: its traceback.
+      hint = ("; the repository's configs/ is importable where cpt-jax runs from the "
+              "repository's root" if (error.name or "").split(".")[0] == "configs" else "")
+      raise UsageError(f"{_line_in(path, error)}: {error}{hint}") from None
     if not hasattr(module, "get_config"):
       raise UsageError(f"--config={path}: defines no get_config(); expected an experiment "
                        "config (see configs/demo.py)")

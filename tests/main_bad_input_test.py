@@ -60,6 +60,7 @@ def files(tmp_path_factory):
   (root / "bad.jsonl").write_text('{"body": "no text field"}\n')
   (root / "syntax_error.py").write_text("def get_config(:\n  pass\n")
   (root / "no_get_config.py").write_text("X = 1\n")
+  (root / "imports_missing.py").write_text("import os\nimport not_a_module_xyz\n")
   (root / "a_file").write_text("not a directory")
   (root / "hf_model").mkdir()  # A Hugging Face model directory, as export-hf writes one.
   (root / "hf_model" / "config.json").write_text(json.dumps(
@@ -85,6 +86,8 @@ def _cases(run, files, fresh):
        "syntax_error.py:1: syntax error", None),
       ("config without get_config", ("info", f"--config={files}/no_get_config.py"),
        "defines no get_config()", None),
+      ("config importing a missing module", ("info", f"--config={files}/imports_missing.py"),
+       "imports_missing.py:2: No module named 'not_a_module_xyz'", None),
       ("unknown variant", ("info", f"--config={helpers.DEMO}:smok"),
        "unknown variant 'smok'; this config's variants: smoke", None),
       ("stage index out of range", ("info", DEMO, "--config.stages[5].steps=3"),

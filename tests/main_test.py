@@ -40,6 +40,33 @@ def test_configs_import_each_other_as_a_package():
   assert result.returncode == 2 and "unknown variant 'replay1'" in result.stderr
 
 
+def test_a_config_of_ones_own_imports_the_repositorys_configs_from_its_root(tmp_path):
+  """`cpt-jax` (the installed script, whose import path lacks the working directory) runs a
+  config outside configs/ that imports `configs.demo`, from the repository's root as
+  `python -m cpt_jax` would; elsewhere the missing module is one line naming the file."""
+  (tmp_path / "three_stages.py").write_text(
+      "from configs import demo\n"
+      "from cpt_jax import run_plan, schedule_config\n\n\n"
+      "def get_config():\n"
+      "  config = demo.get_config('smoke')\n"
+      "  config.stages.append(run_plan.stage(\n"
+      "      'prose_again', 10, {'prose': 0.75}, schedule_config.config_for('constant', "
+      "value=1e-4),\n"
+      "      replay={'code': 0.25}))\n"
+      "  return config\n")
+  executable = os.path.join(os.path.dirname(sys.executable), "cpt-jax")
+  command = [executable, "info", f"--config={tmp_path}/three_stages.py"]
+  result = subprocess.run(command, cwd=helpers.ROOT, env=helpers.environment(),
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0 and "stage 2 'prose_again'" in result.stdout, result.stderr
+  result = subprocess.run(command, cwd=tmp_path, env=helpers.environment(),
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 2
+  assert result.stderr.strip() == (
+      f"cpt-jax: error: {tmp_path}/three_stages.py:1: No module named 'configs'; the "
+      "repository's configs/ is importable where cpt-jax runs from the repository's root")
+
+
 def test_unknown_override_names_close_matches():
   result = helpers.cli("info", "--config.stages[1].schedul.peak_value=1", check=False)
   assert result.returncode == 2

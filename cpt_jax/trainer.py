@@ -132,7 +132,11 @@ class _Run:
       metadata = self.checkpointer.read_metadata(latest)
       plans = run_plan.plan(config, start_step=metadata["step_offset"])
       stage_now = run_plan.stage_at(plans, metadata["step"])
-      run_directory.check_config(workdir, config, stage_now.index, allow_config_change)
+      # A stage that starts at the checkpoint has trained nothing yet: it may be new (a
+      # finished run continued on new data) or changed. A run-wide schedule spans all stages.
+      untouched = metadata["step"] == stage_now.start_step and config.get("schedule") is None
+      run_directory.check_config(workdir, config, stage_now.index - untouched,
+                                 allow_config_change)
       if metadata["step"] > plans[-1].end_step:  # Its records would be summarised as another run's.
         raise ConfigError(
             f"--workdir={workdir} is at step {metadata['step']}, past this config's last step "

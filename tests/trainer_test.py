@@ -12,6 +12,7 @@ import pytest
 import run_helpers as helpers
 from cpt_jax import metrics_writer
 from cpt_jax import trainer
+from cpt_jax.config_error import ConfigError
 
 
 def test_run_writes_records_summary_and_curves(reference_run):
@@ -229,6 +230,29 @@ def test_train_from_python_returns_the_summary(tmp_path):
   summary = cpt_jax.train(config, str(tmp_path / "from_python"))
   assert [stage["name"] for stage in summary["stages"]] == ["prose", "code"]
   assert summary == json.load(open(tmp_path / "from_python" / "summary.json"))
+
+
+def test_a_finished_run_continues_on_a_stage_appended_when_new_data_arrives(tmp_path):
+  """A stage appended to a finished run's config needs no --allow_config_change (nothing
+  trained changes: the stages have schedules of their own), and the run continues to the
+  losses of a run configured with all three stages from the start."""
+  import cpt_jax
+  from cpt_jax import run_plan, schedule_config
+  two, three = _tiny_config(), _tiny_config()
+  three.stages.append(run_plan.stage(
+      "prose_again", 3, {"prose": 0.75}, schedule_config.config_for("constant", value=1e-3),
+      replay={"code": 0.25}))
+  continued, whole = str(tmp_path / "continued"), str(tmp_path / "whole")
+  cpt_jax.train(two, continued)
+  summary = cpt_jax.train(three, continued)
+  cpt_jax.train(three, whole)
+  assert sorted(helpers.train_losses(continued)) == list(range(1, 10))
+  assert helpers.train_losses(continued) == helpers.train_losses(whole)
+  assert [stage["name"] for stage in summary["stages"]] == ["prose", "code", "prose_again"]
+  changed = _tiny_config()  # A stage that has trained is still the run's own.
+  changed.stages[1].steps = 4
+  with pytest.raises(ConfigError, match=r"stages\[1\].steps: 3 -> 4"):
+    cpt_jax.train(changed, continued)
 
 
 def test_throughput_leaves_out_evaluation_and_checkpoint_writing(tmp_path, monkeypatch):

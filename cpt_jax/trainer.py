@@ -113,6 +113,32 @@ def _check_tokenizer(metadata: dict, tokenizer, where: str) -> None:
                       "tokenizer")
 
 
+def _check_resumed_plan(config, workdir: str, metadata: dict, allow_config_change: bool) -> None:
+  """Refuses a config that changes what the run has trained (without the flag), or whose
+  stages no longer hold the checkpoint's step where it was (even with it)."""
+  plans = run_plan.plan(config, start_step=metadata["step_offset"])
+  step, stage_now = metadata["step"], run_plan.stage_at(plans, metadata["step"])
+  # A stage that starts at the checkpoint has trained nothing yet: it may be new (a finished
+  # run continued on new data) or changed. A run-wide schedule spans all stages.
+  untouched = step == stage_now.start_step and config.get("schedule") is None
+  run_directory.check_config(workdir, config, stage_now.index - untouched, allow_config_change)
+  if step > plans[-1].end_step:  # The summary would read its records as a shorter run's.
+    raise ConfigError(
+        f"--workdir={workdir} is at step {step}, past this config's last step "
+        f"{plans[-1].end_step} (the stages' steps); a run cannot end before where it is: "
+        f"start a new run from one of its checkpoints (--config.init.from_checkpoint="
+        f"{workdir}:STEP) instead")
+  # Mid-stage, the data iterator's state is that stage's (a stage's first step starts it
+  # afresh), so the step must stay in the stage it was saved in.
+  saved_stage = metadata.get("stage", stage_now.index)
+  if saved_stage != stage_now.index and step != stage_now.start_step:
+    raise ConfigError(
+        f"--workdir={workdir} is at step {step} of stage {saved_stage} "
+        f"({metadata.get('stage_name')!r}), which this config's stages' steps put in stage "
+        f"{stage_now.index} ({stage_now.name!r}); keep the step in its stage, or start a new "
+        f"run from the checkpoint (--config.init.from_checkpoint={workdir}:STEP)")
+
+
 class _Run:
   """One run's mutable state: the train state, the step, counters, and where output goes."""
 
@@ -130,27 +156,7 @@ class _Run:
     if latest is not None:  # Refuse a changed experiment before touching state.
       # Every process reads and checks: Orbax reads are collective, and all must stop alike.
       metadata = self.checkpointer.read_metadata(latest)
-      plans = run_plan.plan(config, start_step=metadata["step_offset"])
-      stage_now = run_plan.stage_at(plans, metadata["step"])
-      # A stage that starts at the checkpoint has trained nothing yet: it may be new (a
-      # finished run continued on new data) or changed. A run-wide schedule spans all stages.
-      untouched = metadata["step"] == stage_now.start_step and config.get("schedule") is None
-      run_directory.check_config(workdir, config, stage_now.index - untouched,
-                                 allow_config_change)
-      if metadata["step"] > plans[-1].end_step:  # Its records would be summarised as another run's.
-        raise ConfigError(
-            f"--workdir={workdir} is at step {metadata['step']}, past this config's last step "
-            f"{plans[-1].end_step} (the stages' steps); a run cannot end before where it is: "
-            f"start a new run from one of its checkpoints (--config.init.from_checkpoint="
-            f"{workdir}:STEP) instead")
-      # Mid-stage, the data iterator's state is that stage's (a stage's first step starts it
-      # afresh), so a changed plan must leave the step in the stage it was saved in.
-      if metadata["stage"] != stage_now.index and metadata["step"] != stage_now.start_step:
-        raise ConfigError(
-            f"--workdir={workdir} is at step {metadata['step']} of stage {metadata['stage']} "
-            f"({metadata['stage_name']!r}), which this config's stages' steps put in stage "
-            f"{stage_now.index} ({stage_now.name!r}); keep the step in its stage, or start a "
-            f"new run from the checkpoint (--config.init.from_checkpoint={workdir}:STEP)")
+      _check_resumed_plan(config, workdir, metadata, allow_config_change)
     self.start = resume.start_point(config, self.checkpointer, abstract, self.optimizer,
                                     self.shard.count)
     self.step, self.step_offset = self.start.step, self.start.step_offset

@@ -121,7 +121,8 @@ def _check_resumed_plan(config, workdir: str, metadata: dict, allow_config_chang
   # A stage that starts at the checkpoint has trained nothing yet: it may be new (a finished
   # run continued on new data) or changed. A run-wide schedule spans all stages.
   untouched = step == stage_now.start_step and config.get("schedule") is None
-  run_directory.check_config(workdir, config, stage_now.index - untouched, allow_config_change)
+  last_trained = stage_now.index - 1 if untouched else stage_now.index
+  run_directory.check_config(workdir, config, last_trained, allow_config_change)
   if step > plans[-1].end_step:  # The summary would read its records as a shorter run's.
     raise ConfigError(
         f"--workdir={workdir} is at step {step}, past this config's last step "

@@ -233,7 +233,7 @@ def import_hf(hf_dir: str, workdir: str) -> dict:
   _check_shapes(tensors, resolved, model, hf_dir)
   tokenizer, eos_token = _hf_tokenizer(source, hf, model.vocab_size)
 
-  target.mkdir(parents=True, exist_ok=True)
+  paths.make_directory(workdir, "--workdir")
   with run_lock.RunLock(workdir):
     host = data_parallel.host_sharding()
     flat = {}
@@ -314,7 +314,7 @@ def export_hf(reference: str, out_dir: str, dtype: str = "float32",
     for name, array in zip(item.hf_names, item.to_hf(flat[item.path])):
       tensors[name] = np.ascontiguousarray(np.asarray(array, np.float32).astype(np_dtype))
 
-  out.mkdir(parents=True, exist_ok=True)
+  paths.make_directory(out_dir, "--out")
   _write_safetensors(out, tensors, max_shard_bytes)
   eos = settings["eos_token"]
   # The token before every document where the tokenizer has one (Llama's); else, as GPT-NeoX

@@ -14,6 +14,7 @@ import copy
 import importlib.util
 import os
 
+from etils import epath
 import ml_collections
 
 from cpt_jax import checkpoint as checkpoint_lib
@@ -40,6 +41,16 @@ def resolve(path: str) -> str:
                         "pip install -e '.[gcs]'")
     return path
   return os.path.abspath(os.path.expanduser(path))
+
+
+def make_directory(path: str, flag: str) -> None:
+  """Creates directory `path` (and its parents) for the command's `flag`; a file in the way
+  is one line naming the flag."""
+  try:
+    epath.Path(path).mkdir(parents=True, exist_ok=True)
+  except (FileExistsError, NotADirectoryError):
+    raise ConfigError(f"{flag}={path!r}: it, or a directory above it, is a file; expected a "
+                      "directory") from None
 
 
 def resolve_reference(reference: str) -> str:

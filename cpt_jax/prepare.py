@@ -23,7 +23,6 @@ import multiprocessing
 import time
 
 import ml_collections
-from etils import epath
 
 from cpt_jax import corpora
 from cpt_jax import run_directory
@@ -137,7 +136,7 @@ def prepare(config: ml_collections.ConfigDict, *, workers: int = 1, num_processe
     raise ConfigError("data.token_cache_dir is empty: set where `prepare` writes the shards, "
                       "e.g. --config.data.token_cache_dir=/data/tokens")
   token_cache.check_cache_dir(cache_dir)
-  epath.Path(cache_dir).mkdir(parents=True, exist_ok=True)
+  paths.make_directory(cache_dir, "data.token_cache_dir")
   # The cache directory doubles as the tokenizer's home: trained once, reused by every run.
   tokenizer = run_directory.tokenizer_for_run(config, cache_dir)
   run_directory.save_tokenizer(cache_dir, tokenizer)

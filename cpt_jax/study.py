@@ -401,6 +401,7 @@ def run(study: ml_collections.ConfigDict, study_dir: str, only=(), report_only: 
   variants = plan(study, study_dir)
   selected = _select(variants, list(only))
   if not report_only:
+    paths.make_directory(study_dir, "--workdir")
     ordered = list({run.key: run for variant in selected for run in variant.runs}.values())
     _log.info("study %s: %d variants, %d runs (%d done)", study_dir, len(selected), len(ordered),
               sum(run.is_done() for run in ordered))

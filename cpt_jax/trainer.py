@@ -329,11 +329,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   run_directory.check_run_directory(workdir)
   run_dir = epath.Path(workdir)
   created = not run_dir.exists()
-  try:
-    run_dir.mkdir(parents=True, exist_ok=True)
-  except (FileExistsError, NotADirectoryError):
-    raise ConfigError(f"--workdir={workdir!r}: it, or a directory above it, is a file; expected "
-                      "a directory") from None
+  paths.make_directory(workdir, "--workdir")
   lock = run_lock.RunLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
   try:
     distributed.check_shared_directory(workdir, "--workdir")

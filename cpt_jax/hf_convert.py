@@ -247,7 +247,7 @@ def hf_config_from_model(config: ModelConfig, *, bos_token_id: int, eos_token_id
             "rotary_emb_base": config.rotary_base,
             "use_parallel_residual": not config.sequential_residual, "rope_parameters": rope}
   if config.rotary_dims != config.head_dim:
-    raise ConfigError(f"model.rotary_pct={config.rotary_pct}: Llama rotates every dim; HF's "
+    raise ConfigError(f"model.rotary_pct={config.rotary_fraction}: Llama rotates every dim; HF's "
                       "LlamaForCausalLM cannot express partial rotary")
   rope_scaling = None
   if config.rope_scaling == "llama3":

@@ -11,6 +11,7 @@ import dataclasses
 from typing import Literal
 
 import ml_collections
+from ml_collections import config_dict
 
 from cpt_jax.config_error import ConfigError
 
@@ -86,9 +87,7 @@ class ModelConfig:
 
   @property
   def rotary_fraction(self) -> float:
-    if self.rotary_pct is None:
-      return 0.25 if self.family == "pythia" else 1.0
-    return self.rotary_pct
+    return family_rotary_fraction(self.family) if self.rotary_pct is None else self.rotary_pct
 
   @property
   def rotary_dims(self) -> int:
@@ -162,10 +161,15 @@ class ModelConfig:
     return self
 
 
+def family_rotary_fraction(family: str) -> float:
+  """The share of each head's dims rotated where `rotary_pct` is None: GPT-NeoX's 0.25 for
+  Pythia, all of them for Llama."""
+  return 0.25 if family == "pythia" else 1.0
+
+
 def _pythia(vocab_size=50304, max_seq_len=2048, **shape) -> ModelConfig:
   return ModelConfig(family="pythia", vocab_size=vocab_size, max_seq_len=max_seq_len,
-                     mlp_dim=4 * shape["model_dim"], num_kv_heads=shape["num_heads"],
-                     rotary_pct=0.25, **shape)
+                     mlp_dim=4 * shape["model_dim"], num_kv_heads=shape["num_heads"], **shape)
 
 
 PRESETS: dict[str, ModelConfig] = {
@@ -178,7 +182,7 @@ PRESETS: dict[str, ModelConfig] = {
     # A small Llama: GQA with 2 query heads per KV head, SwiGLU width ~8/3 d, tied embeddings.
     "llama-small": ModelConfig(family="llama", vocab_size=32000, num_layers=8, model_dim=512,
                                num_heads=8, num_kv_heads=4, mlp_dim=1408, max_seq_len=2048,
-                               rotary_pct=1.0, tie_embeddings=True, norm_eps=1e-6),
+                               tie_embeddings=True, norm_eps=1e-6),
 }
 
 
@@ -190,8 +194,11 @@ def preset(name: str) -> ModelConfig:
 
 def preset_config_dict(name: str, **overrides) -> ml_collections.ConfigDict:
   """A preset as the `config.model` block of an experiment config (every field declared)."""
-  model = dataclasses.replace(preset(name), **overrides)
-  fields = dataclasses.asdict(dataclasses.replace(model, rotary_pct=model.rotary_fraction))
+  fields = dataclasses.asdict(dataclasses.replace(preset(name), **overrides))
+  if fields["rotary_pct"] is None:
+    # The family's share, so that `--config.model.family=llama` on a Pythia preset rotates
+    # every dim, as Llama does (and its export needs); typed, so that an override parses.
+    fields["rotary_pct"] = config_dict.placeholder(float)
   return ml_collections.ConfigDict(fields)
 
 

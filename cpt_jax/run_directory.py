@@ -63,6 +63,8 @@ def fields_that_matter(config_json: dict, stages_done: int) -> dict[str, object]
   # A model field added to cpt_jax after the run was stored is taken at its default, which
   # is what the code did before the field existed.
   model = {**_MODEL_DEFAULTS, **(selected["model"] or {})}
+  if model["rotary_pct"] is None:  # The family's; runs stored before it was left so hold it.
+    model["rotary_pct"] = model_config.family_rotary_fraction(model["family"])
   selected["model"] = {key: value for key, value in model.items()
                        if key not in _EXECUTION_FIELDS}
   data = config_json.get("data", {})

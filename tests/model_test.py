@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from cpt_jax import base_config
+from cpt_jax import experiment_config
+from cpt_jax import hf_convert
 from cpt_jax import model as model_lib
 from cpt_jax import model_config
 
@@ -201,6 +204,24 @@ def test_tied_embeddings_have_no_output_matrix():
 def test_invalid_model_fields_are_named(field, value, message):
   with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
     dataclasses.replace(SMALL_PYTHIA, **{field: value}).validate()
+
+
+def test_a_pythia_preset_switched_to_llama_rotates_every_dim_and_exports():
+  """Presets leave the rotated share to the family: `--config.model.family=llama` on the
+  tiny preset is a Llama that HF's LlamaForCausalLM can express."""
+  config = model_config.preset_config_dict("tiny")
+  assert model_config.from_config_dict(config).rotary_fraction == 0.25
+  config.family = "llama"
+  llama = model_config.from_config_dict(config)
+  assert llama.rotary_dims == llama.head_dim
+  hf = hf_convert.hf_config_from_model(llama, bos_token_id=0, eos_token_id=0, dtype="float32")
+  assert hf["model_type"] == "llama"
+
+
+def test_the_rotated_share_of_a_preset_takes_a_command_line_override():
+  config = experiment_config.override_from_command_line(base_config.base_config(),
+                                                        ["--config.model.rotary_pct=0.5"])
+  assert model_config.from_config_dict(config.model).rotary_fraction == 0.5
 
 
 def test_unknown_preset_lists_the_known_ones():

@@ -42,5 +42,20 @@ def test_a_model_field_added_since_the_run_was_stored_is_taken_at_its_default(tm
   config = demo.get_config("smoke")
   config.model.family, config.model.sliding_window = "llama", 128
   with pytest.raises(run_directory.ConfigMismatchError,
-                     match=r"model.family: 'pythia' -> 'llama'; model.sliding_window: 0 -> 128"):
+                     match=r"model.family: 'pythia' -> 'llama'; model.rotary_pct: 0.25 -> 1.0; "
+                           r"model.sliding_window: 0 -> 128"):
+    run_directory.check_config(str(tmp_path), config, 0, allow_change=False)
+
+
+def test_a_run_stored_with_its_familys_rotary_share_spelt_out_resumes(tmp_path):
+  """Runs stored before presets left `rotary_pct` to the family (None) hold 0.25: the same
+  model, so the resume passes (and a study's keys do not change)."""
+  stored = run_directory.config_as_json(demo.get_config("smoke"))
+  assert stored["model"]["rotary_pct"] is None
+  stored["model"]["rotary_pct"] = 0.25
+  (tmp_path / run_directory.CONFIG_FILE).write_text(json.dumps(stored))
+  run_directory.check_config(str(tmp_path), demo.get_config("smoke"), 0, allow_change=False)
+  config = demo.get_config("smoke")
+  config.model.rotary_pct = 0.5
+  with pytest.raises(run_directory.ConfigMismatchError, match=r"model.rotary_pct: 0.25 -> 0.5"):
     run_directory.check_config(str(tmp_path), config, 0, allow_change=False)

@@ -34,6 +34,8 @@ import ml_collections
 from cpt_jax import anneal
 from cpt_jax import checkpoint as checkpoint_lib
 from cpt_jax import experiment_config
+from cpt_jax import model as model_lib
+from cpt_jax import model_config
 from cpt_jax import paths
 from cpt_jax import run_directory
 from cpt_jax import run_plan
@@ -158,6 +160,14 @@ class Run:
   @property
   def tokens(self) -> int:
     return (self.end_step - self.start_step) * run_plan.tokens_per_step(self.config)
+
+  @property
+  def flops(self) -> int:
+    """Training FLOPs of its tokens, with the model it trains: an imported one's for a run
+    that starts from an import (`init.model="source"`), not the config's model block."""
+    config = run_directory.with_source_model(self.config)
+    model = model_config.from_config_dict(config.model)
+    return self.tokens * model_lib.training_flops_per_token(model, config.data.seq_len)
 
   def is_done(self) -> bool:
     """Finished once its report is written (after its final checkpoint)."""

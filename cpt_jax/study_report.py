@@ -23,8 +23,6 @@ import statistics
 from etils import epath
 
 from cpt_jax import metrics_writer
-from cpt_jax import model as model_lib
-from cpt_jax import model_config
 from cpt_jax import plots
 
 
@@ -71,12 +69,10 @@ def variant_row(variant, study_dir: str) -> dict:
     row["adaptation"] = {s: before[s] - final[s] for s in sorted(final) if s in new}
     row["average_forgetting"] = _mean(row["forgetting"].values())
     row["average_adaptation"] = _mean(row["adaptation"].values())
-  per_token = model_lib.training_flops_per_token(
-      model_config.from_config_dict(variant.config.model), variant.config.data.seq_len)
   row["tokens"] = sum(run.tokens for run in variant.path)
   row["update_tokens"] = sum(run.tokens for run in variant.update_runs)
-  row["flops"] = row["tokens"] * per_token
-  row["update_flops"] = row["update_tokens"] * per_token
+  row["flops"] = sum(run.flops for run in variant.path)
+  row["update_flops"] = sum(run.flops for run in variant.update_runs)
   return row
 
 

@@ -11,6 +11,8 @@ import pytest
 import run_helpers as helpers
 from configs import study_demo
 from cpt_jax import metrics_writer
+from cpt_jax import model as model_lib
+from cpt_jax import model_config
 from cpt_jax import study
 from cpt_jax import trainer
 from cpt_jax.config_error import ConfigError
@@ -253,6 +255,12 @@ def test_a_study_of_an_imported_model_measures_each_variant_from_that_model(tmp_
     assert row["forgetting"] == {"prose": pytest.approx(final["prose"] - start["prose"])}
     assert row["adaptation"] == {"code": pytest.approx(start["code"] - final["code"])}
   assert all(start == starts[0] for start in starts)  # One imported model, one measurement.
+  # Compute is the imported model's, not that of the config's (unused) model block.
+  imported = model_config.ModelConfig(
+      **json.load(open(tmp_path / "imported" / "config.json"))["model"])
+  seq_len = json.load(open(os.path.join(study_dir, "replay5", "config.json")))["data"]["seq_len"]
+  per_token = model_lib.training_flops_per_token(imported, seq_len)
+  assert all(row["flops"] == row["tokens"] * per_token for row in rows.values())
   assert all(row["start_validation_loss"] == starts[0] for row in rows.values())
   markdown = open(os.path.join(study_dir, "study.md")).read()
   assert ("measured from the model they continue, whose validation loss was "

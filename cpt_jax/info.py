@@ -7,6 +7,8 @@ with `--from`, a run's model and checkpoints, and where one checkpoint stands.
 
 from __future__ import annotations
 
+import collections
+
 import jax
 import ml_collections
 
@@ -20,6 +22,7 @@ from cpt_jax import resume
 from cpt_jax import run_directory
 from cpt_jax import run_plan
 from cpt_jax import step_memory
+from cpt_jax.config_error import ConfigError
 
 
 def _schedule_summary(schedule: ml_collections.ConfigDict | None) -> str:
@@ -102,8 +105,18 @@ def _checkpoint_lines(config, run_dir: str, step: int, checkpointer) -> list[str
 
 def _as_trained(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`config` as `train` runs it: paths resolved, and a run that continues another (an
-  imported model) with that run's architecture (`init.model="source"`)."""
-  return run_directory.with_source_model(paths.resolve_config(config))
+  imported model) with that run's architecture (`init.model="source"`). Where that run does
+  not exist yet, nothing says what the model is: refused, rather than describing the config's
+  own model block, which training would not use."""
+  config = paths.resolve_config(config)
+  init = config.init
+  if init.from_checkpoint and init.model == "source":
+    source, _ = checkpoint_lib.parse_reference(init.from_checkpoint)
+    if run_directory.stored_config(source) is None:
+      raise ConfigError(f"init.from_checkpoint={init.from_checkpoint!r}: no run there yet, and "
+                        "the model's architecture comes from it (init.model=\"source\"): "
+                        "import or train it first")
+  return run_directory.with_source_model(config)
 
 
 def describe(config: ml_collections.ConfigDict) -> str:
@@ -134,6 +147,39 @@ def describe(config: ml_collections.ConfigDict) -> str:
         f"optimizer state {stage_plan.optimizer_state}")
     if stage_config.get("schedule") is not None:
       lines.append(f"    schedule: {_schedule_summary(stage_config.schedule)}")
+  return "\n".join(lines)
+
+
+def describe_study(study_config: ml_collections.ConfigDict, study_dir: str | None) -> str:
+  """What a study trains, before it is launched: each variant's runs and the runs variants
+  share, and the grid's steps, tokens and training FLOPs (each shared run counted once); with
+  the study's directory, which runs are done."""
+  from cpt_jax import study  # Deferred: a study pulls in the trainer.
+  root = paths.resolve(study_dir) if study_dir else "STUDY_DIR"
+  variants = study.plan(study_config, root)
+  runs = {run.key: run for variant in variants for run in variant.runs}
+  for run in runs.values():  # Later runs train their parent's model, a run of the study.
+    if run.parent is None:
+      _as_trained(run.config)  # Refuses a model still to be imported.
+  sharing = collections.Counter(run.key for variant in variants for run in variant.runs)
+  done = {key for key, run in runs.items() if study_dir and run.is_done()}
+  seeds = study_config.get("num_seeds", 1)
+  lines = [f"study: {len(study_config.variants)} variants x {seeds} seed{'s' * (seeds > 1)}, "
+           f"baseline {study_config.baseline!r}: {len(runs)} runs, "
+           f"{sum(run.end_step - run.start_step for run in runs.values()):,} steps, "
+           f"{sum(run.tokens for run in runs.values()):,} tokens, "
+           f"{sum(run.flops for run in runs.values()):.4g} training FLOPs (shared runs once)"
+           + (f"; {len(done)} of {len(runs)} runs done in {root}" if study_dir else "")]
+  for variant in variants:
+    names = [run.directory[len(root) + 1:] + (f" (shared by {sharing[run.key]} variants)"
+                                              if sharing[run.key] > 1 else "")
+             for run in variant.runs]
+    status = (f"; {sum(run.key in done for run in variant.runs)}/{len(variant.runs)} done"
+              if study_dir else "")
+    lines.append(f"  {variant.label}: {variant.description or 'no description'}{status}")
+    lines.append(f"    {len(variant.runs)} run{'s' * (len(variant.runs) > 1)}, "
+                 f"{sum(run.end_step - run.start_step for run in variant.runs):,} steps: "
+                 + ", ".join(names))
   return "\n".join(lines)
 
 

@@ -13,6 +13,8 @@
   cpt-jax export-hf      --from=RUN_DIR[:STEP] --out=HF_DIR [--dtype=bfloat16]
   cpt-jax score          --from=RUN_DIR[:STEP] --file=PATH [--seq_len=N]
   cpt-jax info           --from=RUN_DIR                      a run's model and checkpoints
+  cpt-jax info           --config=configs/study_demo.py [--workdir=STUDY_DIR]   a study's
+                         runs, steps, tokens and FLOPs (and which runs are done)
   cpt-jax study          --config=configs/study_demo.py --workdir=STUDY_DIR [--only=A,B]
                          [--report] [--config.num_seeds=N]    the paper's grid of variants,
                          shared runs, one table (means ± std over N seeds)
@@ -41,7 +43,7 @@ from cpt_jax.config_error import ConfigError
 COMMANDS = {
     "train": ("config", "workdir", "allow_config_change", "coordinator_address",
               "num_processes", "process_id"),
-    "info": ("config", "from", "memory"),
+    "info": ("config", "from", "memory", "workdir"),
     "plot-schedule": ("config", "out"),
     "prepare": ("config", "workers", "num_processes", "process_id"),
     "anneal": ("from", "workdir", "steps", "shape", "end_value", "coordinator_address",
@@ -61,7 +63,8 @@ _HELP = ("--help", "-h", "help", "--helpfull")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].",
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (local path or gs://).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (local path or gs://); study, "
+                                "info of a study: the study's directory.")
 _OUT = flags.DEFINE_string("out", None, "plot-schedule: the image (default lr.png); "
                            "export-hf: the Hugging Face directory to write.")
 _FROM = flags.DEFINE_string("from", None, "anneal, export-hf, score, info: the run, RUN_DIR or "
@@ -228,6 +231,15 @@ def _require(flag, name: str):
 
 def _command_info(config) -> None:
   from cpt_jax import info
+  if config is not None and "variants" in config:  # A study: its runs.
+    if _MEMORY.value:
+      raise UsageError("--memory needs an experiment config, not a study: its variants may "
+                       "differ in model and batch; give the experiment as --config")
+    print(info.describe_study(config, _WORKDIR.value))
+    return
+  if _WORKDIR.value is not None:
+    raise UsageError("--workdir goes with a study config (the study's directory); a run's "
+                     "directory is read with --from=RUN_DIR")
   if config is None:
     if _MEMORY.value:
       raise UsageError("--memory needs --config: the step's memory follows the experiment's "
@@ -358,7 +370,8 @@ def main(argv: list[str]) -> int:
       return 0
     if config is None:
       raise UsageError("--config is required, e.g. --config=configs/demo.py")
-    if command not in ("train", "study"):  # These validate the configs they resolve.
+    is_study = command == "info" and "variants" in config  # study.plan validates it.
+    if command not in ("train", "study") and not is_study:  # These validate their configs.
       from cpt_jax import experiment_config
       experiment_config.validate(config)
     {"train": _command_train, "info": _command_info, "plot-schedule": _command_plot_schedule,

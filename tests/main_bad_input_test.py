@@ -121,7 +121,7 @@ def _cases(run, files, fresh):
       ("a flag of another command", _train(fresh, "--steps=100"),
        "--steps is not a flag of `cpt-jax train`; its flags: --config, --workdir", fresh),
       ("info given a run directory to write", ("info", DEMO, f"--workdir={fresh}"),
-       "--workdir is not a flag of `cpt-jax info`", fresh),
+       "--workdir goes with a study config", fresh),
       # Paths.
       ("no --workdir", ("train", DEMO), "--workdir is required", None),
       ("workdir is a file", _train(files / "a_file"), "is a file", None),
@@ -167,8 +167,11 @@ def _cases(run, files, fresh):
       ("an experiment config given to study", ("study", DEMO, f"--workdir={fresh}"),
        "the config is an experiment, not a study (base, variants, baseline): run it with "
        "`cpt-jax train`", fresh),
-      ("a study config given to info", ("info", f"--config={helpers.STUDY_DEMO_SMOKE}"),
-       "the config is a study (base and variants): run it with `cpt-jax study`", None),
+      ("info of a model still to be imported",
+       ("info", DEMO, f"--config.init.from_checkpoint={fresh}/imported"),
+       "no run there yet, and the model's architecture comes from it", fresh),
+      ("a study's memory", ("info", f"--config={helpers.STUDY_DEMO_SMOKE}", "--memory"),
+       "--memory needs an experiment config, not a study", None),
       ("tokenizer larger than the model", _train(fresh, "--config.model.vocab_size=200"),
        "smaller than the tokenizer's vocabulary", fresh),
       ("prepare without a cache directory", ("prepare", DEMO), "data.token_cache_dir is empty",

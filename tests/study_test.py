@@ -228,6 +228,27 @@ def test_a_seed_without_its_baselines_run_leaves_the_gap_out_of_the_mean():
   assert line.endswith("| 10 | 1e+03 | — | — | 5% |")  # Neither the update's share nor the gap.
 
 
+def test_info_of_a_study_lists_its_runs_and_counts_each_shared_run_once(smoke_study, tmp_path):
+  study_dir, trained = smoke_study
+  config = os.path.join(helpers.ROOT, "configs", "study_demo.py") + ":smoke"
+  lines = helpers.cli("info", f"--workdir={study_dir}", config=config,
+                      small=False).stdout.splitlines()
+  steps = sum(_tokens(run) for run in trained) // (8 * 32)  # :smoke's batch of 8 x 32.
+  assert lines[0].startswith(f"study: 6 variants x 1 seed, baseline 'union': 10 runs, "
+                             f"{steps:,} steps, {steps * 8 * 32:,} tokens, ")
+  assert lines[0].endswith(f"; 10 of 10 runs done in {study_dir}")
+  rows = json.load(open(os.path.join(study_dir, "study.json")))["variants"]
+  for row in rows:  # Each variant's runs, as the report names them.
+    index = lines.index(next(line for line in lines if line.startswith(f"  {row['variant']}:")))
+    assert lines[index].endswith(f"; {len(row['runs'])}/{len(row['runs'])} done")
+    assert lines[index + 1].endswith(": " + ", ".join(
+        run + (" (shared by 4 variants)" if run.startswith("stages/0-prose") and
+               row["variant"] != "infinite" else "") for run in row["runs"]))
+  before = helpers.cli("info", f"--workdir={tmp_path}", config=config, small=False).stdout
+  assert before.splitlines()[0].endswith(f"; 0 of 10 runs done in {tmp_path}")
+  assert not os.listdir(tmp_path)  # Describing a study creates nothing.
+
+
 def test_a_study_of_an_imported_model_measures_each_variant_from_that_model(tmp_path):
   """configs/study_hf_continue.py on a tiny GPT-NeoX: one run per variant from the import,
   each variant's forgetting and adaptation taken from the imported model's own evaluation."""

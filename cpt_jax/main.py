@@ -3,7 +3,7 @@
   cpt-jax train          --config=configs/demo.py --workdir=RUN_DIR [--config.a.b=v ...]
   cpt-jax info           --config=configs/demo.py [--memory]  parameters, FLOPs, run plan
                          (and the train step's memory per device, compiled here)
-  cpt-jax plot-schedule  --config=configs/demo.py --out=lr.png
+  cpt-jax plot-schedule  --config=configs/demo.py --out=lr.png   (a study's: every variant's)
   cpt-jax prepare        --config=configs/demo.py [--workers=N] [--num_processes=N
                          --process_id=I]    tokenize sources into the cache, shard by shard
   cpt-jax anneal         --from=RUN_DIR[:STEP] --workdir=NEW_DIR --steps=N [--shape=1-sqrt]
@@ -260,9 +260,17 @@ def _command_plot_schedule(config) -> None:
   directory = os.path.dirname(os.path.abspath(out))
   if "://" not in out and not os.path.isdir(directory):
     raise UsageError(f"--out={out}: directory {directory} does not exist")
-  plans = run_plan.plan(config)
-  plots.plot_schedule(run_plan.learning_rate_schedule(config), plans, out,
-                      title=flags.FLAGS["config"].config_filename)
+  title = flags.FLAGS["config"].config_filename
+  if "variants" in config:  # A study: every variant's schedule (seeds share theirs).
+    from cpt_jax import study
+    variants = [variant for variant in study.plan(config, "STUDY_DIR")
+                if variant.label == variant.name]
+    plots.plot_study_schedules({variant.name: study.learning_rates(variant)
+                                for variant in variants},
+                               run_plan.plan(variants[0].config), out, title)
+  else:
+    plots.plot_schedule(run_plan.learning_rate_schedule(config), run_plan.plan(config), out,
+                        title)
   print(f"wrote {out}")
 
 
@@ -370,7 +378,8 @@ def main(argv: list[str]) -> int:
       return 0
     if config is None:
       raise UsageError("--config is required, e.g. --config=configs/demo.py")
-    is_study = command == "info" and "variants" in config  # study.plan validates it.
+    is_study = command in ("info", "plot-schedule") and "variants" in config  # study.plan
+    # validates a study.
     if command not in ("train", "study") and not is_study:  # These validate their configs.
       from cpt_jax import experiment_config
       experiment_config.validate(config)

@@ -40,6 +40,40 @@ def plot_schedule(schedule, plans, out_path: str, title: str = "") -> None:
   _save(figure, out_path)
 
 
+def plot_study_schedules(lines: dict[str, list[tuple[np.ndarray, np.ndarray, bool]]], plans,
+                         out_path: str, title: str = "") -> None:
+  """Every variant's learning rate on one axis (`lines`: {variant: [(steps, rates, whether an
+  anneal branch)]}, `study.learning_rates`): its stages solid, its anneal branches dashed,
+  variants on the same schedule one line; the stage boundaries of `plans` (the first
+  variant's) marked."""
+  alike: list[tuple[list[str], list]] = []  # Variants that differ only in data share a line.
+  for name, runs in lines.items():
+    same = next((names for names, drawn in alike if _same_lines(drawn, runs)), None)
+    if same is None:
+      alike.append(([name], runs))
+    else:
+      same.append(name)
+  figure = Figure(figsize=(9, 4))
+  axis = figure.subplots()
+  for index, (names, runs) in enumerate(alike):
+    for number, (steps, rates, branch) in enumerate(runs):
+      axis.plot(steps, rates, color=f"C{index % 10}", linestyle="--" if branch else "-",
+                linewidth=1.2, label=None if number else ", ".join(names))
+  _mark_stages(axis, plans)
+  axis.set_xlabel("step")
+  axis.set_ylabel("learning rate")
+  axis.set_title(title + (" (anneal branches dashed)" if any(
+      branch for runs in lines.values() for _, _, branch in runs) else ""))
+  axis.legend(fontsize=7)
+  _save(figure, out_path)
+
+
+def _same_lines(first, second) -> bool:
+  return len(first) == len(second) and all(
+      np.array_equal(a_steps, b_steps) and np.array_equal(a_rates, b_rates) and a_branch == b_branch
+      for (a_steps, a_rates, a_branch), (b_steps, b_rates, b_branch) in zip(first, second))
+
+
 def plot_curves(eval_records: list[dict], train_records: list[dict], plans, tokens_per_step: int,
                 out_path: str) -> None:
   """Validation loss per domain against tokens seen, stage boundaries marked, LR on the right."""

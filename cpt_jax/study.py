@@ -30,6 +30,7 @@ import re
 from etils import epath
 import jax
 import ml_collections
+import numpy as np
 
 from cpt_jax import anneal
 from cpt_jax import checkpoint as checkpoint_lib
@@ -210,6 +211,19 @@ class VariantPlan:
   @property
   def runs_of_first_stage(self) -> list[Run]:
     return [self.chain[0]] + ([self.results[0]] if self.results[0] is not self.chain[0] else [])
+
+
+def learning_rates(variant: VariantPlan) -> list[tuple[np.ndarray, np.ndarray, bool]]:
+  """The learning rate of each of the variant's runs at each of its steps, as the trainer
+  computes it: (steps, rates, whether the run is an anneal branch that measures a stage but
+  that no later stage continues)."""
+  lines = []
+  for run in variant.runs:
+    schedule = run_plan.learning_rate_schedule(run.config, step_offset=run.start_step)
+    steps = np.arange(run.start_step, run.end_step + 1)
+    lines.append((steps, np.asarray(jax.jit(jax.vmap(schedule))(steps)),
+                  run not in variant.chain))
+  return lines
 
 
 def apply_overrides(base: ml_collections.ConfigDict, spec: ml_collections.ConfigDict):

@@ -249,6 +249,29 @@ def test_info_of_a_study_lists_its_runs_and_counts_each_shared_run_once(smoke_st
   assert not os.listdir(tmp_path)  # Describing a study creates nothing.
 
 
+def test_a_studys_learning_rates_are_those_its_runs_trained_at(smoke_study, tmp_path):
+  """`study.learning_rates` (plot-schedule's lines) for every run of every variant: a train
+  record at step s holds the rate of the update that made it, the schedule's at s - 1."""
+  study_dir, _ = smoke_study
+  compared = 0
+  for variant in study.plan(_smoke_config(), study_dir):
+    for run, (steps, rates, branch) in zip(variant.runs, study.learning_rates(variant)):
+      assert branch == (run not in variant.chain)
+      assert (steps[0], steps[-1]) == (run.start_step, run.end_step)
+      for record in metrics_writer.read_records(run.directory)[0]:
+        assert record["learning_rate"] == pytest.approx(
+            float(rates[record["step"] - 1 - run.start_step]), rel=1e-6)
+        compared += 1
+  # Every step of every variant's runs: four of 2 x 6 steps, infinite's two stages and two
+  # 1-step anneals, union's 12.
+  assert compared == 4 * 12 + (6 + 1 + 6 + 1) + 12
+  out = tmp_path / "study_lr.png"
+  config = os.path.join(helpers.ROOT, "configs", "study_demo.py") + ":smoke"
+  assert helpers.cli("plot-schedule", f"--out={out}", config=config,
+                     small=False).stdout == f"wrote {out}\n"
+  assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_a_study_of_an_imported_model_measures_each_variant_from_that_model(tmp_path):
   """configs/study_hf_continue.py on a tiny GPT-NeoX: one run per variant from the import,
   each variant's forgetting and adaptation taken from the imported model's own evaluation."""

@@ -231,12 +231,17 @@ def _file_units(pattern: str, split: str, where: str, first_index: int) -> list[
 
 
 def check_kind(name: str, config: ml_collections.ConfigDict) -> str:
-  """Source `name`'s field prefix, after checking its kind (and an embedded corpus's name)."""
+  """Source `name`'s field prefix, after checking its kind, an embedded corpus's name and
+  the share of documents held out by hash."""
   where = f"data.sources.{name}"
   if config.kind not in KINDS:
     raise ConfigError(f"{where}.kind={config.kind!r}: expected one of {KINDS}")
   if config.kind == "embedded" and config.corpus not in EMBEDDED:
     raise ConfigError(f"{where}.corpus={config.corpus!r}: expected one of {EMBEDDED}")
+  share = config.validation_fraction
+  if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1:
+    raise ConfigError(f"{where}.validation_fraction={share!r}: expected a share of the "
+                      "documents in [0, 1)")
   return where
 
 
@@ -333,9 +338,9 @@ def _documents(name: str, config: ml_collections.ConfigDict, split: str):
   where = check_kind(name, config)
   if config.kind == "tfds":
     return None, _tfds(config, split, where)
-  ids, texts, any_text = [], [], False
+  ids, texts, any_text, seen = [], [], False, 0
   for doc_split, doc_id, text in _documents_of_units_holding(name, config, split):
-    any_text = any_text or bool(text.strip())
+    any_text, seen = any_text or bool(text.strip()), seen + 1
     if doc_split == split:
       ids.append(doc_id)
       texts.append(text)
@@ -344,15 +349,34 @@ def _documents(name: str, config: ml_collections.ConfigDict, split: str):
     raise ConfigError(f"{where}.{pattern_field}={config[pattern_field]!r}: the matching files "
                       "hold no text")
   if not ids:
-    raise ConfigError(f"{where}: the {split} split is empty")
+    raise empty_split(name, config, split, seen)
   return ids, texts
+
+
+def empty_split(name: str, config: ml_collections.ConfigDict, split: str,
+                documents: int | None = None) -> ConfigError:
+  """The error for source `name`'s empty `split` (of `documents` in all, where known): for a
+  source split by hash, which setting would fill it."""
+  where = f"data.sources.{name}"
+  if config.kind == "tfds" or config.validation_glob:
+    return ConfigError(f"{where}: the {split} split is empty")
+  share = f"{where}.validation_fraction={config.validation_fraction}"
+  of_all = "" if documents is None else f" of its {documents}"
+  if split == "validation":
+    return ConfigError(
+        f"{where}: the validation split is empty: no document{of_all} fell in the held-out "
+        f"share {share} (by a hash of its id); raise it, give validation files "
+        f"({where}.validation_glob), or train on {name!r} unevaluated (config.eval.sources "
+        "without it)")
+  return ConfigError(f"{where}: the train split is empty: every document{of_all} is held out "
+                     f"for validation by {share}; lower it, or add documents")
 
 
 def documents(name: str, config: ml_collections.ConfigDict, split: str) -> Sequence[str]:
   """The texts of source `name`'s `split`, in a fixed order."""
   _, texts = _documents(name, config, split)
   if len(texts) == 0:
-    raise ConfigError(f"data.sources.{name}: the {split} split is empty")
+    raise empty_split(name, config, split)
   return texts
 
 

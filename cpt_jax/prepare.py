@@ -174,8 +174,11 @@ def prepare(config: ml_collections.ConfigDict, *, workers: int = 1, num_processe
       _log.info("%s/%s: %d of %d shards are still being written by other processes; the "
                 "last one to finish joins them", name, split, missing, count)
       continue
-    summary = token_cache.finish(cache_dir, name, split, definition, tokenizer.fingerprint,
-                                 count)
+    try:
+      summary = token_cache.finish(cache_dir, name, split, definition, tokenizer.fingerprint,
+                                   count)
+    except token_cache.EmptySplit:
+      raise corpora.empty_split(name, config.data.sources[name], split) from None
     _log.info("%s/%s: %d documents, %s tokens", name, split, summary["documents"],
               f"{summary['tokens']:,}")
     summaries.append(summary)

@@ -205,6 +205,10 @@ class ShardWriter:
     return len(lengths), int(lengths.sum())
 
 
+class EmptySplit(ConfigError):
+  """A split whose shards hold no document."""
+
+
 def finish(cache_dir: str, source: str, split: str, definition: dict, fingerprint: str,
            count: int) -> dict:
   """Joins the split's complete shards into one readable split; returns its summary."""
@@ -213,7 +217,7 @@ def finish(cache_dir: str, source: str, split: str, definition: dict, fingerprin
                    for index in range(count)]
   lengths = np.concatenate(shard_lengths) if shard_lengths else np.zeros(0, np.int64)
   if not lengths.size:
-    raise ConfigError(f"data.sources.{source}: the {split} split is empty")
+    raise EmptySplit(f"data.sources.{source}: the {split} split is empty")
   shards = [epath.Path(shard_paths(cache_dir, source, split, index, count)[0]).name
             for index, part in enumerate(shard_lengths) if part.size]  # Empty: no records.
   meta = {"source": source, "split": split, **_identity(definition, fingerprint),

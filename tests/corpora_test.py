@@ -77,6 +77,24 @@ def test_empty_files_are_named(tmp_path):
     corpora.documents("web", config, "train")
 
 
+def test_an_empty_split_names_the_share_that_would_fill_it(tmp_path):
+  (tmp_path / "few.jsonl").write_text("".join(f'{{"text": "document {i}"}}\n' for i in range(3)))
+  config = corpora.source_config("text_files", glob=str(tmp_path / "few.jsonl"))
+  assert len(corpora.documents("web", config, "train")) == 3  # None of them held out.
+  with pytest.raises(ValueError, match=r"data.sources.web: the validation split is empty: no "
+                     r"document of its 3 fell in the held-out share data.sources.web."
+                     r"validation_fraction=0.05 .*config.eval.sources without it"):
+    corpora.documents("web", config, "validation")
+  config.validation_fraction = 0.0
+  with pytest.raises(ValueError, match=r"validation_fraction=0.0 .*validation_glob"):
+    corpora.documents("web", config, "validation")
+  for share in (1.0, -0.5):
+    config.validation_fraction = share
+    with pytest.raises(ValueError, match=r"data.sources.web.validation_fraction=.*: expected a "
+                       r"share of the documents in \[0, 1\)"):
+      corpora.documents("web", config, "train")
+
+
 def test_bad_jsonl_line_is_named(tmp_path):
   (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"other": 1}\n')
   config = corpora.source_config("text_files", glob=str(tmp_path / "*.jsonl"))

@@ -176,6 +176,11 @@ def _cases(run, files, fresh):
        "smaller than the tokenizer's vocabulary", fresh),
       ("prepare without a cache directory", ("prepare", DEMO), "data.token_cache_dir is empty",
        None),
+      ("prepare of a source with nothing held out",
+       ("prepare", DEMO, f"--config.data.token_cache_dir={files}/tokens",
+        "--config.data.sources.prose.validation_fraction=0", "--config.log.progress_bar=false"),
+       "data.sources.prose: the validation split is empty: no document fell in the held-out "
+       "share data.sources.prose.validation_fraction=0", None),
       ("a token cache ArrayRecord cannot read",
        _train(fresh, "--config.data.token_cache_dir=s3://b/t"),
        "data.token_cache_dir='s3://b/t': expected a local directory or a gs:// path", fresh),

@@ -119,19 +119,19 @@ def _columnar_texts(path: epath.Path, text_field: str, where: str):
         yield text
 
 
-def _read_text(path: epath.Path, where: str) -> str:
-  """A file's text; a binary or non-UTF-8 file is refused by name rather than trained on as
-  replacement characters."""
+def read_text(path: epath.Path, named: str) -> str:
+  """A file's text; a binary or non-UTF-8 file is refused, `named` (how the user gave it),
+  rather than trained on or scored as replacement characters."""
   with _stream(path) as f:
     content = f.read()
   if b"\0" in content[:1 << 16]:
-    raise ConfigError(f"{path}: a binary file (it holds NUL bytes), matched by {where}; "
-                      "expected UTF-8 text files only")
+    raise ConfigError(f"{named}: a binary file (it holds NUL bytes); expected UTF-8 text "
+                      "files only")
   try:
     return content.decode("utf-8")
   except UnicodeDecodeError as error:
-    raise ConfigError(f"{path}: not UTF-8 text (invalid byte at offset {error.start}), matched "
-                      f"by {where}; expected UTF-8 text files only") from None
+    raise ConfigError(f"{named}: not UTF-8 text (invalid byte at offset {error.start}); "
+                      "expected UTF-8 text files only") from None
 
 
 _JSON_LINES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
@@ -197,7 +197,7 @@ def _file_documents(path: epath.Path, root: str, text_field: str, where: str):
   elif path.name.endswith(_JSON_LINES):
     yield from _json_lines(path, text_field, relative)
   else:
-    yield relative, _read_text(path, where)
+    yield relative, read_text(path, f"{path} (matched by {where})")
 
 
 def _readable(path: str, unit: ReadUnit) -> tuple[epath.Path, str]:

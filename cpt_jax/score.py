@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from cpt_jax import checkpoint as checkpoint_lib
+from cpt_jax import corpora
 from cpt_jax import data_parallel
 from cpt_jax import model as model_lib
 from cpt_jax import model_config as model_config_lib
@@ -68,7 +69,8 @@ def score(reference: str, file: str, seq_len: int | None = None,
   run_dir, step = checkpoint_lib.parse_reference(reference)
   stored = run_directory.source_config(run_dir)
   if not epath.Path(file).is_file():
-    raise ConfigError(f"--file={file}: no such file")
+    what = "a directory" if epath.Path(file).is_dir() else "no such file"
+    raise ConfigError(f"--file={file}: {what}; expected a text file")
   config = ml_collections.ConfigDict(stored)
   model = model_config_lib.from_config_dict(config.model)
   seq_len = config.data.seq_len if seq_len is None else seq_len
@@ -76,7 +78,7 @@ def score(reference: str, file: str, seq_len: int | None = None,
     raise ConfigError(f"--seq_len={seq_len}: expected a positive number of tokens")
   model.check_sequence_length(seq_len, "--seq_len")
   tokenizer = run_directory.tokenizer_for_run(config, run_dir)
-  ids = tokenizer.encode(epath.Path(file).read_text())
+  ids = tokenizer.encode(corpora.read_text(epath.Path(file), f"--file={file}"))
   if len(ids) < 2:
     raise ConfigError(f"--file={file}: fewer than two tokens; nothing to score")
 

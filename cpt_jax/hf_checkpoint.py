@@ -173,7 +173,10 @@ def _hf_tokenizer(hf_dir: epath.Path, hf: dict,
   import tokenizers
   path = hf_dir / "tokenizer.json"
   if not path.exists():
-    raise ConfigError(f"{hf_dir}: no tokenizer.json; expected a fast (HF tokenizers) tokenizer")
+    raise ConfigError(
+        f"{hf_dir}: no tokenizer.json; expected a fast (HF tokenizers) tokenizer: transformers "
+        f"writes one from tokenizer.model or vocabulary files, python -c \"import transformers; "
+        f"transformers.AutoTokenizer.from_pretrained('{hf_dir}').save_pretrained('{hf_dir}')\"")
   serialized = path.read_bytes()
   settings = _read_json(hf_dir / "tokenizer_config.json") if (
       hf_dir / "tokenizer_config.json").exists() else {}

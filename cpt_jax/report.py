@@ -4,9 +4,13 @@ Owns reading the run's records back and turning them into `RUN_DIR/summary.json`
 `RUN_DIR/curves.png` and the table printed at the end. For each stage after the first, and
 for the first too where the run starts from another run's checkpoint (an imported model,
 whose loss at the start is what continual pre-training keeps or loses): forgetting = how
-much the loss of every source *not* in the stage's new data rose during the stage (replayed
-sources included); adaptation = how much the loss of the stage's new sources fell. Positive
-numbers mean more forgetting and more adaptation.
+much the loss rose during the stage of every source learnt before it and *not* in the
+stage's new data (replayed sources included); adaptation = how much the loss of the stage's
+new sources fell. A source is learnt before a stage if an earlier stage of the run trained
+on it, or the runs the run descends from did (`learnt_before`); where a model in that past
+was trained outside cpt-jax (an import), what it learnt is unknown: there, every source. A
+source nothing has trained on yet (a later stage's data) is not forgotten.
+Positive numbers mean more forgetting and more adaptation.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from cpt_jax import metrics_writer
 from cpt_jax import plots
 
 
-def summarize(eval_records: list[dict], plans, starts_from_checkpoint: bool = False) -> dict:
+def summarize(eval_records: list[dict], plans, starts_from_checkpoint: bool = False,
+              learnt_before: frozenset[str] | None = frozenset()) -> dict:
   start = metrics_writer.losses_at(eval_records, plans[0].start_step)
   stages = []
   for stage_plan in plans:
@@ -30,15 +35,18 @@ def summarize(eval_records: list[dict], plans, starts_from_checkpoint: bool = Fa
   # A fresh run starts from random weights: its first stage forgets nothing worth measuring.
   befores = [start if starts_from_checkpoint else None] + [
       stage["validation_loss"] for stage in stages[:-1]]
+  learnt = None if learnt_before is None else set(learnt_before)  # None: unknown, any.
   for stage_plan, stage, before in zip(plans, stages, befores):
     after = stage["validation_loss"]
-    if not before or not after:
-      continue
-    new_sources = set(stage_plan.mixture) - set(stage_plan.replayed_sources)
-    forgetting[stage_plan.name] = {source: after[source] - before[source]
-                                   for source in sorted(after) if source not in new_sources}
-    adaptation[stage_plan.name] = {source: before[source] - after[source]
-                                   for source in sorted(after) if source in new_sources}
+    if before and after:
+      new_sources = set(stage_plan.mixture) - set(stage_plan.replayed_sources)
+      forgetting[stage_plan.name] = {
+          source: after[source] - before[source] for source in sorted(after)
+          if source not in new_sources and (learnt is None or source in learnt)}
+      adaptation[stage_plan.name] = {source: before[source] - after[source]
+                                     for source in sorted(after) if source in new_sources}
+    if learnt is not None:
+      learnt |= set(stage_plan.mixture)
   return {"start_validation_loss": start, "stages": stages, "forgetting": forgetting,
           "adaptation": adaptation}
 
@@ -62,9 +70,10 @@ def table(summary: dict) -> str:
   return "\n".join(lines)
 
 
-def write(workdir: str, plans, tokens_per_step: int, starts_from_checkpoint: bool = False) -> dict:
+def write(workdir: str, plans, tokens_per_step: int, starts_from_checkpoint: bool = False,
+          learnt_before: frozenset[str] | None = frozenset()) -> dict:
   train_records, eval_records = metrics_writer.read_records(workdir)
-  summary = summarize(eval_records, plans, starts_from_checkpoint)
+  summary = summarize(eval_records, plans, starts_from_checkpoint, learnt_before)
   (epath.Path(workdir) / "summary.json").write_text(json.dumps(summary, indent=1))
   plots.plot_curves(eval_records, train_records, plans, tokens_per_step,
                     str(epath.Path(workdir) / "curves.png"))

@@ -30,6 +30,9 @@ from cpt_jax.config_error import ConfigError
 DataStart = Literal["fresh", "restore", "seek", "continue_source", "seek_source"]
 # Checkpoint metadata: where the run's streams began (`StartPoint.positions_before_run`).
 POSITIONS_KEY = "stream_positions_before_run"
+# Checkpoint metadata: the sources its model had learnt before its run began
+# (`StartPoint.learnt_before_run`); null where that is unknown.
+LEARNT_KEY = "sources_learnt_before_run"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +49,10 @@ class StartPoint:
   # started from: where a replay_position="continue" source picks up. {} for a fresh run.
   positions_before_run: dict[str, int] = dataclasses.field(default_factory=dict)
   source_batch: int | None = None  # "seek_source": the batch of the source's stage to go to.
+  # The sources the model had been trained on before this run's first stage, by the runs it
+  # descends from: what its stages can forget. None: unknown, where a model in its past was
+  # trained outside cpt-jax (an import).
+  learnt_before_run: frozenset[str] | None = frozenset()
 
 
 def data_start(source: str, saved_process_count: int | None, process_count: int,
@@ -98,6 +105,35 @@ def _source_streams(config, metadata: dict) -> tuple[dict[str, int], int | None]
   return input_pipeline.stream_positions_at(source.data, plans, metadata["step"], before), None
 
 
+def _learnt_before(metadata: dict) -> frozenset[str] | None:
+  """The sources the model of a checkpoint (`metadata`) had learnt before its run began."""
+  if "imported_from" in metadata:  # Trained elsewhere, on data not known here.
+    return None
+  if LEARNT_KEY in metadata:
+    learnt = metadata[LEARNT_KEY]
+    return None if learnt is None else frozenset(learnt)
+  # A checkpoint written before the key: known for a run that started fresh.
+  return None if metadata["config"]["init"]["from_checkpoint"] else frozenset()
+
+
+def learnt_before(run_dir: str) -> frozenset[str] | None:
+  """The sources the model of a run with checkpoints had learnt before the run began."""
+  checkpointer = checkpoint_lib.Checkpointer(run_dir, read_only=True)
+  return _learnt_before(checkpointer.read_metadata(checkpointer.steps()[-1]))
+
+
+def _learnt_at(metadata: dict) -> frozenset[str] | None:
+  """The sources the model of a checkpoint (`metadata`) has been trained on: those before
+  its run, and those of the run's stages begun by the checkpoint's step."""
+  before = _learnt_before(metadata)
+  if before is None:
+    return None
+  source = run_directory.experiment_from_json(metadata["config"])
+  plans = run_plan.plan(source, start_step=metadata["step_offset"])
+  return before | {name for stage in plans if stage.start_step < metadata["step"]
+                   for name in stage.mixture}
+
+
 def _check_imported(source: checkpoint_lib.Checkpointer, step: int | None, config) -> None:
   """An imported Hugging Face model has no optimizer state or data position to continue."""
   step = source.latest_restorable() if step is None else step
@@ -145,14 +181,15 @@ def start_point(config, checkpointer: checkpoint_lib.Checkpointer, abstract, opt
     step, arrays, metadata = restored
     return StartPoint(arrays, metadata["step"], metadata["step_offset"], metadata, "resume",
                       data_start("resume", metadata["process_count"], process_count, False),
-                      checkpointer, step, metadata.get(POSITIONS_KEY, {}))
+                      checkpointer, step, metadata.get(POSITIONS_KEY, {}),
+                      learnt_before_run=_learnt_before(metadata))
   if config.init.from_checkpoint:
     step, arrays, metadata, source = _restore_init(config, abstract, optimizer)
     offset = metadata["step"] if config.init.step == "continue" else 0
     continue_data = config.init.data == "continue"
     data = data_start("init", metadata.get("process_count"), process_count, continue_data)
     return StartPoint(arrays, offset, offset, metadata, "init", data, source, step,
-                      *_source_streams(config, metadata))
+                      *_source_streams(config, metadata), learnt_before_run=_learnt_at(metadata))
   return StartPoint(None, 0, 0, None, "fresh", "fresh")
 
 

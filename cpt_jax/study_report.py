@@ -24,6 +24,8 @@ from etils import epath
 
 from cpt_jax import metrics_writer
 from cpt_jax import plots
+from cpt_jax import resume
+from cpt_jax import run_plan
 
 
 def _final_losses(run) -> dict[str, float] | None:
@@ -65,7 +67,14 @@ def variant_row(variant, study_dir: str) -> dict:
     row["start_validation_loss"] = before  # The continued model's, which the table names.
   if before is not None:
     new = {source for source, weight in last.mixture.items() if weight > 0}
-    row["forgetting"] = {s: final[s] - before[s] for s in sorted(final) if s not in new}
+    # As report.py counts it: the sources learnt before the last stage, by its earlier stages
+    # and the model the variant starts from; every other source where that model's data is
+    # unknown (an import).
+    learnt = resume.learnt_before(variant.chain[0].directory)
+    if learnt is not None:
+      learnt |= {source for plan in run_plan.plan(variant.config)[:-1] for source in plan.mixture}
+    row["forgetting"] = {s: final[s] - before[s] for s in sorted(final)
+                         if s not in new and (learnt is None or s in learnt)}
     row["adaptation"] = {s: before[s] - final[s] for s in sorted(final) if s in new}
     row["average_forgetting"] = _mean(row["forgetting"].values())
     row["average_adaptation"] = _mean(row["adaptation"].values())

@@ -97,12 +97,14 @@ class _Preemption:
 
 
 def _metadata(step, stage_plan, tokenizer, step_offset, config,
-              positions_before_run: dict[str, int]) -> dict:
+              start: resume.StartPoint) -> dict:
+  learnt = start.learnt_before_run
   return {"step": step, "stage": stage_plan.index, "stage_name": stage_plan.name,
           "step_offset": step_offset, "tokenizer_fingerprint": tokenizer.fingerprint,
           "seed": config.seed, "process_count": jax.process_count(),
           "config": run_directory.config_as_json(config),
-          resume.POSITIONS_KEY: positions_before_run}
+          resume.POSITIONS_KEY: start.positions_before_run,
+          resume.LEARNT_KEY: None if learnt is None else sorted(learnt)}
 
 
 def _check_tokenizer(metadata: dict, tokenizer, where: str) -> None:
@@ -207,7 +209,7 @@ class _Run:
 
   def save(self, stage_plan, data_iterator) -> None:
     metadata = _metadata(self.step, stage_plan, self.tokenizer, self.step_offset, self.config,
-                         self.start.positions_before_run)
+                         self.start)
     self.checkpointer.save(self.step, self.executor.for_checkpoint(self.state), metadata,
                            data_iterator)
     if self.lead and not self.identity_stored:
@@ -368,4 +370,5 @@ def _train_locked(config, workdir, allow_config_change) -> dict:
   if not run.lead:
     return {}
   return report.write(workdir, run.plans, run_plan.tokens_per_step(config),
-                      starts_from_checkpoint=bool(config.init.from_checkpoint))
+                      starts_from_checkpoint=bool(config.init.from_checkpoint),
+                      learnt_before=run.start.learnt_before_run)

@@ -80,7 +80,8 @@ def _config(from_checkpoint="", optimizer_state="reset", step="reset", data="fre
 
 
 def _metadata(step, offset=0, processes=1, **extra):
-  return {"step": step, "step_offset": offset, "process_count": processes, **extra}
+  return {"step": step, "step_offset": offset, "process_count": processes,
+          "config": {"init": {"from_checkpoint": ""}}, **extra}
 
 
 def _source_metadata(step, processes=1, before_run=None):
@@ -131,6 +132,31 @@ def test_a_run_from_a_checkpoint_goes_on_from_the_sources_stream_positions(sourc
   continued = resume.start_point(_config("/other", data="continue"), _Checkpoints(), None,
                                  _Optimizer(), 1)
   assert (continued.positions_before_run, continued.source_batch) == ({"prose": 240}, 20)
+
+
+def test_a_run_from_a_checkpoint_knows_which_sources_its_model_has_learnt(monkeypatch):
+  """What its stages can forget: the source run's sources up to its step, and what that run
+  had learnt before it; unknown (None) where an import is in the model's past."""
+  def learnt(metadata):
+    checkpoints = _Checkpoints({metadata["step"]: metadata})
+    monkeypatch.setattr(checkpoint_lib, "Checkpointer", lambda *a, **k: checkpoints)
+    return resume.start_point(_config("/other"), _Checkpoints(), None, _Optimizer(),
+                              1).learnt_before_run
+
+  assert learnt(_source_metadata(20)) == {"prose"}
+  assert learnt(_source_metadata(30)) == {"prose"}  # The code stage starts there: not begun.
+  assert learnt(_source_metadata(31)) == {"prose", "code"}
+  assert learnt({**_source_metadata(20), resume.LEARNT_KEY: ["web"]}) == {"prose", "web"}
+  assert learnt({**_source_metadata(20), resume.LEARNT_KEY: None}) is None
+  assert learnt({**_source_metadata(20), "imported_from": "hf://org/model"}) is None
+  older = _source_metadata(20)  # Written before the key: known only for a fresh source run.
+  older["config"] = {**older["config"], "init": {"from_checkpoint": "/elsewhere"}}
+  assert learnt(older) is None
+  fresh = resume.start_point(_config(), _Checkpoints(), None, _Optimizer(), 1)
+  assert fresh.learnt_before_run == frozenset()
+  resumed = resume.start_point(_config(), _Checkpoints({5: _metadata(5, **{
+      resume.LEARNT_KEY: ["prose"]})}), None, _Optimizer(), 1)
+  assert resumed.learnt_before_run == {"prose"}
 
 
 def test_positions_the_source_started_from_carry_on(monkeypatch):

@@ -10,6 +10,7 @@ import pytest
 
 import run_helpers as helpers
 from configs import study_demo
+from cpt_jax import corpora
 from cpt_jax import metrics_writer
 from cpt_jax import model as model_lib
 from cpt_jax import model_config
@@ -312,6 +313,24 @@ def test_a_study_of_an_imported_model_measures_each_variant_from_that_model(tmp_
   # Six steps at a constant 3e-5 against a re-warmed 3e-4: the new data is learnt less.
   assert rows["no_rewarm"]["average_adaptation"] < rows["replay5"]["average_adaptation"]
   assert rows["replay0"]["gap_to_baseline_pct"] == 0
+
+
+def test_a_source_evaluated_but_never_trained_on_is_not_forgotten(tmp_path):
+  """A held-out domain, evaluated in every run and trained in none: its loss change during
+  the last stage is not forgetting (nothing of it was learnt); the prose replayed is."""
+  (tmp_path / "greek.jsonl").write_text("".join(
+      f'{{"text": "alpha beta gamma {i} delta epsilon"}}\n' for i in range(200)))
+  config = _smoke_config()
+  config.base.data.sources.greek = corpora.source_config(
+      "text_files", glob=str(tmp_path / "greek.jsonl"), validation_fraction=0.2)
+  config.variants = [variant for variant in config.variants if variant.name == "replay5"]
+  config.baseline = "replay5"
+  study.run(config, str(tmp_path / "study"))
+  (row,) = json.load(open(tmp_path / "study" / "study.json"))["variants"]
+  assert set(row["validation_loss"]) == {"code", "greek", "prose"}
+  assert set(row["forgetting"]) == {"prose"} and set(row["adaptation"]) == {"code"}
+  summary = json.load(open(tmp_path / "study" / "replay5" / "summary.json"))
+  assert summary["forgetting"] == {"code": {"prose": row["forgetting"]["prose"]}}
 
 
 def test_variants_share_runs_exactly_when_their_stages_are_configured_alike(tmp_path):

@@ -398,7 +398,7 @@ def main(argv: list[str]) -> int:
           f"{_out_of_memory_remedies(command)}", file=sys.stderr)
     return 1
   except KeyboardInterrupt as interrupt:  # trainer.Interrupted: the step was saved.
-    print(f"cpt-jax: {interrupt or 'interrupted'}", file=sys.stderr)
+    print(f"cpt-jax: {str(interrupt) or 'interrupted (Ctrl-C)'}", file=sys.stderr)
     return 130
   return 0
 

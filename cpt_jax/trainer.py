@@ -337,7 +337,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     distributed.check_shared_directory(workdir, "--workdir")
     with lock:
       return _train_locked(config, workdir, allow_config_change)
-  except ConfigError:  # Bad input: a new run directory is removed again, untouched.
+  # Bad input, or Ctrl-C before anything was saved: a new run directory is removed again.
+  except (ConfigError, KeyboardInterrupt):
     if created and jax.process_index() == 0 and not any(
         (run_dir / checkpoint_lib.directory("")).glob("[0-9]*")):
       run_dir.rmtree()

@@ -94,6 +94,17 @@ def test_missing_config_and_unknown_command():
   assert result.returncode == 2 and "unknown command 'fly'" in result.stderr
 
 
+def test_ctrl_c_before_anything_was_saved_says_so_and_exits_130(monkeypatch):
+  from cpt_jax import info
+
+  def interrupted(config):
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(info, "describe", interrupted)
+  result = helpers.cli("info", check=False)
+  assert (result.returncode, result.stderr) == (130, "cpt-jax: interrupted (Ctrl-C)\n")
+
+
 def test_plot_schedule_writes_an_image(tmp_path):
   out = str(tmp_path / "lr.png")
   result = helpers.cli("plot-schedule", f"--out={out}")

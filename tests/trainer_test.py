@@ -232,6 +232,26 @@ def test_train_from_python_returns_the_summary(tmp_path):
   assert summary == json.load(open(tmp_path / "from_python" / "summary.json"))
 
 
+def test_ctrl_c_before_the_first_checkpoint_leaves_no_new_run_directory(tmp_path,
+                                                                          monkeypatch):
+  """Nothing was saved: the directory it created goes (a rerun starts afresh either way);
+  one that existed before stays, with what it held."""
+  def interrupted(config, workdir, allow_config_change):
+    open(os.path.join(workdir, "metrics.jsonl"), "w").close()
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(trainer, "_train_locked", interrupted)
+  config = _tiny_config()
+  with pytest.raises(KeyboardInterrupt):
+    trainer.train(config, str(tmp_path / "new"))
+  assert not (tmp_path / "new").exists()
+  (tmp_path / "mine").mkdir()
+  (tmp_path / "mine" / "notes.txt").write_text("kept")
+  with pytest.raises(KeyboardInterrupt):
+    trainer.train(config, str(tmp_path / "mine"))
+  assert (tmp_path / "mine" / "notes.txt").read_text() == "kept"
+
+
 def test_a_finished_run_continues_on_a_stage_appended_when_new_data_arrives(tmp_path):
   """A stage appended to a finished run's config needs no --allow_config_change (nothing
   trained changes: the stages have schedules of their own), and the run continues to the

@@ -20,6 +20,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import multiprocessing
+import signal
 import time
 
 import ml_collections
@@ -55,6 +56,12 @@ def _start_worker(kind: str, serialized: bytes, eos_token: str) -> None:
   global _worker_tokenizer
   _worker_tokenizer = (tokenizer_lib.bytes_tokenizer() if kind == "bytes" else
                        tokenizer_lib.from_serialized(kind, serialized, eos_token, "token cache"))
+
+
+def _start_pool_worker(*worker_args) -> None:
+  # Ctrl-C reaches every process of the terminal's group: the parent stops the workers.
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  _start_worker(*worker_args)
 
 
 def _write_unit(job: _Job) -> tuple[int, int]:
@@ -113,10 +120,18 @@ def _run_jobs(jobs: list[_Job], tokenizer: tokenizer_lib.Tokenizer, eos_token: s
         done(_write_unit(job))
     else:  # Spawned, not forked: the parent may hold JAX's or the tokenizer's threads.
       with concurrent.futures.ProcessPoolExecutor(
-          workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
-          initargs=worker_args) as pool:
-        for written in pool.map(_write_unit, jobs):
-          done(written)
+          workers, mp_context=multiprocessing.get_context("spawn"),
+          initializer=_start_pool_worker, initargs=worker_args) as pool:
+        try:
+          for written in pool.map(_write_unit, jobs):
+            done(written)
+        except KeyboardInterrupt:  # Not waiting for every unit: a shard ends once complete.
+          pool.shutdown(wait=False, cancel_futures=True)
+          for worker in multiprocessing.active_children():
+            worker.terminate()
+          raise KeyboardInterrupt(
+              f"interrupted (Ctrl-C): {bar.n} of {len(jobs)} shards written; rerun the same "
+              "command to write the rest") from None
   _log.info("tokenized %s documents, %s tokens in %.0f s", f"{documents:,}", f"{tokens:,}",
             time.perf_counter() - start)
 

@@ -3,9 +3,12 @@
 import filecmp
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -154,6 +157,42 @@ def test_a_prepare_killed_mid_way_resumes_to_the_same_bytes(corpus, prepared, tm
   for leftover in [name for name in os.listdir(cache) if name.endswith(".tmp")]:
     os.remove(os.path.join(cache, leftover))  # A killed writer's file; the shard was redone.
   _same_files(prepared.data.token_cache_dir, config.data.token_cache_dir)
+
+
+@pytest.mark.parametrize("to_group", [True, False], ids=["ctrl-c", "kill-int"])
+def test_an_interrupt_stops_the_workers_and_says_how_to_go_on(tmp_path, to_group):
+  """SIGINT to the process group (Ctrl-C in a terminal) or to the command alone: it stops
+  the workers (one is blocked reading a unit, a named pipe: without being stopped it would
+  never end) and exits 130 with one line, no traceback."""
+  (tmp_path / "code").mkdir()
+  pipe = tmp_path / "code" / "blocks.txt"
+  os.mkfifo(pipe)
+  code = "--config.data.sources.code"
+  command = helpers.command("prepare", f"{code}.kind=text_files", f"{code}.glob={pipe}",
+                            "--config.data.tokenizer.kind=bytes", "--workers=2",
+                            f"--config.data.token_cache_dir={tmp_path / 'cache'}")
+  process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, env=helpers.environment(), cwd=helpers.ROOT,
+                             start_new_session=True,  # Its own group: killpg spares pytest.
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  deadline, writer = time.monotonic() + 120, None
+  while writer is None:  # Opening the write end succeeds once a worker reads the pipe.
+    try:
+      writer = os.open(pipe, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+      assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0]
+      time.sleep(0.1)
+  try:
+    (os.killpg if to_group else os.kill)(process.pid, signal.SIGINT)
+    output, _ = process.communicate(timeout=60)
+  finally:
+    os.close(writer)
+    if process.poll() is None:  # Failed: leave no process behind.
+      os.killpg(process.pid, signal.SIGKILL)
+  assert process.returncode == 130, output
+  assert "Traceback" not in output
+  assert re.search(r"cpt-jax: interrupted \(Ctrl-C\): \d of 2 shards written; rerun the "
+                   r"same command to write the rest", output)
 
 
 def test_processes_split_the_units_and_the_last_one_joins(corpus, prepared, tmp_path):

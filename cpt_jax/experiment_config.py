@@ -69,8 +69,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
                       f"one of the sources {sorted(data.sources.keys())}")
   for name in config.eval.sources:
     if name not in data.sources:
+      several = ("; several are given as --config.eval.sources=prose "
+                 "--config.eval.sources=code" if "," in name else "")
       raise ConfigError(f"eval.sources names unknown source {name!r}; known sources: "
-                        f"{sorted(data.sources.keys())}")
+                        f"{sorted(data.sources.keys())}{several}")
   if config.parallel not in base_config.PARALLEL_MODES:
     raise ConfigError(f"parallel={config.parallel!r}: expected one of {base_config.PARALLEL_MODES}")
   for field in ("eval.every", "log.every", "checkpoint.every", "eval.max_batches",

@@ -116,6 +116,9 @@ def _cases(run, files, fresh):
       ("Adam beta out of range", ("info", DEMO, "--config.optimizer.b1=1.5"),
        "optimizer.b1=1.5", None),
       ("evaluation never", ("info", DEMO, "--config.eval.every=0"), "eval.every=0", None),
+      ("evaluated sources as one string", ("info", DEMO, "--config.eval.sources=prose,code"),
+       "'prose,code'; known sources: ['code', 'prose']; several are given as "
+       "--config.eval.sources=prose --config.eval.sources=code", None),
       ("unknown init policy", ("info", DEMO, "--config.init.optimizer_state=maybe"),
        "init.optimizer_state='maybe'", None),
       ("a flag of another command", _train(fresh, "--steps=100"),

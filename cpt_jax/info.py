@@ -78,6 +78,12 @@ def describe_run(reference: str) -> str:
     init = config.init
     lines.append(f"started from: {init.from_checkpoint} (optimizer state {init.optimizer_state}"
                  f", step {init.step}, data {init.data})")
+    if steps:  # What its stages can forget (report.py).
+      learnt = resume.learnt_before(run_dir)
+      lines.append("sources learnt before this run: " + (
+          ", ".join(sorted(learnt)) or "none" if learnt is not None else
+          "unknown (an imported model in its past, or checkpoints older than that record): "
+          "forgetting counts every source"))
     positions = origin.get(resume.POSITIONS_KEY)
     if positions:  # Where a replay_position="continue" stage of this run picks its rows up.
       lines.append("rows of each source served before its first stage: " + ", ".join(

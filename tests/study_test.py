@@ -300,6 +300,8 @@ def test_a_study_of_an_imported_model_measures_each_variant_from_that_model(tmp_
     assert row["forgetting"] == {"prose": pytest.approx(final["prose"] - start["prose"])}
     assert row["adaptation"] == {"code": pytest.approx(start["code"] - final["code"])}
   assert all(start == starts[0] for start in starts)  # One imported model, one measurement.
+  info = helpers.cli("info", f"--from={study_dir}/replay5", config=None).stdout
+  assert "sources learnt before this run: unknown (an imported model in its past" in info
   # Compute is the imported model's, not that of the config's (unused) model block.
   imported = model_config.ModelConfig(
       **json.load(open(tmp_path / "imported" / "config.json"))["model"])
@@ -331,6 +333,8 @@ def test_a_source_evaluated_but_never_trained_on_is_not_forgotten(tmp_path):
   assert set(row["forgetting"]) == {"prose"} and set(row["adaptation"]) == {"code"}
   summary = json.load(open(tmp_path / "study" / "replay5" / "summary.json"))
   assert summary["forgetting"] == {"code": {"prose": row["forgetting"]["prose"]}}
+  info = helpers.cli("info", f"--from={tmp_path}/study/replay5", config=None).stdout
+  assert "sources learnt before this run: prose\n" in info
 
 
 def test_variants_share_runs_exactly_when_their_stages_are_configured_alike(tmp_path):

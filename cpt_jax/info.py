@@ -81,7 +81,7 @@ def describe_run(reference: str) -> str:
     if steps:  # What its stages can forget (report.py).
       learnt = resume.learnt_before(run_dir)
       lines.append("sources learnt before this run: " + (
-          ", ".join(sorted(learnt)) or "none" if learnt is not None else
+          (", ".join(sorted(learnt)) or "none") if learnt is not None else
           "unknown (an imported model in its past, or checkpoints older than that record): "
           "forgetting counts every source"))
     positions = origin.get(resume.POSITIONS_KEY)

@@ -229,9 +229,13 @@ def _require(flag, name: str):
   return flag.value
 
 
+def _is_study(config) -> bool:
+  return "variants" in config  # study.study_config(base, variants, baseline)
+
+
 def _command_info(config) -> None:
   from cpt_jax import info
-  if config is not None and "variants" in config:  # A study: its runs.
+  if config is not None and _is_study(config):  # Its runs.
     if _MEMORY.value:
       raise UsageError("--memory needs an experiment config, not a study: its variants may "
                        "differ in model and batch; give the experiment as --config")
@@ -261,7 +265,7 @@ def _command_plot_schedule(config) -> None:
   if "://" not in out and not os.path.isdir(directory):
     raise UsageError(f"--out={out}: directory {directory} does not exist")
   title = flags.FLAGS["config"].config_filename
-  if "variants" in config:  # A study: every variant's schedule (seeds share theirs).
+  if _is_study(config):  # Every variant's schedule (seeds share theirs).
     from cpt_jax import study
     variants = [variant for variant in study.plan(config, "STUDY_DIR")
                 if variant.label == variant.name]
@@ -378,9 +382,8 @@ def main(argv: list[str]) -> int:
       return 0
     if config is None:
       raise UsageError("--config is required, e.g. --config=configs/demo.py")
-    is_study = command in ("info", "plot-schedule") and "variants" in config  # study.plan
-    # validates a study.
-    if command not in ("train", "study") and not is_study:  # These validate their configs.
+    # `train` and `study` validate the configs they resolve, study.plan a study's.
+    if command not in ("train", "study") and not _is_study(config):
       from cpt_jax import experiment_config
       experiment_config.validate(config)
     {"train": _command_train, "info": _command_info, "plot-schedule": _command_plot_schedule,

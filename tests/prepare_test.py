@@ -168,13 +168,10 @@ def test_an_interrupt_stops_the_workers_and_says_how_to_go_on(tmp_path, to_group
   pipe = tmp_path / "code" / "blocks.txt"
   os.mkfifo(pipe)
   code = "--config.data.sources.code"
-  command = helpers.command("prepare", f"{code}.kind=text_files", f"{code}.glob={pipe}",
-                            "--config.data.tokenizer.kind=bytes", "--workers=2",
-                            f"--config.data.token_cache_dir={tmp_path / 'cache'}")
-  process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, env=helpers.environment(), cwd=helpers.ROOT,
-                             start_new_session=True,  # Its own group: killpg spares pytest.
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  process = helpers.start("prepare", f"{code}.kind=text_files", f"{code}.glob={pipe}",
+                          "--config.data.tokenizer.kind=bytes", "--workers=2",
+                          f"--config.data.token_cache_dir={tmp_path / 'cache'}",
+                          new_session=True)
   deadline, writer = time.monotonic() + 120, None
   while writer is None:  # Opening the write end succeeds once a worker reads the pipe.
     try:

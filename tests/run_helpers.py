@@ -133,19 +133,21 @@ def benchmark(name: str, *args) -> str:
   return result.stdout
 
 
-def start(*args, **kwargs):
+def start(*args, new_session=False, **kwargs):
   """`cpt-jax ARGS` in a subprocess that takes Ctrl-C and a hangup as one started from a
-  terminal does. A test run started in the background by a non-interactive shell
-  (`.ci/run &`) ignores SIGINT, and one under `nohup` SIGHUP; exec keeps an ignored signal
-  ignored in children, while a handler is reset to the default: so one is set while the
-  child starts."""
+  terminal does (in a process group of its own with `new_session`, which a signal to the
+  group, as Ctrl-C sends, reaches without reaching pytest). A test run started in the
+  background by a non-interactive shell (`.ci/run &`) ignores SIGINT, and one under `nohup`
+  SIGHUP; exec keeps an ignored signal ignored in children, while a handler is reset to the
+  default: so one is set while the child starts."""
   ignored = [signum for signum in (signal.SIGINT, signal.SIGHUP)
              if signal.getsignal(signum) is signal.SIG_IGN]
   for signum in ignored:
     signal.signal(signum, lambda *_: None)
   try:
     return subprocess.Popen(command(*args, **kwargs), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=environment(), cwd=ROOT)
+                            stderr=subprocess.STDOUT, text=True, env=environment(), cwd=ROOT,
+                            start_new_session=new_session)
   finally:
     for signum in ignored:
       signal.signal(signum, signal.SIG_IGN)

@@ -162,8 +162,9 @@ def test_a_branch_of_a_stage_that_continues_its_replay_trains_on_that_stages_row
   assert helpers.train_losses(annealed)[51] == helpers.train_losses(source)[51]
   from cpt_jax import info
   described = info.describe_run(annealed).splitlines()
-  assert described[-2:] == [
+  assert described[-3:] == [
       f"started from: {source}:50 (optimizer state keep, step continue, data continue)",
+      "sources learnt before this run: code, prose",  # Step 50 is in the code stage.
       "rows of each source served before its first stage: prose 240"]  # Stage 1: 30 x 8.
 
 

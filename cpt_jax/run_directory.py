@@ -114,6 +114,9 @@ def source_config(run_dir: str) -> dict:
   if stored is None:
     inside = _runs_inside(run_dir)  # A study's directory, or a directory of runs.
     hint = f" (runs inside it: {', '.join(inside[:5])}{', ...' if len(inside) > 5 else ''})"
+    if (epath.Path(run_dir) / "stages").is_dir():  # study.STAGES_DIR: a study's directory.
+      hint += (f"; `cpt-jax info --config=STUDY_CONFIG --workdir={run_dir}` describes the "
+               "study and which of its runs are done")
     raise ConfigError(f"--from={run_dir}: no config.json there; expected a cpt-jax run "
                       f"directory{hint if inside else ''}")
   return stored

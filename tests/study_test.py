@@ -245,6 +245,10 @@ def test_info_of_a_study_lists_its_runs_and_counts_each_shared_run_once(smoke_st
     assert lines[index + 1].endswith(": " + ", ".join(
         run + (" (shared by 4 variants)" if run.startswith("stages/0-prose") and
                row["variant"] != "infinite" else "") for run in row["runs"]))
+  from_run = helpers.cli("info", f"--from={study_dir}", config=None, check=False)
+  assert (f"(runs inside it: infinite, no_rewarm, replay0, replay25, replay5, ...); `cpt-jax "
+          f"info --config=STUDY_CONFIG --workdir={study_dir}` describes the study") in (
+              from_run.stderr)
   before = helpers.cli("info", f"--workdir={tmp_path}", config=config, small=False).stdout
   assert before.splitlines()[0].endswith(f"; 0 of 10 runs done in {tmp_path}")
   assert not os.listdir(tmp_path)  # Describing a study creates nothing.

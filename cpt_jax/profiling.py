@@ -7,12 +7,15 @@ range pay one integer comparison.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 
 import jax
 
 from cpt_jax.config_error import ConfigError
+
+_log = logging.getLogger(__name__)
 
 
 def parse_steps(spec: str) -> tuple[int, int] | None:
@@ -28,10 +31,14 @@ def parse_steps(spec: str) -> tuple[int, int] | None:
 
 class StepProfiler:
 
-  def __init__(self, spec: str, workdir: str):
+  def __init__(self, spec: str, workdir: str, run_steps: tuple[int, int]):
+    """`run_steps`: the global steps the run trains, (first, last)."""
     self._range = parse_steps(spec)
     self.directory = os.path.join(workdir, "profile")
     self._active = False
+    if self._range and not run_steps[0] <= self._range[0] < run_steps[1]:
+      _log.warning("profile.steps=%s starts outside the steps this run trains (%d to %d): "
+                   "no trace", spec, *run_steps)
 
   def before_step(self, step: int) -> None:
     """Called with the step counter before an update."""

@@ -196,7 +196,8 @@ class _Run:
         for name in experiment_config.evaluation_sources(config)}
     self.writer = metrics_writer.MetricsWriter(workdir, enabled=self.lead, fresh=not resumed,
                                                wandb=config.log.wandb, run_config=config)
-    self.profiler = profiling.StepProfiler(config.profile.steps, workdir)
+    self.profiler = profiling.StepProfiler(
+        config.profile.steps, workdir, (self.plans[0].start_step, self.plans[-1].end_step))
     self.flops_per_token = model_lib.training_flops_per_token(model, config.data.seq_len)
     peak = device_peaks.peak_flops_per_device()
     self.peak_flops = peak * jax.device_count() if peak else None  # None: no MFU (CPUs).

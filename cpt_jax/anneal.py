@@ -19,6 +19,7 @@ from cpt_jax import paths
 from cpt_jax import run_directory
 from cpt_jax import run_plan
 from cpt_jax import schedule_config
+from cpt_jax import schedules
 from cpt_jax import trainer
 from cpt_jax.config_error import ConfigError
 
@@ -64,6 +65,13 @@ def anneal_config(source_reference: str, steps: int, shape: str, end_value: floa
                       "anneal schedule)")
   branch = branch_config(config, run_dir, step, metadata["step_offset"], metadata["stage"],
                          steps, shape, end_value)
+  # The flags, named as given (the branch's own validation names its stage's schedule).
+  if shape not in schedules.DECAY_SHAPES:
+    raise ConfigError(f"--shape={shape!r}: expected one of {list(schedules.DECAY_SHAPES)}")
+  start_value = branch.stages[0].schedule.start_value
+  if not 0 <= end_value <= start_value:
+    raise ConfigError(f"--end_value={end_value:g}: expected a learning rate from 0 to the "
+                      f"run's at step {step}, {start_value:.4g}, which the anneal decays from")
   return experiment_config.override_from_command_line(branch, list(overrides))
 
 

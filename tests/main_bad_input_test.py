@@ -232,6 +232,12 @@ def _cases(run, files, fresh):
        "must differ from the source run directory", run),
       ("anneal of zero steps", ("anneal", f"--from={run}", f"--workdir={fresh}", "--steps=0"),
        "expected a positive number of anneal steps", fresh),
+      ("anneal of an unknown shape", ("anneal", f"--from={run}", f"--workdir={fresh}",
+                                      "--steps=5", "--shape=step"),
+       "--shape='step': expected one of ['linear', 'cosine', '1-sqrt', 'exponential']", fresh),
+      ("anneal ending above its start", ("anneal", f"--from={run}", f"--workdir={fresh}",
+                                        "--steps=5", "--end_value=1"),
+       "--end_value=1: expected a learning rate from 0 to the run's at step", fresh),
       ("anneal without --steps", ("anneal", f"--from={run}", f"--workdir={fresh}"),
        "--steps is required", fresh),
       # Hugging Face interop and scoring.

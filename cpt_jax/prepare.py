@@ -17,10 +17,12 @@ into the split the pipeline reads (`token_cache.finish`).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import multiprocessing
 import signal
+import threading
 import time
 
 import ml_collections
@@ -62,6 +64,21 @@ def _start_pool_worker(*worker_args) -> None:
   # Ctrl-C reaches every process of the terminal's group: the parent stops the workers.
   signal.signal(signal.SIGINT, signal.SIG_IGN)
   _start_worker(*worker_args)
+
+
+@contextlib.contextmanager
+def _children_ignore_ctrl_c():
+  """Processes started inside ignore SIGINT from their first instruction (an ignored signal
+  stays ignored through exec), before `_start_pool_worker` runs: a Ctrl-C while a worker
+  imports would print its traceback. The main thread's handler is restored after."""
+  if threading.current_thread() is not threading.main_thread():  # signal.signal's rule.
+    yield
+    return
+  previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, previous)
 
 
 def _write_unit(job: _Job) -> tuple[int, int]:
@@ -123,7 +140,9 @@ def _run_jobs(jobs: list[_Job], tokenizer: tokenizer_lib.Tokenizer, eos_token: s
           workers, mp_context=multiprocessing.get_context("spawn"),
           initializer=_start_pool_worker, initargs=worker_args) as pool:
         try:
-          for written in pool.map(_write_unit, jobs):
+          with _children_ignore_ctrl_c():
+            written_units = pool.map(_write_unit, jobs)  # Submits every job: starts workers.
+          for written in written_units:
             done(written)
         except KeyboardInterrupt:  # Not waiting for every unit: a shard ends once complete.
           pool.shutdown(wait=False, cancel_futures=True)

@@ -35,20 +35,33 @@ def summarize(eval_records: list[dict], plans, starts_from_checkpoint: bool = Fa
   # A fresh run starts from random weights: its first stage forgets nothing worth measuring.
   befores = [start if starts_from_checkpoint else None] + [
       stage["validation_loss"] for stage in stages[:-1]]
-  learnt = None if learnt_before is None else set(learnt_before)  # None: unknown, any.
-  for stage_plan, stage, before in zip(plans, stages, befores):
+  for index, (stage_plan, stage, before) in enumerate(zip(plans, stages, befores)):
     after = stage["validation_loss"]
-    if before and after:
-      new_sources = set(stage_plan.mixture) - set(stage_plan.replayed_sources)
-      forgetting[stage_plan.name] = {
-          source: after[source] - before[source] for source in sorted(after)
-          if source not in new_sources and (learnt is None or source in learnt)}
-      adaptation[stage_plan.name] = {source: before[source] - after[source]
-                                     for source in sorted(after) if source in new_sources}
-    if learnt is not None:
-      learnt |= set(stage_plan.mixture)
+    if not before or not after:
+      continue
+    new_sources = set(stage_plan.mixture) - set(stage_plan.replayed_sources)
+    learnt = sources_learnt(learnt_before, plans[:index])
+    forgetting[stage_plan.name] = {source: after[source] - before[source]
+                                   for source in sorted(after)
+                                   if can_forget(source, new_sources, learnt)}
+    adaptation[stage_plan.name] = {source: before[source] - after[source]
+                                   for source in sorted(after) if source in new_sources}
   return {"start_validation_loss": start, "stages": stages, "forgetting": forgetting,
           "adaptation": adaptation}
+
+
+def sources_learnt(learnt_before: frozenset[str] | None, earlier_plans) -> frozenset[str] | None:
+  """The sources learnt before a stage: those learnt before its run (None: unknown) and those
+  the run's `earlier_plans` trained on."""
+  if learnt_before is None:
+    return None
+  return frozenset(learnt_before).union(*(plan.mixture for plan in earlier_plans))
+
+
+def can_forget(source: str, new_sources, learnt: frozenset[str] | None) -> bool:
+  """Whether a stage's forgetting counts `source`: learnt before the stage (any source where
+  that is unknown) and not among the stage's new data."""
+  return source not in new_sources and (learnt is None or source in learnt)
 
 
 def table(summary: dict) -> str:

@@ -24,6 +24,7 @@ from etils import epath
 
 from cpt_jax import metrics_writer
 from cpt_jax import plots
+from cpt_jax import report
 from cpt_jax import resume
 from cpt_jax import run_plan
 
@@ -67,14 +68,10 @@ def variant_row(variant, study_dir: str) -> dict:
     row["start_validation_loss"] = before  # The continued model's, which the table names.
   if before is not None:
     new = {source for source, weight in last.mixture.items() if weight > 0}
-    # As report.py counts it: the sources learnt before the last stage, by its earlier stages
-    # and the model the variant starts from; every other source where that model's data is
-    # unknown (an import).
-    learnt = resume.learnt_before(variant.chain[0].directory)
-    if learnt is not None:
-      learnt |= {source for plan in run_plan.plan(variant.config)[:-1] for source in plan.mixture}
+    learnt = report.sources_learnt(resume.learnt_before(variant.chain[0].directory),
+                                   run_plan.plan(variant.config)[:-1])
     row["forgetting"] = {s: final[s] - before[s] for s in sorted(final)
-                         if s not in new and (learnt is None or s in learnt)}
+                         if report.can_forget(s, new, learnt)}
     row["adaptation"] = {s: before[s] - final[s] for s in sorted(final) if s in new}
     row["average_forgetting"] = _mean(row["forgetting"].values())
     row["average_adaptation"] = _mean(row["adaptation"].values())

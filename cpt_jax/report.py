@@ -21,6 +21,7 @@ from etils import epath
 
 from cpt_jax import metrics_writer
 from cpt_jax import plots
+from cpt_jax import run_plan
 
 
 def summarize(eval_records: list[dict], plans, starts_from_checkpoint: bool = False,
@@ -40,7 +41,7 @@ def summarize(eval_records: list[dict], plans, starts_from_checkpoint: bool = Fa
     if not before or not after:
       continue
     new_sources = set(stage_plan.mixture) - set(stage_plan.replayed_sources)
-    learnt = sources_learnt(learnt_before, plans[:index])
+    learnt = run_plan.sources_learnt(learnt_before, plans[:index])
     forgetting[stage_plan.name] = {source: after[source] - before[source]
                                    for source in sorted(after)
                                    if can_forget(source, new_sources, learnt)}
@@ -48,14 +49,6 @@ def summarize(eval_records: list[dict], plans, starts_from_checkpoint: bool = Fa
                                    for source in sorted(after) if source in new_sources}
   return {"start_validation_loss": start, "stages": stages, "forgetting": forgetting,
           "adaptation": adaptation}
-
-
-def sources_learnt(learnt_before: frozenset[str] | None, earlier_plans) -> frozenset[str] | None:
-  """The sources learnt before a stage: those learnt before its run (None: unknown) and those
-  the run's `earlier_plans` trained on."""
-  if learnt_before is None:
-    return None
-  return frozenset(learnt_before).union(*(plan.mixture for plan in earlier_plans))
 
 
 def can_forget(source: str, new_sources, learnt: frozenset[str] | None) -> bool:

@@ -130,8 +130,8 @@ def _learnt_at(metadata: dict) -> frozenset[str] | None:
     return None
   source = run_directory.experiment_from_json(metadata["config"])
   plans = run_plan.plan(source, start_step=metadata["step_offset"])
-  return before | {name for stage in plans if stage.start_step < metadata["step"]
-                   for name in stage.mixture}
+  return run_plan.sources_learnt(before, [stage for stage in plans
+                                          if stage.start_step < metadata["step"]])
 
 
 def _check_imported(source: checkpoint_lib.Checkpointer, step: int | None, config) -> None:

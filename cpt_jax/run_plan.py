@@ -136,6 +136,15 @@ def learning_rate_schedule(config: ml_collections.ConfigDict,
   return schedule
 
 
+def sources_learnt(learnt_before: frozenset[str] | None,
+                   trained_plans: list[StagePlan]) -> frozenset[str] | None:
+  """The sources a model has learnt: those learnt before its run (None: unknown, and so the
+  result) and those of the run's `trained_plans`."""
+  if learnt_before is None:
+    return None
+  return frozenset(learnt_before).union(*(plan.mixture for plan in trained_plans))
+
+
 def stage_at(plans: list[StagePlan], step: int) -> StagePlan:
   """The stage that global `step` belongs to (the last one past the end of the run)."""
   for stage_plan in plans:

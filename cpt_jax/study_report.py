@@ -68,8 +68,8 @@ def variant_row(variant, study_dir: str) -> dict:
     row["start_validation_loss"] = before  # The continued model's, which the table names.
   if before is not None:
     new = {source for source, weight in last.mixture.items() if weight > 0}
-    learnt = report.sources_learnt(resume.learnt_before(variant.chain[0].directory),
-                                   run_plan.plan(variant.config)[:-1])
+    learnt = run_plan.sources_learnt(resume.learnt_before(variant.chain[0].directory),
+                                     run_plan.plan(variant.config)[:-1])
     row["forgetting"] = {s: final[s] - before[s] for s in sorted(final)
                          if report.can_forget(s, new, learnt)}
     row["adaptation"] = {s: before[s] - final[s] for s in sorted(final) if s in new}

@@ -182,6 +182,7 @@ def kernels_resolve_as(monkeypatch):
   """Makes `attend` resolve as on a GPU ("cudnn") or a TPU ("splash"): the kernel is tried,
   and its own checks decide (this machine runs splash in Pallas's interpreter)."""
   attention._kernel_refusal.cache_clear()
+  attention._cudnn_packs.cache_clear()
   monkeypatch.setattr(attention, "_SPLASH_INTERPRET", True)
 
   def resolve_as(kernel):
@@ -189,6 +190,7 @@ def kernels_resolve_as(monkeypatch):
 
   yield resolve_as
   attention._kernel_refusal.cache_clear()
+  attention._cudnn_packs.cache_clear()
 
 
 def _xla(q, k, v, segments):
@@ -258,7 +260,8 @@ def test_a_kernel_runs_where_its_gradient_compiles_checked_once_per_shape(
   with library_logs.at_level(logging.WARNING):
     outs = [attention.attend(q, k, v, segments, kernel) for _ in range(2)]
   assert not library_logs.text
-  assert attention._kernel_refusal.cache_info()[:2] == (1, 1)  # (hits, misses)
+  # (hits, misses): cuDNN's packed kernel is tried once too (and refused here: no cuDNN).
+  assert attention._kernel_refusal.cache_info()[:2] == (1, 2 if kernel == "cudnn" else 1)
   for out in outs:
     np.testing.assert_array_equal(out, 2 * _xla(q, k, v, segments))
 
@@ -273,3 +276,59 @@ def test_cudnn_without_a_gpu_falls_back_to_xla_and_says_why(library_logs):
   expected = attention.attend(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16),
                               v.astype(jnp.bfloat16), segments, "xla")
   np.testing.assert_array_equal(out, expected)
+
+
+def _many_documents(batch, length, documents):
+  """Segment ids with `documents` runs in row 0 (and padding at its end), one in the others."""
+  row = np.repeat(np.arange(1, documents + 1), length // documents)
+  row = np.pad(row, (0, length - len(row)))  # Padding: segment 0.
+  return jnp.asarray(np.stack([row] + [np.ones(length, np.int32)] * (batch - 1)), jnp.int32)
+
+
+def test_document_spans_are_each_rows_runs_of_one_segment_id():
+  segments = jnp.array([[1, 1, 1, 2, 2, 3, 0, 0], [1] * 8, [1, 2, 3, 4, 5, 6, 7, 0]])
+  first, lengths, documents = attention.document_spans(segments, most=4)
+  np.testing.assert_array_equal(first, [[0, 3, 5, 6, -1], [0, -1, -1, -1, -1],
+                                        [0, 1, 2, 3, 4]])
+  np.testing.assert_array_equal(lengths[:2], [[3, 2, 1, 2], [8, -1, -1, -1]])
+  np.testing.assert_array_equal(documents, [4, 1, 8])  # Row 2 has more than the spans hold.
+
+
+@pytest.mark.parametrize("documents, kernel", [(16, "packed"), (17, "masked")])
+def test_cudnn_by_documents_packs_only_batches_whose_rows_fit_its_spans(
+    documents, kernel, monkeypatch):
+  """Which cuDNN kernel runs, with stand-ins that compile here (told apart by a factor);
+  the masked one also under its gradient's recomputation."""
+  monkeypatch.setattr(attention, "_cudnn_packed", lambda *args: 2 * _xla(*args))
+  monkeypatch.setattr(attention, "_cudnn", lambda *args: 3 * _xla(*args))
+  q, k, v, _ = _inputs(length=256)
+  segments = _many_documents(2, 256, documents)
+  factor = {"packed": 2, "masked": 3}[kernel]
+  out = jax.jit(attention._cudnn_by_documents)(q, k, v, segments)
+  # Loose enough for a GPU's float32 products (jitted or not), far from the other factor.
+  np.testing.assert_allclose(out, factor * _xla(q, k, v, segments), rtol=1e-2, atol=1e-4)
+  summed = lambda function: lambda q: jnp.sum(function(q, k, v, segments))
+  np.testing.assert_allclose(jax.grad(summed(attention._cudnn_by_documents))(q),
+                             factor * jax.grad(summed(_xla))(q), rtol=1e-2, atol=1e-4)
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN runs on NVIDIA GPUs")
+@pytest.mark.parametrize("documents", [3, 40])
+def test_cudnn_on_a_gpu_follows_xla_with_its_gradients(documents):
+  """On a Hopper GPU: the packed kernel (3 documents a row) and the masked one (40)."""
+  q, k, v, _ = _bfloat16_inputs(length=256)
+  q, k, v = (jnp.tile(x, (1, 1, 1, 4)) for x in (q, k, v))  # Head dim 64.
+  segments = _many_documents(2, 256, documents)
+  assert attention._cudnn_packs(q.shape, k.shape, q.dtype) == (
+      jax.devices()[0].compute_capability >= "9.0")
+  as_float = lambda x: np.asarray(x, np.float32)
+  np.testing.assert_allclose(as_float(attention.attend(q, k, v, segments, "cudnn")),
+                             as_float(_xla(q, k, v, segments)), atol=2e-2)
+  cotangent = jax.random.normal(jax.random.key(1), q.shape, jnp.bfloat16)
+  grads = lambda function: jax.grad(
+      lambda q, k, v: jnp.sum((function(q, k, v) * cotangent).astype(jnp.float32)),
+      argnums=(0, 1, 2))(q, k, v)
+  cudnn = grads(lambda q, k, v: attention.attend(q, k, v, segments, "cudnn"))
+  xla = grads(lambda q, k, v: _xla(q, k, v, segments))
+  for ours, theirs in zip(cudnn, xla):  # bfloat16: one unit in the last place is 1/128.
+    np.testing.assert_allclose(as_float(ours), as_float(theirs), rtol=1e-2, atol=6e-2)

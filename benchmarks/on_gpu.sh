@@ -76,7 +76,7 @@ fi
 rows=$(sed -n 's/.*, \([0-9]*\) x 2048 per device.*/\1/p' "$OUT"/mfu_410m*.txt | tail -1)
 phase vs_transformers 190 python3 -m benchmarks.vs_transformers --rounds=2 \
   --batch="$(( ${rows:-8} < 16 ? ${rows:-8} : 16 ))"
-# Attention alone at pythia-410m's shape: cuDNN with the document mask, without it, and XLA's.
+# Attention alone at pythia-410m's shape: cuDNN packed, with the mask as bias, causal only; XLA.
 phase attention 50 python3 -m benchmarks.attention --rounds=3
 phase mfu_160m 100 python3 -m benchmarks.mfu --presets=pythia-160m
 exit 0

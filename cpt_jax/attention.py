@@ -42,10 +42,14 @@ import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax._src.cudnn import fused_attention_stablehlo as cudnn_fused  # Its packed form.
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_masks
 from jax.sharding import PartitionSpec
+
+try:  # cuDNN's packed-sequence attention: JAX's own bindings, not behind jax.nn's interface.
+  from jax._src.cudnn import fused_attention_stablehlo as cudnn_fused
+except ImportError:  # A JAX that moved them: cuDNN attention takes the mask as a bias.
+  cudnn_fused = None
 
 _log = logging.getLogger(__name__)
 _MIN_QUERY_BLOCK = 64  # Smaller blocks cost more in per-op overhead than they save.
@@ -131,8 +135,8 @@ def document_spans(segment_ids_BxT: jax.Array, most: int):
       segment_ids_BxT[:, 1:] != segment_ids_BxT[:, :-1])
   first_Bx1M = jax.vmap(lambda starts_T: jnp.nonzero(starts_T, size=most + 1,
                                                      fill_value=-1)[0])(starts_BxT)
-  last_is_end = jnp.where(first_Bx1M[:, 1:] < 0, length, first_Bx1M[:, 1:])
-  lengths_BxM = jnp.where(first_Bx1M[:, :-1] < 0, -1, last_is_end - first_Bx1M[:, :-1])
+  ends_BxM = jnp.where(first_Bx1M[:, 1:] < 0, length, first_Bx1M[:, 1:])  # The next start.
+  lengths_BxM = jnp.where(first_Bx1M[:, :-1] < 0, -1, ends_BxM - first_Bx1M[:, :-1])
   return (first_Bx1M.astype(jnp.int32), lengths_BxM.astype(jnp.int32),
           starts_BxT.sum(axis=1))
 
@@ -161,7 +165,8 @@ def _cudnn_packs(q_shape: tuple[int, ...], kv_shape: tuple[int, ...], dtype) -> 
   """Whether cuDNN attention goes by documents at one device's shapes: where the packed
   kernel builds (Hopper and later, JAX's cuDNN bindings as this code knows them)."""
   try:
-    refusal = _kernel_refusal("cudnn_packed", q_shape, kv_shape, dtype)
+    refusal = ("this JAX has no jax._src.cudnn.fused_attention_stablehlo" if cudnn_fused is None
+               else _kernel_refusal("cudnn_packed", q_shape, kv_shape, dtype))
   except (AttributeError, TypeError) as error:  # JAX's private bindings changed.
     refusal = f"{type(error).__name__}: {error}"
   if refusal:

@@ -312,6 +312,15 @@ def test_cudnn_by_documents_packs_only_batches_whose_rows_fit_its_spans(
                              factor * jax.grad(summed(_xla))(q), rtol=1e-2, atol=1e-4)
 
 
+def test_cudnn_without_jaxs_packed_bindings_takes_the_mask_and_says_why(
+    library_logs, kernels_resolve_as, monkeypatch):
+  monkeypatch.setattr(attention, "cudnn_fused", None)  # A JAX that moved or dropped them.
+  with library_logs.at_level(logging.INFO):
+    assert not attention._cudnn_packs((2, 256, 4, 64), (2, 256, 2, 64), jnp.bfloat16)
+  assert ("cuDNN's packed-document attention does not apply (this JAX has no "
+          "jax._src.cudnn.fused_attention_stablehlo)") in library_logs.text
+
+
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN runs on NVIDIA GPUs")
 @pytest.mark.parametrize("documents", [3, 40])
 def test_cudnn_on_a_gpu_follows_xla_with_its_gradients(documents):

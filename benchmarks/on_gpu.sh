@@ -11,7 +11,8 @@
 # important first, each phase within its own time limit so that one that hangs or runs long
 # leaves the others' figures: MFU of pythia-410m (again with the flax and optax the tests run
 # with, should the image's fail it at once), pythia-410m against transformers, attention
-# alone, MFU of pythia-160m. At most 9.5 minutes.
+# alone, MFU of pythia-160m, pythia-410m's head and loss in pieces. About 8 minutes on an
+# H200; the run's own limit (590 s) cuts the last phases short if they run longer.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -79,4 +80,7 @@ phase vs_transformers 190 python3 -m benchmarks.vs_transformers --rounds=2 \
 # Attention alone at pythia-410m's shape: cuDNN packed, with the mask as bias, causal only; XLA.
 phase attention 50 python3 -m benchmarks.attention --rounds=3
 phase mfu_160m 100 python3 -m benchmarks.mfu --presets=pythia-160m
+# Where pythia-410m's MFU goes: the output head and loss (50k vocabulary, float32) in pieces.
+phase mfu_410m_loss_chunks 90 python3 -m benchmarks.mfu --presets=pythia-410m \
+  --batch_per_device="${rows:-8}" --loss_chunk_tokens=8192
 exit 0

@@ -178,8 +178,8 @@ def _cudnn_packs(q_shape: tuple[int, ...], kv_shape: tuple[int, ...], dtype) -> 
 @functools.cache
 def _kernel_refusal(kernel: str, q_shape: tuple[int, ...], kv_shape: tuple[int, ...],
                     dtype) -> str:
-  """Why the fused `kernel` ("cudnn", "cudnn_packed" or "splash") cannot run attention, forward and backward,
-  at these shapes; "" if it can.
+  """Why the fused `kernel` ("cudnn", "cudnn_packed" or "splash") cannot run attention,
+  forward and backward, at these shapes; "" if it can.
 
   Some checks come when JAX traces the kernel (dtype, head dim, layout, cuDNN's version), the
   rest when XLA compiles it (cuDNN builds its kernels then, the mask's gradient among them;

@@ -1,8 +1,8 @@
 """Training throughput per device and model FLOPs utilization (MFU).
 
   python -m benchmarks.mfu [--presets=pythia-160m,pythia-410m] [--batch_per_device=0]
-      [--seq_len=2048] [--remat=none] [--loss_chunk_tokens=0] [--steps=20]
-      [--device_memory=BYTES]
+      [--seq_len=2048] [--remat=none] [--loss_chunk_tokens=0] [--head_matmul_dtype=float32]
+      [--steps=20] [--device_memory=BYTES]
 
 On a GPU or TPU: the given presets at sequence length 2048 in bfloat16, each at the largest
 power-of-two batch per device whose compiled step fits the device (`cpt_jax/step_memory.py`:
@@ -30,6 +30,8 @@ parser.add_argument("--seq_len", type=int, default=0, help="Default: 128 on a CP
 parser.add_argument("--remat", default="none", help="model.remat: none, dots or full.")
 parser.add_argument("--loss_chunk_tokens", type=int, default=0,
                     help="model.loss_chunk_tokens: the head and loss in pieces (0: at once).")
+parser.add_argument("--head_matmul_dtype", default="float32",
+                    help="model.head_matmul_dtype: float32, or compute (bfloat16 operands).")
 parser.add_argument("--steps", type=int, default=20)
 parser.add_argument("--device_memory", type=float, default=0,
                     help="One device's memory in bytes (0: what the device reports); the "
@@ -51,7 +53,8 @@ bare_step.use_persistent_compile_cache()
 
 def preset_config(preset: str, seq_len: int, batch_per_device: int):
   return bare_step.preset_config(preset, seq_len, batch_per_device, remat=args.remat,
-                                 loss_chunk_tokens=args.loss_chunk_tokens)
+                                 loss_chunk_tokens=args.loss_chunk_tokens,
+                                 head_matmul_dtype=args.head_matmul_dtype)
 
 
 def batch_per_device(preset: str, seq_len: int, capacity: float | None) -> int:
@@ -84,7 +87,8 @@ def main():
     per_device = bare_step.BareStep(config).tokens_per_second(args.steps) / jax.local_device_count()
     mfu = per_device * flops / peak if peak else None
     print(f"{preset} ({total:,} params) on {jax.devices()[0].device_kind}, {rows} x {seq_len} "
-          f"per device, remat {args.remat}: {per_device:,.0f} tokens/s per device, "
+          f"per device, remat {args.remat}, head {args.head_matmul_dtype}: "
+          f"{per_device:,.0f} tokens/s per device, "
           f"{flops:.3g} FLOPs/token, MFU "
           f"{f'{mfu:.1%}' if mfu is not None else 'n/a (unknown peak)'}")
   print(f"mfu: {mfu:.3f}" if mfu is not None else "mfu: n/a")

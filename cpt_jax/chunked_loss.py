@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from cpt_jax import output_head
+
 
 def _pieces(chunk: int, *arrays: jax.Array) -> list[jax.Array]:
   """(N, ...) arrays as (N / chunk, chunk, ...), zero-padded: padded tokens weigh 0."""
@@ -22,16 +24,18 @@ def _pieces(chunk: int, *arrays: jax.Array) -> list[jax.Array]:
           for a in arrays]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def loss_sum(x_NxD: jax.Array, kernel_DxV: jax.Array, targets_N: jax.Array,
-             weights_N: jax.Array, chunk: int) -> jax.Array:
-  """The head and the weighted cross-entropy sum, `chunk` tokens at a time, so that no more
-  than a piece's (chunk, V) logits are ever live. Differentiated, each piece's gradients are
-  taken in the same pass (below): nothing is recomputed and no logits are kept."""
+             weights_N: jax.Array, chunk: int, head_dtype: str = "float32") -> jax.Array:
+  """The head (its matmuls with `head_dtype` operands: output_head.py) and the weighted
+  cross-entropy sum, `chunk` tokens at a time, so that no more than a piece's (chunk, V)
+  logits are ever live. Differentiated, each piece's gradients are taken in the same pass
+  (below): nothing is recomputed and no logits are kept."""
 
   def accumulate(total, piece):
     x_CxD, targets_C, weights_C = piece
-    losses_C = optax.softmax_cross_entropy_with_integer_labels(x_CxD @ kernel_DxV, targets_C)
+    logits_CxV = output_head.matmul(x_CxD, kernel_DxV, head_dtype)
+    losses_C = optax.softmax_cross_entropy_with_integer_labels(logits_CxV, targets_C)
     return total + jnp.sum(losses_C * weights_C), None
 
   total, _ = jax.lax.scan(accumulate, jnp.zeros((), jnp.float32),
@@ -39,22 +43,23 @@ def loss_sum(x_NxD: jax.Array, kernel_DxV: jax.Array, targets_N: jax.Array,
   return total
 
 
-def _loss_sum_forward(x_NxD, kernel_DxV, targets_N, weights_N, chunk):
+def _loss_sum_forward(x_NxD, kernel_DxV, targets_N, weights_N, chunk, head_dtype):
   """The loss sum, with the gradients of the sum kept as residuals: (N, D) for the features,
   (D, V) for the head, (N,) for the weights, where the unchunked loss keeps (N, V) logits."""
 
   def accumulate(carry, piece):
     total, dkernel_DxV = carry
     x_CxD, targets_C, weights_C = piece
-    logits_CxV = x_CxD @ kernel_DxV
+    logits_CxV = output_head.matmul(x_CxD, kernel_DxV, head_dtype)
     log_normalizers_C = jax.nn.logsumexp(logits_CxV, axis=-1)
     losses_C = log_normalizers_C - jnp.take_along_axis(logits_CxV, targets_C[:, None], -1)[:, 0]
     # d(sum of w * loss)/d(logits) = w * (softmax - one_hot(target)).
     probabilities_CxV = jnp.exp(logits_CxV - log_normalizers_C[:, None])
     one_hot_CxV = jax.nn.one_hot(targets_C, logits_CxV.shape[-1], dtype=logits_CxV.dtype)
     dlogits_CxV = (probabilities_CxV - one_hot_CxV) * weights_C[:, None]
-    carry = (total + jnp.sum(losses_C * weights_C), dkernel_DxV + x_CxD.T @ dlogits_CxV)
-    return carry, (dlogits_CxV @ kernel_DxV.T, losses_C)
+    dkernel_DxV += output_head.matmul(x_CxD.T, dlogits_CxV, head_dtype)
+    carry = (total + jnp.sum(losses_C * weights_C), dkernel_DxV)
+    return carry, (output_head.matmul(dlogits_CxV, kernel_DxV.T, head_dtype), losses_C)
 
   count = x_NxD.shape[0]
   (total, dkernel_DxV), (dx, losses) = jax.lax.scan(
@@ -64,8 +69,8 @@ def _loss_sum_forward(x_NxD, kernel_DxV, targets_N, weights_N, chunk):
   return total, (dx_NxD, dkernel_DxV, losses.reshape(-1)[:count])
 
 
-def _loss_sum_backward(chunk, residuals, cotangent):
-  del chunk
+def _loss_sum_backward(chunk, head_dtype, residuals, cotangent):
+  del chunk, head_dtype
   dx_NxD, dkernel_DxV, losses_N = residuals
   return cotangent * dx_NxD, cotangent * dkernel_DxV, None, cotangent * losses_N
 

@@ -4,8 +4,9 @@ Owns the forward pass: token ids in, float32 logits out. Rows may hold several p
 documents: `segment_ids` keep attention inside a document and `positions` (restarting at
 every document) drive rotary embeddings. Numerics follow the Hugging Face implementations the
 weights come from (`hf_convert.py`): LayerNorm's two-pass variance, Llama 3.1's rotary
-scaling, and the output head in float32 whatever the compute dtype. Shapes use suffixes:
-B batch, T time, D model dim, N query heads, K key/value heads, H head dim, V vocabulary.
+scaling, and by default the output head in float32 whatever the compute dtype
+(`output_head.py`). Shapes use suffixes: B batch, T time, D model dim, N query heads,
+K key/value heads, H head dim, V vocabulary.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from flax import nnx
 
 from cpt_jax import attention
 from cpt_jax import model_config
+from cpt_jax import output_head
 from cpt_jax.model_config import ModelConfig
 
 _INIT_STDDEV = 0.02
@@ -187,16 +189,15 @@ class Transformer(nnx.Module):
                            embedding_init=nnx.initializers.normal(_INIT_STDDEV), rngs=rngs)
     self.blocks = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
     self.final_norm = _norm(config, rngs=rngs)
-    if not config.tie_embeddings:  # In float32: logits and the loss keep their precision.
-      self.unembed = _Linear(config.model_dim, config.vocab_size, use_bias=False,
-                             dtype=jnp.float32, param_dtype=jnp.float32,
-                             kernel_init=nnx.initializers.normal(_INIT_STDDEV), rngs=rngs)
+    if not config.tie_embeddings:  # Applied by output_head.logits, in float32 by default.
+      self.unembed = nnx.Linear(config.model_dim, config.vocab_size, use_bias=False,
+                                dtype=jnp.float32, param_dtype=jnp.float32,
+                                kernel_init=nnx.initializers.normal(_INIT_STDDEV), rngs=rngs)
 
   def __call__(self, tokens_BxT, positions_BxT=None, segment_ids_BxT=None):
     x_BxTxD = self.features(tokens_BxT, positions_BxT, segment_ids_BxT)
-    if self.config.tie_embeddings:
-      return (_rows(x_BxTxD) @ self.head_kernel()).reshape(*tokens_BxT.shape, -1)
-    return self.unembed(x_BxTxD)
+    logits_NxV = output_head.logits(_rows(x_BxTxD), self.head_kernel(), self.config.head_dtype)
+    return logits_NxV.reshape(*tokens_BxT.shape, -1)
 
   def head_kernel(self) -> jax.Array:
     """(D, V): the output head's weights, the embedding's transpose where they are tied."""

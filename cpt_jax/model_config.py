@@ -22,6 +22,7 @@ ROPE_SCALINGS = ("", "llama3")
 QK_NORMS = ("", "head", "projection")  # ModelConfig.qk_norm says what each is.
 REMAT_POLICIES = ("none", "dots", "full")
 ATTENTIONS = ("auto", "xla", "chunked", "cudnn", "splash")  # attention.py says what each is.
+HEAD_MATMUL_DTYPES = ("float32", "compute")  # output_head.py says what each is.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +63,10 @@ class ModelConfig:
   # taken with its forward pass, so (piece, vocab) logits are live rather than (batch x seq,
   # vocab), with nothing recomputed: for large vocabularies (Llama 3's 128k).
   loss_chunk_tokens: int = 0
+  # The output head's matmul operands: "float32", or "compute" (compute_dtype operands,
+  # float32 accumulation and logits, as torch.autocast runs transformers' head: about twice
+  # as fast on GPUs under bfloat16). The loss is float32 either way (output_head.py).
+  head_matmul_dtype: str = "float32"
   attention_head_dim: int = 0  # Dims per head; 0: model_dim // num_heads (Llama's head_dim).
   sequential_residual: bool = False  # pythia: GPT-NeoX's use_parallel_residual=False.
   qkv_bias: bool = False  # llama: biases on the q, k and v projections (Qwen2, Qwen2.5).
@@ -84,6 +89,11 @@ class ModelConfig:
   @property
   def head_dim(self) -> int:
     return self.attention_head_dim or self.model_dim // self.num_heads
+
+  @property
+  def head_dtype(self) -> str:
+    """The output head's matmul operand dtype (`head_matmul_dtype`)."""
+    return self.compute_dtype if self.head_matmul_dtype == "compute" else "float32"
 
   @property
   def rotary_fraction(self) -> float:
@@ -152,6 +162,8 @@ class ModelConfig:
       fail("remat", f"one of {REMAT_POLICIES}")
     if not isinstance(self.loss_chunk_tokens, int) or self.loss_chunk_tokens < 0:
       fail("loss_chunk_tokens", "an integer >= 0 (0: the whole batch at once)")
+    if self.head_matmul_dtype not in HEAD_MATMUL_DTYPES:
+      fail("head_matmul_dtype", f"one of {HEAD_MATMUL_DTYPES}")
     if self.attention not in ATTENTIONS:
       fail("attention", f"one of {ATTENTIONS}")
     if self.compute_dtype not in COMPUTE_DTYPES:

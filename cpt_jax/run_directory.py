@@ -26,7 +26,8 @@ from cpt_jax.config_error import ConfigError
 CONFIG_FILE = "config.json"
 # config.model fields that say how the model is computed, not what it is: a run started
 # from another run's checkpoint keeps its own.
-COMPUTE_FIELDS = ("compute_dtype", "remat", "attention", "loss_chunk_tokens")
+COMPUTE_FIELDS = ("compute_dtype", "head_matmul_dtype", "remat", "attention",
+                  "loss_chunk_tokens")
 # Of those, the ones that change the program but not the function it computes (beyond
 # float rounding): a resumed run may change them.
 _EXECUTION_FIELDS = ("remat", "attention", "loss_chunk_tokens")

@@ -67,7 +67,8 @@ def loss_sums(graphdef: nnx.GraphDef, params: nnx.State,
     x_BxTxD = model.features(batch["inputs"], batch["positions"], batch["segment_ids"])
     x_NxD = x_BxTxD.reshape(-1, x_BxTxD.shape[-1])
     return (chunked_loss.loss_sum(x_NxD, model.head_kernel(), batch["targets"].reshape(-1),
-                                  weights_BxT.reshape(-1), chunk), jnp.sum(weights_BxT))
+                                  weights_BxT.reshape(-1), chunk, model.config.head_dtype),
+            jnp.sum(weights_BxT))
   logits_BxTxV = model(batch["inputs"], batch["positions"], batch["segment_ids"])
   losses_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, batch["targets"])
   return jnp.sum(losses_BxT * weights_BxT), jnp.sum(weights_BxT)

@@ -108,6 +108,30 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
                              atol=0.05)
 
 
+@pytest.mark.parametrize("head", ["float32", "compute"])
+def test_the_head_runs_its_matmuls_forward_and_backward_in_its_dtype(head):
+  """Three matmuls touch the vocabulary (97 here): the logits, and the gradients of the
+  features and of the head. Under bfloat16 compute they take float32 operands by default and
+  bfloat16 ones with head_matmul_dtype="compute"; their results and the logits stay float32."""
+  config = dataclasses.replace(SMALL_PYTHIA, compute_dtype="bfloat16", head_matmul_dtype=head)
+  graphdef, params = nnx.split(_model(config), nnx.Param)
+  tokens = jnp.arange(12)[None] % 97
+  loss = lambda p: jnp.mean(jax.nn.log_softmax(nnx.merge(graphdef, p)(tokens))[..., 3])
+  program = jax.jit(jax.value_and_grad(loss)).lower(params).as_text()
+  head_dots = re.findall(r"dot_general.*: \((tensor<[^)]*97[^)]*)\) -> (tensor<[^>]*>)",
+                         program)
+  operand_dtype = {"float32": "f32", "compute": "bf16"}[head]
+  assert len(head_dots) == 3, program
+  for operands, result in head_dots:
+    dtypes = [shape.rsplit("x", 1)[-1] for shape in re.findall(r"<([^>]*)>", operands)]
+    assert dtypes == [operand_dtype] * 2 and result.endswith("xf32>")
+  # The same logits, to bfloat16's precision.
+  float32_head = dataclasses.replace(config, head_matmul_dtype="float32")
+  np.testing.assert_allclose(nnx.merge(graphdef, params)(tokens),
+                             nnx.merge(nnx.graphdef(_model(float32_head)), params)(tokens),
+                             atol=0.02)
+
+
 @pytest.mark.parametrize("policy", ["dots", "full"])
 def test_remat_policies_give_the_same_logits_and_gradients(policy):
   tokens = jnp.arange(10)[None] % 97
@@ -199,6 +223,7 @@ def test_tied_embeddings_have_no_output_matrix():
     ("attention", "flash", "model.attention='flash': expected one of"),
     ("vocab_size", 0, "model.vocab_size=0: expected a positive integer"),
     ("loss_chunk_tokens", -1, "model.loss_chunk_tokens=-1: expected an integer >= 0"),
+    ("head_matmul_dtype", "bfloat16", "model.head_matmul_dtype='bfloat16': expected one of"),
     ("qkv_bias", True, "model.qkv_bias=True: expected False outside the llama family"),
 ])
 def test_invalid_model_fields_are_named(field, value, message):

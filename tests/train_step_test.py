@@ -86,11 +86,15 @@ def test_gradient_accumulation_equals_one_large_batch():
   assert _max_difference(accumulated_state.params, whole_state.params) < 1e-5
 
 
-@pytest.mark.parametrize("tied,chunk", [(False, 64), (True, 100), (False, 1000)])
-def test_the_loss_in_pieces_equals_the_loss_at_once_and_so_do_its_gradients(tied, chunk):
+@pytest.mark.parametrize("tied,chunk,compute_head", [
+    (False, 64, False), (True, 100, False), (False, 1000, False), (True, 64, True)])
+def test_the_loss_in_pieces_equals_the_loss_at_once_and_so_do_its_gradients(
+    tied, chunk, compute_head):
   """Pieces of 64 and 100 tokens split 16 x 24 tokens evenly and not (the last is padded);
-  1000 is more than the batch."""
+  1000 is more than the batch. `compute_head`: bfloat16 compute, the head's matmuls too."""
   model = dataclasses.replace(CONFIG, family="llama" if tied else "pythia", tie_embeddings=tied)
+  if compute_head:
+    model = dataclasses.replace(model, compute_dtype="bfloat16", head_matmul_dtype="compute")
   graphdef, state = train_step_lib.init_state(model, optax.sgd(0.1), seed=0)
   in_pieces, _ = train_step_lib.init_state(
       dataclasses.replace(model, loss_chunk_tokens=chunk), optax.sgd(0.1), seed=0)
@@ -108,7 +112,9 @@ def test_the_loss_in_pieces_equals_the_loss_at_once_and_so_do_its_gradients(tied
                              rtol=1e-6)  # Not differentiated: the plain scan.
   for whole_leaf, pieces_leaf in zip(jax.tree.leaves(whole_grads), jax.tree.leaves(pieces_grads)):
     scale = float(jnp.max(jnp.abs(whole_leaf)))
-    assert scale > 0 and float(jnp.max(jnp.abs(pieces_leaf - whole_leaf))) <= 1e-5 * scale
+    # In bfloat16 the two round the logits' gradient before and after its 1/count scaling.
+    tolerance = 2e-2 if compute_head else 1e-5
+    assert scale > 0 and float(jnp.max(jnp.abs(pieces_leaf - whole_leaf))) <= tolerance * scale
 
 
 def test_loss_ignores_masked_tokens():

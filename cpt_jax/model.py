@@ -44,6 +44,16 @@ class _Linear(nnx.Linear):
     return super().__call__(_rows(x)).reshape(*x.shape[:-1], -1)
 
 
+class _Embed(nnx.Embed):
+  """nnx.Embed (same parameters) looking tokens up in the float32 table, then casting the
+  rows to the compute dtype. nnx.Embed casts the table first: its gradient, a scatter-add of
+  every token's row, then accumulated in bfloat16 (thousands of additions into a frequent
+  token's row) and took 7% of pythia-410m's step on an H200."""
+
+  def __call__(self, tokens):
+    return jnp.take(self.embedding[...], tokens, axis=0).astype(self.dtype)
+
+
 def _linear(config: ModelConfig, in_dim: int, out_dim: int, *, rngs: nnx.Rngs,
             stddev: float = _INIT_STDDEV, bias: bool = False) -> nnx.Linear:
   """A projection, with a bias where the family has them (or `bias` asks for one)."""
@@ -184,9 +194,9 @@ class Transformer(nnx.Module):
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
     self.config = config
     dtype = jnp.dtype(config.compute_dtype)
-    self.embed = nnx.Embed(config.vocab_size, config.model_dim, dtype=dtype,
-                           param_dtype=jnp.float32,
-                           embedding_init=nnx.initializers.normal(_INIT_STDDEV), rngs=rngs)
+    self.embed = _Embed(config.vocab_size, config.model_dim, dtype=dtype,
+                        param_dtype=jnp.float32,
+                        embedding_init=nnx.initializers.normal(_INIT_STDDEV), rngs=rngs)
     self.blocks = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
     self.final_norm = _norm(config, rngs=rngs)
     if not config.tie_embeddings:  # Applied by output_head.logits, in float32 by default.

@@ -132,6 +132,19 @@ def test_the_head_runs_its_matmuls_forward_and_backward_in_its_dtype(head):
                              atol=0.02)
 
 
+def test_the_embedding_gradient_accumulates_in_float32_under_bfloat16_compute():
+  """4096 lookups of one token: its row's gradient is their cotangents' sum, which bfloat16
+  (8 bits of mantissa) would round at every addition."""
+  embed = _model(dataclasses.replace(SMALL_PYTHIA, compute_dtype="bfloat16")).embed
+  cotangent = jax.random.normal(jax.random.key(0), (4096, 32)).astype(jnp.bfloat16)
+  tokens = jnp.full((4096,), 5)
+  row_gradient = nnx.grad(lambda embed: jnp.sum(
+      (embed(tokens) * cotangent).astype(jnp.float32)))(embed).embedding[...][5]
+  np.testing.assert_allclose(row_gradient, jnp.sum(cotangent.astype(jnp.float32), axis=0),
+                             rtol=1e-5, atol=1e-4)
+  assert embed(tokens).dtype == jnp.bfloat16
+
+
 @pytest.mark.parametrize("policy", ["dots", "full"])
 def test_remat_policies_give_the_same_logits_and_gradients(policy):
   tokens = jnp.arange(10)[None] % 97

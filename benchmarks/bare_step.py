@@ -6,6 +6,7 @@ import tempfile
 import time
 
 import jax
+import numpy as np
 
 from configs import demo
 from cpt_jax import data_parallel
@@ -41,6 +42,16 @@ def use_persistent_compile_cache() -> None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
+def spread_over_vocabulary(batch: dict, vocab_size: int) -> dict:
+  """The packed batch (its documents, positions and loss mask) with its token ids drawn
+  uniformly from the model's vocabulary, as vs_transformers.py's PyTorch side draws them.
+  Bytes use 256 ids, and the embedding gradient's scatter-add would contend for the few rows
+  of the frequent ones far more than for a real 50k-token vocabulary's."""
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(0, vocab_size, (2, *batch["inputs"].shape), dtype=np.int32)
+  return {**batch, "inputs": tokens[0], "targets": tokens[1]}
+
+
 class BareStep:
 
   def __init__(self, config):
@@ -56,7 +67,8 @@ class BareStep:
     self._tokens_per_step = config.data.global_batch_size * config.data.seq_len
     rows = next(iter(input_pipeline.stage_dataset(config.data, plans[0],
                                                   tokenizer.bytes_tokenizer())))
-    self._batch = data_parallel.split_for_devices(packing.to_model_batch(rows))
+    self._batch = data_parallel.split_for_devices(
+        spread_over_vocabulary(packing.to_model_batch(rows), config.model.vocab_size))
     self.tokens_per_second(3)  # Compile and warm up.
 
   def tokens_per_second(self, steps: int) -> float:

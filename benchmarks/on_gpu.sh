@@ -4,15 +4,17 @@
 # flax, optax and orbax, but not the rest of cpt_jax's dependencies, and reaches no network:
 #
 #   bash benchmarks/on_gpu.sh fetch   # here, once: those packages as wheels in .whl/ (~8 MB)
-#   # then the device tool: run(command="bash benchmarks/on_gpu.sh", carry=[".whl"],
-#   #                           timeout_s=590)
+#   # then the device tool: run(command="bash benchmarks/on_gpu.sh [PHASE...]",
+#   #                           carry=[".whl"], timeout_s=590)
 #
-# Writes one file per phase under $OUT (the folder the device tool brings back), most
-# important first, each phase within its own time limit so that one that hangs or runs long
-# leaves the others' figures: MFU of pythia-410m (again with the flax and optax the tests run
-# with, should the image's fail it at once), pythia-410m against transformers, attention
-# alone, MFU of pythia-160m, pythia-410m's head and loss in pieces. About 8 minutes on an
-# H200; the run's own limit (590 s) cuts the last phases short if they run longer.
+# Writes one file per phase under $OUT (the folder the device tool brings back), each phase
+# within its own time limit so that one that hangs or runs long leaves the others' figures.
+# The phases (functions below), by default all, most important first: mfu_410m (again with
+# the flax and optax the tests run with, should the image's fail it at once), vs_transformers
+# (pythia-410m), attention, mfu_160m, profile_410m (where the step's time goes); on request
+# mfu_410m_compute_head, mfu_410m_loss_chunks and gpu_tests. The five take about 9 minutes
+# on an H200; the run's own limit (590 s) cuts the last short if they run longer. ROWS=N
+# sets the rows of pythia-410m's steps where mfu_410m did not plan them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,15 +39,8 @@ if [[ "${1:-}" == fetch ]]; then
   exit
 fi
 
-OUT=${OUT:-/tmp/cpt_jax_gpu}
-mkdir -p "$OUT"
 install() { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
               --upgrade --target /tmp/site "$@"; }
-install .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
-# One compile cache for every phase (benchmarks/bare_step.py's): a step already compiled for
-# a memory plan or an earlier phase is read back.
-export JAX_COMPILATION_CACHE_DIR=/tmp/cpt_jax_benchmark_cache
 
 phase() {  # phase NAME SECONDS COMMAND...: its output in $OUT/NAME.txt, and its time.
   local name=$1 seconds=$2 start=$SECONDS status
@@ -57,30 +52,80 @@ phase() {  # phase NAME SECONDS COMMAND...: its output in $OUT/NAME.txt, and its
   return "$status"
 }
 
+# The phases, most important first; `bash benchmarks/on_gpu.sh NAME...` runs those named.
+# pythia-410m in bfloat16 at 2048 tokens, at the largest batch that fits: the issue's target.
+# A quick failure (the image's flax or optax at odds with cpt_jax, say) is tried once more
+# with the versions the tests run with.
+mfu_410m() {
+  local started=$SECONDS command=(python3 -m benchmarks.mfu --presets=pythia-410m "$@")
+  if ! phase mfu_410m 210 "${command[@]}" && (( SECONDS - started < 60 )); then
+    install .whl/pinned/*.whl && python3 -c "import flax; print('now flax', flax.__version__)"
+    phase mfu_410m_pinned 180 "${command[@]}"
+  fi
+}
+# Rows per step of pythia-410m: $ROWS, else those mfu_410m planned (its output), else 16.
+rows() { [[ -n "${ROWS:-}" ]] && echo "$ROWS" && return
+         sed -n 's/.*, \([0-9]*\) x 2048 per device.*/\1/p' "$OUT"/mfu_410m*.txt 2>/dev/null \
+           | tail -1 | grep . || echo 16; }
+# The same model and tokens, each contender alone (together they would not fit the memory),
+# 16 rows or as many as fit cpt_jax's step, to compare at one batch; cpt_jax's head in
+# bfloat16 as transformers' under autocast. VS_TRANSFORMERS_FLAGS=--no_eager, say, adds flags.
+vs_transformers() {
+  local rows; rows=$(rows)
+  phase vs_transformers 260 python3 -m benchmarks.vs_transformers --rounds=2 \
+    --batch="$(( rows < 16 ? rows : 16 ))" --head_matmul_dtype=compute ${VS_TRANSFORMERS_FLAGS:-}
+}
+# Attention alone at pythia-410m's shape: cuDNN packed, with the mask as bias, causal only; XLA.
+attention() { phase attention 50 python3 -m benchmarks.attention --rounds=3; }
+mfu_160m() { phase mfu_160m 100 python3 -m benchmarks.mfu --presets=pythia-160m; }
+# Where pythia-410m's step spends its time, by kind of op and by op, with its head's matmuls
+# in each of $PROFILE_HEADS (default: float32 and compute); the first's trace (gzipped) and
+# optimized HLO beside, to place the ops.
+profile_410m() {
+  local head heads=(${PROFILE_HEADS:-float32 compute})
+  for head in "${heads[@]}"; do
+    XLA_FLAGS="${XLA_FLAGS:-} --xla_dump_to=/tmp/cpt_jax_hlo_$head --xla_dump_hlo_as_text" \
+      phase "profile_410m_$head" 120 python3 -m benchmarks.step_profile \
+      --batch_per_device="$(rows)" --head_matmul_dtype="$head" --top=40 \
+      --trace_dir="/tmp/cpt_jax_profile_$head"
+  done
+  find "/tmp/cpt_jax_profile_${heads[0]}" -name '*.xplane.pb' -exec gzip -c {} \; \
+    > "$OUT/profile_410m_${heads[0]}.xplane.pb.gz"
+  ls -S "/tmp/cpt_jax_hlo_${heads[0]}"/*after_optimizations.txt | head -1 | xargs gzip -c \
+    > "$OUT/profile_410m_${heads[0]}.hlo.txt.gz"
+}
+mfu_410m_compute_head() {
+  phase mfu_410m_compute_head 120 python3 -m benchmarks.mfu --presets=pythia-410m \
+    --batch_per_device="$(rows)" --head_matmul_dtype=compute
+}
+# Where pythia-410m's MFU goes: the output head and loss (50k vocabulary, float32) in pieces.
+mfu_410m_loss_chunks() {
+  phase mfu_410m_loss_chunks 90 python3 -m benchmarks.mfu --presets=pythia-410m \
+    --batch_per_device="$(rows)" --loss_chunk_tokens=8192
+}
+# The tests that run only on a GPU (cuDNN's kernels), and those of the output head's dtype.
+gpu_tests() {
+  JAX_PLATFORMS=cuda phase gpu_tests 150 python3 -m pytest -q -n 0 -p no:cacheprovider \
+    tests/attention_test.py tests/model_test.py -k "cudnn or packs or spans or head"
+}
+
+phases=("$@")
+(( ${#phases[@]} )) || phases=(mfu_410m vs_transformers attention mfu_160m profile_410m)
+for name in "${phases[@]}"; do
+  declare -F "$name" >/dev/null || { echo "on_gpu.sh: no phase $name" >&2; exit 2; }
+done
+OUT=${OUT:-/tmp/cpt_jax_gpu}
+mkdir -p "$OUT"
+install .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
+# One compile cache for every phase (benchmarks/bare_step.py's): a step already compiled for
+# a memory plan or an earlier phase is read back.
+export JAX_COMPILATION_CACHE_DIR=/tmp/cpt_jax_benchmark_cache
 { nvidia-smi -L
   python3 -c "import jax, flax, optax, torch, transformers
 print(jax.devices(), 'jax', jax.__version__, 'flax', flax.__version__, 'optax',
       optax.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
 } 2>&1 | tee "$OUT/gpu.txt"
-
-# pythia-410m in bfloat16 at 2048 tokens, at the largest batch that fits: the issue's target.
-# A quick failure (the image's flax or optax at odds with cpt_jax, say) is tried once more
-# with the versions the tests run with.
-mfu_410m=(python3 -m benchmarks.mfu --presets=pythia-410m)
-started=$SECONDS
-if ! phase mfu_410m 210 "${mfu_410m[@]}" && (( SECONDS - started < 60 )); then
-  install .whl/pinned/*.whl && python3 -c "import flax; print('now flax', flax.__version__)"
-  phase mfu_410m_pinned 180 "${mfu_410m[@]}"
-fi
-# The same model and tokens, each contender alone (together they would not fit the memory),
-# 16 rows or as many as fit cpt_jax's step (the plan above), to compare at one batch.
-rows=$(sed -n 's/.*, \([0-9]*\) x 2048 per device.*/\1/p' "$OUT"/mfu_410m*.txt | tail -1)
-phase vs_transformers 190 python3 -m benchmarks.vs_transformers --rounds=2 \
-  --batch="$(( ${rows:-8} < 16 ? ${rows:-8} : 16 ))"
-# Attention alone at pythia-410m's shape: cuDNN packed, with the mask as bias, causal only; XLA.
-phase attention 50 python3 -m benchmarks.attention --rounds=3
-phase mfu_160m 100 python3 -m benchmarks.mfu --presets=pythia-160m
-# Where pythia-410m's MFU goes: the output head and loss (50k vocabulary, float32) in pieces.
-phase mfu_410m_loss_chunks 90 python3 -m benchmarks.mfu --presets=pythia-410m \
-  --batch_per_device="${rows:-8}" --loss_chunk_tokens=8192
+for name in "${phases[@]}"; do "$name"; done
 exit 0
+

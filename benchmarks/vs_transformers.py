@@ -1,7 +1,8 @@
 """The training step against Hugging Face transformers (PyTorch) on the same model.
 
   python -m benchmarks.vs_transformers [--devices=N] [--rounds=3] [--steps=10]
-      [--preset=tiny] [--batch=16] [--seq_len=256] [--no_compile] [--xla_attention]
+      [--preset=tiny] [--batch=16] [--seq_len=256] [--no_compile] [--no_eager] [--xla_attention]
+      [--head_matmul_dtype=float32]
       [--onednn] [--torch_glibc_defaults] [--alone] [--peak_flops=F]
 
 Both sides build the same GPT-NeoX (cpt_jax's preset, converted with hf_convert) and time a
@@ -38,8 +39,12 @@ parser.add_argument("--preset", default="", help="Default: tiny on a CPU, else p
 parser.add_argument("--batch", type=int, default=16)
 parser.add_argument("--seq_len", type=int, default=0, help="Default: 256 on a CPU, else 2048.")
 parser.add_argument("--no_compile", action="store_true", help="Skip torch.compile.")
+parser.add_argument("--no_eager", action="store_true", help="Skip PyTorch eager.")
 parser.add_argument("--xla_attention", action="store_true",
                     help="Also time cpt_jax with model.attention=xla, side by side.")
+parser.add_argument("--head_matmul_dtype", default="float32",
+                    help="cpt_jax's model.head_matmul_dtype; compute: bfloat16 operands on a GPU, "
+                         "as transformers' head under autocast.")
 parser.add_argument("--onednn", action="store_true",
                     help="Also time cpt_jax with XLA:CPU's oneDNN matmuls (CPT_JAX_ONEDNN=1).")
 parser.add_argument("--torch_glibc_defaults", action="store_true",
@@ -52,6 +57,8 @@ parser.add_argument("--peak_flops", type=float, default=0,
                     help="One device's peak FLOP/s for MFU (0: its datasheet figure where "
                          "cpt_jax/device_peaks.py knows the device).")
 args = parser.parse_args()
+if args.no_eager and args.no_compile:
+  parser.error("--no_eager with --no_compile leaves no PyTorch contender")
 # The contenders take turns on one accelerator: neither may hold most of its memory.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 if args.devices and "device_count" not in os.environ.get("XLA_FLAGS", ""):  # Kept by children.
@@ -86,7 +93,8 @@ def cpt_jax_config():
   config = demo.get_config("smoke")
   config.model = model_config.preset_config_dict(
       PRESET, max_seq_len=max(SEQ_LEN, model_config.preset(PRESET).max_seq_len),
-      compute_dtype="float32" if ON_CPU else "bfloat16")
+      compute_dtype="float32" if ON_CPU else "bfloat16",
+      head_matmul_dtype=args.head_matmul_dtype)
   config.data.tokenizer.kind = "bytes"
   config.data.seq_len, config.data.global_batch_size = SEQ_LEN, args.batch
   config.stages = config.stages[:1]
@@ -217,12 +225,13 @@ def main():
   print(f"{PRESET}, batch {args.batch} x {SEQ_LEN}, {model.compute_dtype}; jax "
         f"{jax.__version__} on {jax.devices()[0].device_kind} x {jax.device_count()}; torch "
         f"{torch.__version__} ({torch.get_num_threads()} threads), transformers "
-        f"{transformers.__version__}; attention {model.attention}")
+        f"{transformers.__version__}; attention {model.attention}, head matmuls "
+        f"{model.head_dtype}")
   # One process per contender, as a user runs one framework: in one process, torch's
   # OpenMP workers and allocator slowed the JAX step after them by 7-12%.
   context = multiprocessing.get_context("spawn")
   names = (("cpt_jax",) + ((_XLA_ATTENTION,) if args.xla_attention else ())
-           + ((_ONEDNN,) if args.onednn else ()) + ("torch eager",)
+           + ((_ONEDNN,) if args.onednn else ()) + (() if args.no_eager else ("torch eager",))
            + ((_TORCH_GLIBC_DEFAULTS,) if args.torch_glibc_defaults else ())
            + (() if args.no_compile else ("torch.compile",)))
   rounds = {}

@@ -31,6 +31,21 @@ def test_what_the_model_is_may_not(run_before_compute_choices):
     run_directory.check_config(run_before_compute_choices, config, 0, allow_change=False)
 
 
+def test_the_heads_matmul_dtype_may_not_change_on_resume_and_a_run_without_it_reads_float32(
+    tmp_path):
+  """It changes the step's numbers, as compute_dtype does; runs stored before the field had
+  float32 operands."""
+  stored = run_directory.config_as_json(demo.get_config("smoke"))
+  del stored["model"]["head_matmul_dtype"]
+  (tmp_path / run_directory.CONFIG_FILE).write_text(json.dumps(stored))
+  run_directory.check_config(str(tmp_path), demo.get_config("smoke"), 0, allow_change=False)
+  config = demo.get_config("smoke")
+  config.model.head_matmul_dtype = "compute"
+  with pytest.raises(run_directory.ConfigMismatchError,
+                     match=r"model.head_matmul_dtype: 'float32' -> 'compute'"):
+    run_directory.check_config(str(tmp_path), config, 0, allow_change=False)
+
+
 def test_a_model_field_added_since_the_run_was_stored_is_taken_at_its_default(tmp_path):
   """A run stored before model.qkv_bias and model.sliding_window existed resumes; setting
   either now is a change to what the model is."""

@@ -9,11 +9,11 @@
 #
 # Writes one file per phase under $OUT (the folder the device tool brings back), each phase
 # within its own time limit so that one that hangs or runs long leaves the others' figures.
-# The phases (functions below), by default all, most important first: mfu_410m (again with
-# the flax and optax the tests run with, should the image's fail it at once), vs_transformers
-# (pythia-410m), attention, mfu_160m, profile_410m (where the step's time goes); on request
-# mfu_410m_compute_head, mfu_410m_loss_chunks and gpu_tests. The five take about 9 minutes
-# on an H200; the run's own limit (590 s) cuts the last short if they run longer. ROWS=N
+# The phases (functions below), by default these, most important first: mfu_410m (again
+# with the flax and optax the tests run with, should the image's fail it at once),
+# mfu_410m_compute_head, vs_transformers (pythia-410m), profile_410m (where the step's time
+# goes), attention, mfu_160m; on request mfu_410m_loss_chunks and gpu_tests. Together they
+# take about 11 minutes on an H200: the run's own limit (590 s) cuts the last short. ROWS=N
 # sets the rows of pythia-410m's steps where mfu_410m did not plan them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -68,12 +68,14 @@ rows() { [[ -n "${ROWS:-}" ]] && echo "$ROWS" && return
          sed -n 's/.*, \([0-9]*\) x 2048 per device.*/\1/p' "$OUT"/mfu_410m*.txt 2>/dev/null \
            | tail -1 | grep . || echo 16; }
 # The same model and tokens, each contender alone (together they would not fit the memory),
-# 16 rows or as many as fit cpt_jax's step, to compare at one batch; cpt_jax's head in
-# bfloat16 as transformers' under autocast. VS_TRANSFORMERS_FLAGS=--no_eager, say, adds flags.
+# $VS_ROWS rows (default: 16, or as many as fit cpt_jax's step), to compare at one batch;
+# cpt_jax's head in bfloat16 as transformers' under autocast. VS_TRANSFORMERS_FLAGS adds
+# flags (--no_eager, say: torch.compile is the one to beat).
 vs_transformers() {
   local rows; rows=$(rows)
   phase vs_transformers 260 python3 -m benchmarks.vs_transformers --rounds=2 \
-    --batch="$(( rows < 16 ? rows : 16 ))" --head_matmul_dtype=compute ${VS_TRANSFORMERS_FLAGS:-}
+    --batch="${VS_ROWS:-$(( rows < 16 ? rows : 16 ))}" --head_matmul_dtype=compute \
+    ${VS_TRANSFORMERS_FLAGS:-}
 }
 # Attention alone at pythia-410m's shape: cuDNN packed, with the mask as bias, causal only; XLA.
 attention() { phase attention 50 python3 -m benchmarks.attention --rounds=3; }
@@ -110,7 +112,8 @@ gpu_tests() {
 }
 
 phases=("$@")
-(( ${#phases[@]} )) || phases=(mfu_410m vs_transformers attention mfu_160m profile_410m)
+(( ${#phases[@]} )) || phases=(mfu_410m mfu_410m_compute_head vs_transformers profile_410m
+                               attention mfu_160m)
 for name in "${phases[@]}"; do
   declare -F "$name" >/dev/null || { echo "on_gpu.sh: no phase $name" >&2; exit 2; }
 done

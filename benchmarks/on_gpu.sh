@@ -80,7 +80,7 @@ vs_transformers() {
 # Attention alone at pythia-410m's shape: cuDNN packed, with the mask as bias, causal only; XLA.
 attention() { phase attention 50 python3 -m benchmarks.attention --rounds=3; }
 mfu_160m() { phase mfu_160m 100 python3 -m benchmarks.mfu --presets=pythia-160m; }
-# Where pythia-410m's step spends its time, by kind of op and by op, with its head's matmuls
+# Where pythia-410m's step spends its time, by kind of op and by kernel, with its head's matmuls
 # in each of $PROFILE_HEADS (default: float32 and compute); the first's trace (gzipped) and
 # optimized HLO beside, to place the ops.
 profile_410m() {

@@ -7,9 +7,10 @@
 
 Traces --steps bare steps (benchmarks/bare_step.py) and sums the time of the ops the device
 ran, by kind (matmuls, attention, fusions of elementwise ops, reductions, copies,
-collectives) and by op, per step, beside the step's wall time: the difference is time the
-device sat idle (launches, the host). On a GPU the ops are its kernels, with the HLO op each
-ran for; on a CPU the XLA thunks' spans, which overlap across threads. The trace stays in
+collectives) and by kernel, per step, beside the step's wall time: the difference is time
+the device sat idle (launches, the host). On a GPU the ops are its kernels, with the HLO op
+each ran for (under a command buffer, its name); on a CPU the XLA thunks' spans, which
+overlap across threads. The trace stays in
 --trace_dir (TensorBoard's profile plugin or Perfetto read it) for a closer look; --trace
 summarizes one taken elsewhere (a run's `profile.steps`, say). Defaults:
 pythia-410m at 2048 tokens in bfloat16 on an accelerator, the tiny preset at 128 tokens in
@@ -34,7 +35,7 @@ parser.add_argument("--steps", type=int, default=3)
 parser.add_argument("--head_matmul_dtype", default="float32", help="model.head_matmul_dtype.")
 parser.add_argument("--remat", default="none", help="model.remat.")
 parser.add_argument("--loss_chunk_tokens", type=int, default=0, help="model.loss_chunk_tokens.")
-parser.add_argument("--top", type=int, default=25, help="Ops listed, the longest first.")
+parser.add_argument("--top", type=int, default=25, help="Kernels listed, the longest first.")
 parser.add_argument("--trace_dir", default="", help="Default: a new temporary folder.")
 parser.add_argument("--trace", default="",
                     help="Only summarize this .xplane.pb (say, of a run's profile.steps), "

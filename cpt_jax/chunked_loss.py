@@ -12,8 +12,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import optax
-
+from cpt_jax import cross_entropy
 from cpt_jax import output_head
 
 
@@ -35,7 +34,7 @@ def loss_sum(x_NxD: jax.Array, kernel_DxV: jax.Array, targets_N: jax.Array,
   def accumulate(total, piece):
     x_CxD, targets_C, weights_C = piece
     logits_CxV = output_head.matmul(x_CxD, kernel_DxV, head_dtype)
-    losses_C = optax.softmax_cross_entropy_with_integer_labels(logits_CxV, targets_C)
+    losses_C = cross_entropy.losses(logits_CxV, targets_C)
     return total + jnp.sum(losses_C * weights_C), None
 
   total, _ = jax.lax.scan(accumulate, jnp.zeros((), jnp.float32),
@@ -51,12 +50,8 @@ def _loss_sum_forward(x_NxD, kernel_DxV, targets_N, weights_N, chunk, head_dtype
     total, dkernel_DxV = carry
     x_CxD, targets_C, weights_C = piece
     logits_CxV = output_head.matmul(x_CxD, kernel_DxV, head_dtype)
-    log_normalizers_C = jax.nn.logsumexp(logits_CxV, axis=-1)
-    losses_C = log_normalizers_C - jnp.take_along_axis(logits_CxV, targets_C[:, None], -1)[:, 0]
-    # d(sum of w * loss)/d(logits) = w * (softmax - one_hot(target)).
-    probabilities_CxV = jnp.exp(logits_CxV - log_normalizers_C[:, None])
-    one_hot_CxV = jax.nn.one_hot(targets_C, logits_CxV.shape[-1], dtype=logits_CxV.dtype)
-    dlogits_CxV = (probabilities_CxV - one_hot_CxV) * weights_C[:, None]
+    losses_C, statistics = cross_entropy.losses_and_softmax_statistics(logits_CxV, targets_C)
+    dlogits_CxV = cross_entropy.logits_gradient(logits_CxV, statistics, targets_C, weights_C)
     dkernel_DxV += output_head.matmul(x_CxD.T, dlogits_CxV, head_dtype)
     carry = (total + jnp.sum(losses_C * weights_C), dkernel_DxV)
     return carry, (output_head.matmul(dlogits_CxV, kernel_DxV.T, head_dtype), losses_C)

@@ -19,6 +19,7 @@ import optax
 from flax import nnx
 
 from cpt_jax import chunked_loss
+from cpt_jax import cross_entropy
 from cpt_jax.model import Transformer
 from cpt_jax.model_config import ModelConfig
 
@@ -70,7 +71,7 @@ def loss_sums(graphdef: nnx.GraphDef, params: nnx.State,
                                   weights_BxT.reshape(-1), chunk, model.config.head_dtype),
             jnp.sum(weights_BxT))
   logits_BxTxV = model(batch["inputs"], batch["positions"], batch["segment_ids"])
-  losses_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, batch["targets"])
+  losses_BxT = cross_entropy.losses(logits_BxTxV, batch["targets"])
   return jnp.sum(losses_BxT * weights_BxT), jnp.sum(weights_BxT)
 
 

@@ -142,9 +142,14 @@ class Attention(nnx.Module):
 
 
 def _gelu(x: jax.Array) -> jax.Array:
-  """Exact GELU as torch computes it, through erf. jax.nn.gelu's erfc form is as accurate
-  but 3x slower on XLA:CPU (1.8 against 0.6 ms at 4096 x 512)."""
-  return x * 0.5 * (1 + jax.lax.erf(x * jnp.asarray(np.sqrt(0.5), x.dtype)))
+  """Exact GELU as torch computes it: through erf, in float32 whatever the dtype of `x` (as
+  torch's kernels compute a bfloat16 GELU), with one rounding back to it; in bfloat16 each of
+  its operations rounded, the erf's argument too. On an H200 no slower: forward and backward
+  25.0 ms of pythia-410m's step at 32 x 2048, against 26.2 in bfloat16. jax.nn.gelu's erfc
+  form is as accurate but 3x slower on XLA:CPU (1.8 against 0.6 ms at 4096 x 512)."""
+  x_float32 = x.astype(jnp.float32)
+  return (x_float32 * 0.5 * (1 + jax.lax.erf(x_float32 * np.float32(np.sqrt(0.5))))
+          ).astype(x.dtype)
 
 
 class Mlp(nnx.Module):

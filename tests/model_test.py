@@ -206,6 +206,16 @@ def test_gelu_is_the_exact_gelu_across_its_range():
                              rtol=1e-5, atol=1e-6)
 
 
+def test_gelu_in_bfloat16_is_the_float32_gelu_rounded_once():
+  x = jnp.linspace(-6.0, 6.0, 4001).astype(jnp.bfloat16)
+  cotangent = jnp.linspace(-2.0, 3.0, 4001).astype(jnp.bfloat16)
+  rounded_once = lambda f: lambda x: f(x.astype(jnp.float32)).astype(jnp.bfloat16)
+  np.testing.assert_array_equal(model_lib._gelu(x), rounded_once(model_lib._gelu)(x))
+  gradient = lambda f: jax.vjp(f, x)[1](cotangent)[0]
+  np.testing.assert_array_equal(gradient(model_lib._gelu),
+                                gradient(rounded_once(model_lib._gelu)))
+
+
 @pytest.mark.parametrize("name, total, non_embedding", [
     ("pythia-70m", 70_426_624, 18_915_328),
     ("pythia-160m", 162_322_944, 85_056_000),

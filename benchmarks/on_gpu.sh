@@ -68,14 +68,12 @@ rows() { [[ -n "${ROWS:-}" ]] && echo "$ROWS" && return
          sed -n 's/.*, \([0-9]*\) x 2048 per device.*/\1/p' "$OUT"/mfu_410m*.txt 2>/dev/null \
            | tail -1 | grep . || echo 16; }
 # The same model and tokens, each contender alone (together they would not fit the memory),
-# $VS_ROWS rows (default: 16, or as many as fit cpt_jax's step), to compare at one batch;
-# cpt_jax's head in bfloat16 as transformers' under autocast. VS_TRANSFORMERS_FLAGS adds
-# flags (--no_eager, say: torch.compile is the one to beat).
+# at $VS_ROWS rows (default: pythia-410m's rows above, the largest batch that fits cpt_jax's
+# step), to compare at one batch; cpt_jax's head in bfloat16 as transformers' under autocast.
+# VS_TRANSFORMERS_FLAGS adds flags (--no_eager, say: torch.compile is the one to beat).
 vs_transformers() {
-  local rows; rows=$(rows)
   phase vs_transformers 260 python3 -m benchmarks.vs_transformers --rounds=2 \
-    --batch="${VS_ROWS:-$(( rows < 16 ? rows : 16 ))}" --head_matmul_dtype=compute \
-    ${VS_TRANSFORMERS_FLAGS:-}
+    --batch="${VS_ROWS:-$(rows)}" --head_matmul_dtype=compute ${VS_TRANSFORMERS_FLAGS:-}
 }
 # Attention alone at pythia-410m's shape: cuDNN packed, with the mask as bias, causal only; XLA.
 attention() { phase attention 50 python3 -m benchmarks.attention --rounds=3; }

@@ -3,10 +3,11 @@
 The losses are optax's `softmax_cross_entropy_with_integer_labels` (log-normalizer minus the
 label's logit). Its gradient is not autodiff's: autodiff turns the gather of the label's
 logit into a scatter into a (..., V) array, written after the softmax's gradient and read
-again by whatever follows. On an H200 at pythia-410m's 32 x 2048 tokens and 50k vocabulary,
-the softmax's gradient, the scatter and the cast for the head's bfloat16 matmuls were three
-passes over 13 GB of float32 (10.9 ms of a 394 ms step). Here the gradient is
-(softmax - one_hot(label)) * cotangent, elementwise, which XLA fuses with what reads it.
+again by whatever follows. Here the gradient is (softmax - one_hot(label)) * cotangent,
+elementwise, which XLA fuses with what reads it. On an H200 at pythia-410m's 32 x 2048 tokens
+and 50k vocabulary, the softmax's gradient written in float32, the scatter into it and its
+cast for the head's bfloat16 matmuls took 10.9 ms; now one pass takes 5.0, and the step went
+from 393.8 to 380.1 ms (benchmarks/step_profile.py).
 """
 
 from __future__ import annotations

@@ -197,6 +197,21 @@ def test_linear_on_rows_equals_flax_linear_with_its_gradients():
                                rtol=1e-5, atol=1e-6)  # Sums in another order.
 
 
+def test_a_bfloat16_projection_sums_its_bias_gradient_in_float32():
+  """Every sum in the gradient program is float32: summed in bfloat16, as JAX differentiates
+  nnx.Linear's bias, the 65k rows of a GPU step rounded at every addition."""
+  layer = model_lib._Linear(8, 5, dtype=jnp.bfloat16, param_dtype=jnp.float32,
+                            rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(1), (3, 4, 8)).astype(jnp.bfloat16)
+  gradient = lambda layer: nnx.grad(lambda layer: jnp.sum(layer(x).astype(jnp.float32)))(layer)
+  summed_dtypes = {str(equation.outvars[0].aval.dtype)
+                   for equation in jax.make_jaxpr(gradient)(layer).eqns
+                   if equation.primitive.name == "reduce_sum"}
+  assert summed_dtypes == {"float32"}
+  np.testing.assert_array_equal(gradient(layer).bias[...], np.full(5, 12.0))
+  assert layer(x).dtype == jnp.bfloat16
+
+
 def test_gelu_is_the_exact_gelu_across_its_range():
   x = jnp.linspace(-12.0, 12.0, 4001)
   np.testing.assert_allclose(model_lib._gelu(x), jax.nn.gelu(x, approximate=False),

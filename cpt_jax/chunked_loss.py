@@ -25,7 +25,7 @@ def _pieces(chunk: int, *arrays: jax.Array) -> list[jax.Array]:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def loss_sum(x_NxD: jax.Array, kernel_DxV: jax.Array, targets_N: jax.Array,
-             weights_N: jax.Array, chunk: int, head_dtype: str = "float32") -> jax.Array:
+             weights_N: jax.Array, chunk: int, head_dtype: str) -> jax.Array:
   """The head (its matmuls with `head_dtype` operands: output_head.py) and the weighted
   cross-entropy sum, `chunk` tokens at a time, so that no more than a piece's (chunk, V)
   logits are ever live. Differentiated, each piece's gradients are taken in the same pass

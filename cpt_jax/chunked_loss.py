@@ -12,6 +12,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+
 from cpt_jax import cross_entropy
 from cpt_jax import output_head
 

@@ -12,9 +12,9 @@
 # The phases (functions below), by default these, most important first: mfu_410m (again
 # with the flax and optax the tests run with, should the image's fail it at once),
 # mfu_410m_compute_head, vs_transformers (pythia-410m), profile_410m (where the step's time
-# goes), attention, mfu_160m; on request mfu_410m_loss_chunks and gpu_tests. Together they
-# take about 11 minutes on an H200: the run's own limit (590 s) cuts the last short. ROWS=N
-# sets the rows of pythia-410m's steps where mfu_410m did not plan them.
+# goes), attention, mfu_160m, together about 11 minutes on an H200 (the run's own limit,
+# 590 s, cuts the last short); on request vs_transformers_160m, mfu_410m_loss_chunks and
+# gpu_tests. ROWS=N sets the rows of pythia-410m's steps where mfu_410m did not plan them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -74,6 +74,12 @@ rows() { [[ -n "${ROWS:-}" ]] && echo "$ROWS" && return
 vs_transformers() {
   phase vs_transformers 260 python3 -m benchmarks.vs_transformers --rounds=2 \
     --batch="${VS_ROWS:-$(rows)}" --head_matmul_dtype=compute ${VS_TRANSFORMERS_FLAGS:-}
+}
+# pythia-160m likewise, at $VS_ROWS_160M rows (default 64, the rows mfu_160m planned on an H200).
+vs_transformers_160m() {
+  phase vs_transformers_160m 260 python3 -m benchmarks.vs_transformers --preset=pythia-160m \
+    --rounds=2 --batch="${VS_ROWS_160M:-64}" --head_matmul_dtype=compute \
+    ${VS_TRANSFORMERS_FLAGS:-}
 }
 # Attention alone at pythia-410m's shape: cuDNN packed, with the mask as bias, causal only; XLA.
 attention() { phase attention 50 python3 -m benchmarks.attention --rounds=3; }

@@ -109,10 +109,12 @@ mfu_410m_loss_chunks() {
   phase mfu_410m_loss_chunks 90 python3 -m benchmarks.mfu --presets=pythia-410m \
     --batch_per_device="$(rows)" --loss_chunk_tokens=8192
 }
-# The tests that run only on a GPU (cuDNN's kernels), and those of the output head's dtype.
+# The tests that run only on a GPU (cuDNN's kernels), and those of the numerics under
+# bfloat16: the output head's dtype, GELU, bias gradients, the loss's gradient.
 gpu_tests() {
   JAX_PLATFORMS=cuda phase gpu_tests 150 python3 -m pytest -q -n 0 -p no:cacheprovider \
-    tests/attention_test.py tests/model_test.py -k "cudnn or packs or spans or head"
+    tests/attention_test.py tests/model_test.py tests/cross_entropy_test.py \
+    -k "cudnn or packs or spans or head or gelu or bias or embedding or optax or elementwise"
 }
 
 phases=("$@")

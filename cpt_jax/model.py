@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from cpt_jax import attention
+from cpt_jax import layer_norm
 from cpt_jax import model_config
 from cpt_jax import output_head
 from cpt_jax.model_config import ModelConfig
@@ -90,8 +91,8 @@ def _norm(config: ModelConfig, *, rngs: nnx.Rngs, dim: int | None = None) -> nnx
   """The family's norm over the model's width, or over `dim` (the q and k norms)."""
   dtype, dim = jnp.dtype(config.compute_dtype), dim or config.model_dim
   if config.family == "pythia":  # Two-pass variance, as torch computes it.
-    return nnx.LayerNorm(dim, epsilon=config.norm_eps, dtype=dtype, param_dtype=jnp.float32,
-                         use_fast_variance=False, rngs=rngs)
+    return layer_norm.LayerNorm(dim, epsilon=config.norm_eps, dtype=dtype,
+                                param_dtype=jnp.float32, rngs=rngs)
   return nnx.RMSNorm(dim, epsilon=config.norm_eps, dtype=dtype, param_dtype=jnp.float32,
                      rngs=rngs)
 

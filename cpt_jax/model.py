@@ -54,7 +54,10 @@ class _Linear(nnx.Linear):
 def _add_bias(y_NxF: jax.Array, bias_F: jax.Array) -> jax.Array:
   """y + bias in the dtype of y. Differentiated by JAX, the bias gradient is a sum over all
   N rows in that dtype: in bfloat16 on an H200, two levels of bfloat16 additions (XLA's
-  split reduction) where torch accumulates in float32 and rounds once."""
+  split reduction) where torch accumulates in float32 and rounds once. Here it is a product
+  with a row of ones, accumulated in float32: pythia-410m at 32 x 2048 on one H200 ran
+  175,376 tokens/s so, 171,692 with a float32 reduce (jnp.sum(dtype=float32)) and 176,254
+  with the bfloat16 sums of autodiff."""
   return y_NxF + bias_F.astype(y_NxF.dtype)
 
 
@@ -63,7 +66,8 @@ def _add_bias_forward(y_NxF, bias_F):
 
 
 def _add_bias_backward(_, dy_NxF):
-  return dy_NxF, jnp.sum(dy_NxF, axis=0, dtype=jnp.float32)
+  ones_N = jnp.ones(dy_NxF.shape[:1], dy_NxF.dtype)
+  return dy_NxF, jnp.dot(ones_N, dy_NxF, preferred_element_type=jnp.float32)
 
 
 _add_bias.defvjp(_add_bias_forward, _add_bias_backward)

@@ -120,17 +120,40 @@ def rotary_inverse_frequencies(config: ModelConfig) -> jax.Array:
 
 def apply_rotary(x_BxTxNxH: jax.Array, positions_BxT: jax.Array,
                  inv_freq_R: jax.Array) -> jax.Array:
-  """GPT-NeoX rotary embedding (rotate-half layout) on the first 2R dims of each head."""
+  """GPT-NeoX rotary embedding (rotate-half layout) on the first 2R dims of each head, in
+  float32 and rounded once: `_rotate_first_group` over the whole head where 2R divides it,
+  except on XLA:CPU, which runs that 10% slower over the tiny model's step than a slice of
+  the rotated dims joined to the rest."""
   rotary_dims = 2 * inv_freq_R.shape[0]
   if rotary_dims == 0:
     return x_BxTxNxH
+  if x_BxTxNxH.shape[-1] % rotary_dims or jax.default_backend() == "cpu":
+    rotated = _rotate_first_group(x_BxTxNxH[..., :rotary_dims], positions_BxT, inv_freq_R)
+    return jnp.concatenate([rotated, x_BxTxNxH[..., rotary_dims:]], -1)
+  return _rotate_first_group(x_BxTxNxH, positions_BxT, inv_freq_R)
+
+
+def _rotate_first_group(x_BxTxNxH, positions_BxT, inv_freq_R):
+  """Rotary embedding of the first 2R dims of each head, without concatenations: viewing the
+  head as G groups of (2, R), dim i of the first group pairs with the same dim of its other
+  half, a reversal of the pair axis, so the whole embedding is one elementwise pass. On an
+  H200, forward and backward of pythia-410m's q and k at 32 x 2048 took 0.57 ms a layer
+  against 0.78 with concatenations (rotate-half, then the rotated dims next to the rest)."""
+  rotary_dims = 2 * inv_freq_R.shape[0]
+  *leading, head_dim = x_BxTxNxH.shape
+  groups = head_dim // rotary_dims
   angles_BxTxR = positions_BxT[..., None].astype(jnp.float32) * inv_freq_R
-  angles_BxTx1xR = jnp.concatenate([angles_BxTxR, angles_BxTxR], axis=-1)[:, :, None, :]
-  rotated = x_BxTxNxH[..., :rotary_dims].astype(jnp.float32)
-  first, second = jnp.split(rotated, 2, axis=-1)
-  rotated = rotated * jnp.cos(angles_BxTx1xR) + jnp.concatenate([-second, first], -1) * jnp.sin(
-      angles_BxTx1xR)
-  return jnp.concatenate([rotated.astype(x_BxTxNxH.dtype), x_BxTxNxH[..., rotary_dims:]], -1)
+  # Per group and half: cos and sign * sin in the first group, 1 and 0 in the others.
+  first_group_Gx1x1 = (jnp.arange(groups) == 0)[:, None, None]
+  cos_BxTx1xGx2xR = jnp.where(first_group_Gx1x1, jnp.cos(angles_BxTxR)[:, :, None, None, None],
+                              1.0)
+  # rotate_half(x) = (-second half, first half): the pair reversed, its first half negated.
+  sin_BxTx1xGx2xR = jnp.where(first_group_Gx1x1, jnp.sin(angles_BxTxR)[:, :, None, None, None] *
+                              jnp.array([[-1.0], [1.0]]), 0.0)
+  x_BxTxNxGx2xR = x_BxTxNxH.astype(jnp.float32).reshape(*leading, groups, 2, rotary_dims // 2)
+  rotated = (x_BxTxNxGx2xR * cos_BxTx1xGx2xR +
+             jnp.flip(x_BxTxNxGx2xR, axis=-2) * sin_BxTx1xGx2xR)
+  return rotated.reshape(x_BxTxNxH.shape).astype(x_BxTxNxH.dtype)
 
 
 class Attention(nnx.Module):

@@ -97,6 +97,47 @@ def test_partial_rotary_leaves_the_remaining_dims_untouched():
   assert not np.allclose(rotated[0, 1:, :, :4], x[0, 1:, :, :4])
 
 
+def _rotate_half_reference(x, positions, inv_freq):
+  """Hugging Face's GPT-NeoX rotary embedding: rotate-half, then the rest joined to it."""
+  rotary_dims = 2 * len(inv_freq)
+  angles = positions[..., None].astype(jnp.float32) * inv_freq
+  angles = jnp.concatenate([angles, angles], -1)[:, :, None, :]
+  rotated = x[..., :rotary_dims].astype(jnp.float32)
+  first, second = jnp.split(rotated, 2, axis=-1)
+  rotated = rotated * jnp.cos(angles) + jnp.concatenate([-second, first], -1) * jnp.sin(angles)
+  return jnp.concatenate([rotated.astype(x.dtype), x[..., rotary_dims:]], -1)
+
+
+# _rotate_first_group: what apply_rotary runs off XLA:CPU where the 2R rotated dims divide
+# the head (at 12 and 8 apply_rotary rotates a slice).
+@pytest.mark.parametrize("rotary,head_dim,rotary_dims", [
+    (model_lib.apply_rotary, 16, 16), (model_lib.apply_rotary, 16, 4),
+    (model_lib.apply_rotary, 12, 8), (model_lib._rotate_first_group, 16, 16),
+    (model_lib._rotate_first_group, 16, 4)])
+def test_rotary_equals_the_rotate_half_reference(rotary, head_dim, rotary_dims):
+  x = jax.random.normal(jax.random.key(7), (2, 5, 3, head_dim))
+  positions = np.array([[0, 1, 2, 0, 1], [7, 300, 4095, 9, 2]])
+  inv_freq = _inv_freq(rotary_dims, head_dim)
+  expected = _rotate_half_reference(x, jnp.asarray(positions), inv_freq)
+  np.testing.assert_allclose(rotary(x, positions, inv_freq), expected, rtol=1e-6, atol=1e-6)
+  # bfloat16 inputs are rotated in float32 and rounded once.
+  x_bf16 = x.astype(jnp.bfloat16)
+  np.testing.assert_array_equal(
+      rotary(x_bf16, positions, inv_freq),
+      rotary(x_bf16.astype(jnp.float32), positions, inv_freq).astype(jnp.bfloat16))
+
+
+def test_rotating_the_first_group_is_one_elementwise_pass():
+  def concatenations(rotary):
+    x = jnp.ones((2, 5, 3, 16), jnp.bfloat16)
+    rotated_sum = lambda x: jnp.sum(rotary(x, jnp.zeros((2, 5), jnp.int32), _inv_freq(4)
+                                           ).astype(jnp.float32) ** 2)
+    return jax.jit(jax.value_and_grad(rotated_sum)).lower(x).as_text().count("concatenate")
+
+  assert concatenations(model_lib._rotate_first_group) == 0
+  assert concatenations(_rotate_half_reference) > 0
+
+
 def test_bfloat16_compute_keeps_float32_params_and_logits():
   config = dataclasses.replace(SMALL_PYTHIA, compute_dtype="bfloat16")
   model = _model(config)

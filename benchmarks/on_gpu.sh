@@ -110,11 +110,13 @@ mfu_410m_loss_chunks() {
     --batch_per_device="$(rows)" --loss_chunk_tokens=8192
 }
 # The tests that run only on a GPU (cuDNN's kernels), and those of the numerics under
-# bfloat16: the output head's dtype, GELU, bias gradients, the loss's gradient.
+# bfloat16: the output head's dtype, GELU, bias gradients, the loss's gradient, LayerNorm,
+# rotary (whose one-pass form runs off XLA:CPU only).
 gpu_tests() {
   JAX_PLATFORMS=cuda phase gpu_tests 150 python3 -m pytest -q -n 0 -p no:cacheprovider \
     tests/attention_test.py tests/model_test.py tests/cross_entropy_test.py \
-    -k "cudnn or packs or spans or head or gelu or bias or embedding or optax or elementwise"
+    tests/layer_norm_test.py -k "cudnn or packs or spans or head or gelu or bias or embedding \
+    or optax or elementwise or norm or rotary or rotating"
 }
 
 phases=("$@")

@@ -26,16 +26,16 @@ from flax import nnx
 
 
 class LayerNorm(nnx.LayerNorm):
-  """nnx.LayerNorm (same parameters and outputs, two-pass variance) over the last axis, with
-  `layer_norm`'s backward pass."""
+  """nnx.LayerNorm's parameters (a scale and a bias over the last axis) and outputs (two-pass
+  variance, float32 scale and bias), with `layer_norm`'s backward pass."""
 
-  def __init__(self, num_features: int, **kwargs):
-    super().__init__(num_features, use_fast_variance=False, **kwargs)
+  def __init__(self, num_features: int, *, epsilon: float, dtype: jnp.dtype,
+               param_dtype: jnp.dtype, rngs: nnx.Rngs):
+    super().__init__(num_features, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
+                     use_fast_variance=False, rngs=rngs)
 
   def __call__(self, x):
-    scale, bias = self.scale[...], self.bias[...]
-    dtype = self.dtype or jnp.result_type(x, scale, bias)
-    return layer_norm(x, scale, bias, epsilon=self.epsilon, dtype=jnp.dtype(dtype))
+    return layer_norm(x, self.scale[...], self.bias[...], self.epsilon, jnp.dtype(self.dtype))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))

@@ -145,13 +145,13 @@ def _rotate_first_group(x_BxTxNxH, positions_BxT, inv_freq_R):
   angles_BxTxR = positions_BxT[..., None].astype(jnp.float32) * inv_freq_R
   # Per group and half: cos and sign * sin in the first group, 1 and 0 in the others.
   first_group_Gx1x1 = (jnp.arange(groups) == 0)[:, None, None]
-  cos_BxTx1xGx2xR = jnp.where(first_group_Gx1x1, jnp.cos(angles_BxTxR)[:, :, None, None, None],
+  cos_BxTx1xGx1xR = jnp.where(first_group_Gx1x1, jnp.cos(angles_BxTxR)[:, :, None, None, None],
                               1.0)
   # rotate_half(x) = (-second half, first half): the pair reversed, its first half negated.
   sin_BxTx1xGx2xR = jnp.where(first_group_Gx1x1, jnp.sin(angles_BxTxR)[:, :, None, None, None] *
                               jnp.array([[-1.0], [1.0]]), 0.0)
   x_BxTxNxGx2xR = x_BxTxNxH.astype(jnp.float32).reshape(*leading, groups, 2, rotary_dims // 2)
-  rotated = (x_BxTxNxGx2xR * cos_BxTx1xGx2xR +
+  rotated = (x_BxTxNxGx2xR * cos_BxTx1xGx1xR +
              jnp.flip(x_BxTxNxGx2xR, axis=-2) * sin_BxTx1xGx2xR)
   return rotated.reshape(x_BxTxNxH.shape).astype(x_BxTxNxH.dtype)
 

@@ -253,6 +253,14 @@ def test_a_bfloat16_projection_sums_its_bias_gradient_in_float32():
   assert summed_dtypes == {"float32"}
   np.testing.assert_array_equal(gradient(layer).bias[...], np.full(5, 12.0))
   assert layer(x).dtype == jnp.bfloat16
+  # The sum is a product with ones (model._add_bias), which the check above does not see:
+  # over 4096 rows, bfloat16 accumulation would miss the float32 sum by about 0.1.
+  rows = jax.random.normal(jax.random.key(2), (4096, 8)).astype(jnp.bfloat16)
+  cotangent = jax.random.normal(jax.random.key(3), (4096, 5)).astype(jnp.bfloat16)
+  bias_gradient = nnx.grad(lambda layer: jnp.sum(
+      layer(rows).astype(jnp.float32) * cotangent.astype(jnp.float32)))(layer).bias[...]
+  np.testing.assert_allclose(bias_gradient, jnp.sum(cotangent.astype(jnp.float32), axis=0),
+                             rtol=1e-5, atol=1e-4)
 
 
 def test_gelu_is_the_exact_gelu_across_its_range():

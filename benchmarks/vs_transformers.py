@@ -11,7 +11,8 @@ full training step on one fixed batch: forward, backward, global-norm clipping a
 (benchmarks/bare_step.py); PyTorch runs eager and, unless --no_compile, under torch.compile.
 Each runs in its own process. On a CPU they alternate for several rounds (small shared CPUs
 drift by ~10% within a minute); on an accelerator (or with --alone) each runs its rounds
-alone, since together they would not fit its memory. The per-contender medians are reported.
+alone, since together they would not fit its memory. The per-contender medians are reported;
+alternating, also each round's ratio of cpt_jax to the faster PyTorch and their median.
 On a CPU both use float32 and the tiny preset at 256 tokens; on a GPU bfloat16 (autocast for
 PyTorch), SDPA, and pythia-410m at 2048 tokens unless --preset and --seq_len say otherwise.
 Where the device's peak FLOP/s is known (cpt_jax/device_peaks.py, or --peak_flops) each
@@ -241,7 +242,8 @@ def main():
            + ((_TORCH_GLIBC_DEFAULTS,) if args.torch_glibc_defaults else ())
            + (() if args.no_compile else ("torch.compile",)))
   rounds = {}
-  if not args.alone and jax.default_backend() == "cpu":
+  alternating = not args.alone and jax.default_backend() == "cpu"
+  if alternating:
     # All alive, taking turns round by round: small shared CPUs drift by ~10% within a
     # minute. They build (compile, warm up) at once; only the build's time sees that.
     started = [(name, *_start(context, name)) for name in names]
@@ -271,6 +273,10 @@ def main():
   if "cpt_jax" not in medians or not torch_names:
     sys.exit("cpt_jax/transformers ratio: n/a (a side did not run; its reason is above)")
   best_torch = max(torch_names, key=medians.get)
+  if alternating:  # Rounds side by side in time: their ratios are free of the machine's drift.
+    ratios = [ours / theirs for ours, theirs in zip(rounds["cpt_jax"], rounds[best_torch])]
+    print(f"cpt_jax/{best_torch} round by round: " + " / ".join(f"{r:.3f}" for r in ratios)
+          + f" (median {statistics.median(ratios):.3f})")
   peak = args.peak_flops or device_peaks.peak_flops_per_device()
   flops_per_token = model_lib.training_flops_per_token(model, SEQ_LEN)
   for name, value in medians.items():

@@ -31,8 +31,18 @@ def test_each_contender_runs_in_its_own_process_and_the_ratio_is_printed():
     expected = float(speed[1].replace(",", "")) * flops_per_token / 1e12
     assert abs(float(speed[2]) / 100 - expected) <= 0.0005 + 0.01 * expected, line
   ratio = re.fullmatch(r"cpt_jax/transformers ratio: ([\d.]+) "
-                       r"\(against torch eager( \(glibc defaults\))?\)", lines[-1])
+                       r"\(against (torch eager( \(glibc defaults\))?)\)", lines[-1])
   assert ratio and float(ratio[1]) > 0
+  # The round's own ratio, against the same PyTorch contender as the last line.
+  speeds = dict(re.findall(r"(cpt_jax|torch eager(?: \(glibc defaults\))?) ([\d,]+) tok/s",
+                           lines[6].removeprefix("round 1: ")))
+  by_round = re.fullmatch(rf"cpt_jax/{re.escape(ratio[2])} round by round: ([\d.]+) "
+                          r"\(median ([\d.]+)\)", lines[7])
+  assert by_round, lines[7]
+  expected = float(speeds["cpt_jax"].replace(",", "")) / float(
+      speeds[ratio[2]].replace(",", ""))
+  assert abs(float(by_round[1]) - expected) <= 0.0005 + 1e-3 * expected
+  assert by_round[2] == by_round[1]  # One round: its own median.
 
 
 def test_alone_each_contender_times_its_rounds_before_the_next_starts():
@@ -53,3 +63,4 @@ def test_alone_each_contender_times_its_rounds_before_the_next_starts():
                        re.MULTILINE)
     assert median and abs(float(median[1].replace(",", "")) - sum(rounds[name]) / 2) <= 1, name
   assert re.fullmatch(r"cpt_jax/transformers ratio: [\d.]+ \(against torch eager\)", lines[-1])
+  assert "round by round" not in output  # Rounds not side by side in time: not paired.

@@ -275,19 +275,19 @@ def _query_block_backward(residuals, dy_BxKxRxH):
   return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
 
 
+_query_block.defvjp(_query_block_forward, _query_block_backward)
+
+
 def _over_rows(a_BxKxRxH, b_BxKxRxS):
   """(B, K, S, H) float32 sums over the R rows of a x b: the keys' and values' gradients.
   Contracting the left operand's rows, XLA:CPU hands a product to Eigen, which ran these
   about 1.5x slower than YNNPACK runs a row-major (H, R) x (R, S) product of a's transposed
-  copy (R x H: small); the step ran 1.07x faster so (10 of 10 alternating rounds, issue 14).
+  copy (R x H: small); the bare step ran 1.06x faster so (issue 14).
   The barriers keep XLA from folding either transpose back into the product."""
   a_BxKxHxR = jax.lax.optimization_barrier(jnp.swapaxes(a_BxKxRxH, 2, 3))
   y_BxKxHxS = jax.lax.optimization_barrier(
       jnp.einsum("bkhr,bkrs->bkhs", a_BxKxHxR, b_BxKxRxS, preferred_element_type=jnp.float32))
   return jnp.swapaxes(y_BxKxHxS, 2, 3)
-
-
-_query_block.defvjp(_query_block_forward, _query_block_backward)
 
 
 def _device_shape(shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -52,6 +52,9 @@ def spread_over_vocabulary(batch: dict, vocab_size: int) -> dict:
   return {**batch, "inputs": tokens[0], "targets": tokens[1]}
 
 
+_WARM_UP_STEPS = 10
+
+
 class BareStep:
 
   def __init__(self, config):
@@ -69,7 +72,11 @@ class BareStep:
                                                   tokenizer.bytes_tokenizer())))
     self._batch = data_parallel.split_for_devices(
         spread_over_vocabulary(packing.to_model_batch(rows), config.model.vocab_size))
-    self.tokens_per_second(3)  # Compile and warm up.
+    self.tokens_per_second(1)  # Compile.
+    # Warm up as the timed calls run, steps dispatched back to back: on XLA:CPU the heap
+    # grows once to hold the steps in flight (in 2 of 3 processes, ~240 huge pages faulted
+    # in the first 10 such steps, which ran ~20% slower; none after; issue 14).
+    self.tokens_per_second(_WARM_UP_STEPS)
 
   def tokens_per_second(self, steps: int) -> float:
     state, metrics = self._state, None

@@ -1,6 +1,6 @@
 """The training step against Hugging Face transformers (PyTorch) on the same model.
 
-  python -m benchmarks.vs_transformers [--devices=N] [--rounds=3] [--steps=10]
+  python -m benchmarks.vs_transformers [--devices=N] [--cores=N] [--rounds=3] [--steps=10]
       [--preset=tiny] [--batch=16] [--seq_len=256] [--no_compile] [--no_eager] [--xla_attention]
       [--head_matmul_dtype=float32]
       [--onednn] [--torch_glibc_defaults] [--alone] [--peak_flops=F]
@@ -20,7 +20,9 @@ contender's MFU is printed too: model FLOPs per token (PaLM's convention, as
 benchmarks/mfu.py) x tokens/s over the peak of the devices it runs on. Every contender runs
 with the glibc tunables `cpt-jax` sets for itself (cpt_jax/cpu_runtime.py: huge pages, freed
 memory kept for reuse), since PyTorch gains from them too; --torch_glibc_defaults also times
-PyTorch eager without them, as a PyTorch script runs when started by hand.
+PyTorch eager without them, as a PyTorch script runs when started by hand. --cores=1 runs
+every contender on one core: the frameworks' kernels compared without their threading, which
+on two cores is where cpt_jax loses (README, "Benchmarks").
 The last line reads `cpt_jax/transformers ratio: <x>`, against the faster PyTorch variant.
 """
 
@@ -35,6 +37,9 @@ from cpt_jax import cpu_runtime
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--devices", type=int, default=0, help="Emulated CPU devices (0: as is).")
+parser.add_argument("--cores", type=int, default=0,
+                    help="Run every contender on the first N of the CPUs this process may "
+                         "use (0: all of them).")
 parser.add_argument("--rounds", type=int, default=3)
 parser.add_argument("--steps", type=int, default=10, help="Steps per measurement.")
 parser.add_argument("--preset", default="", help="Default: tiny on a CPU, else pythia-410m.")
@@ -61,6 +66,11 @@ parser.add_argument("--peak_flops", type=float, default=0,
 args = parser.parse_args()
 if args.no_eager and args.no_compile:
   parser.error("--no_eager with --no_compile leaves no PyTorch contender")
+if args.cores:  # Before XLA and OpenMP size their thread pools; the contenders inherit it.
+  allowed = sorted(os.sched_getaffinity(0))
+  if not 0 < args.cores <= len(allowed):
+    parser.error(f"--cores={args.cores}: this process may use {len(allowed)} CPUs")
+  os.sched_setaffinity(0, allowed[:args.cores])
 # This process only looks at the accelerator: it must not take its memory from the contenders.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 if args.devices and "device_count" not in os.environ.get("XLA_FLAGS", ""):  # Kept by children.
@@ -181,7 +191,8 @@ def _serve(name: str, connection) -> None:
   except Exception as error:  # torch.compile without a C++ toolchain, ...: say so, go on.
     connection.send(f"{type(error).__name__}: {str(error).splitlines()[0][:200]}")
     return
-  connection.send(("ready", os.environ.get("GLIBC_TUNABLES") or "(none)"))
+  connection.send(("ready", os.environ.get("GLIBC_TUNABLES") or "(none)",
+                   len(os.sched_getaffinity(0))))
   while steps := connection.recv():
     contender.tokens_per_second(1)  # Untimed: a turn's first step, after the other
     # contenders' turns, ran 3-10% slower for every contender (caches, freed pages).
@@ -213,7 +224,8 @@ def _ready(name: str, process, connection) -> bool:
     process.join()
     answer = f"its process exited with code {process.exitcode}"
   if answer[0] == "ready":
-    print(f"{name} runs with GLIBC_TUNABLES {answer[1]}")
+    cpus = f"{answer[2]} CPU" + ("s" if answer[2] > 1 else "")
+    print(f"{name} runs on {cpus} with GLIBC_TUNABLES {answer[1]}")
     return True
   print(f"{name} unavailable here: {answer}")
   return False

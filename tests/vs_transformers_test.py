@@ -1,6 +1,7 @@
 """Tests for benchmarks/vs_transformers.py: it runs end to end on a tiny shape (the figures
 themselves are the benchmark's business, not a test's)."""
 
+import os
 import re
 
 import run_helpers as helpers
@@ -16,7 +17,11 @@ def test_each_contender_runs_in_its_own_process_and_the_ratio_is_printed():
   assert re.fullmatch(r"round 1: cpt_jax [\d,]+ tok/s, cpt_jax \(xla attention\) [\d,]+ tok/s, "
                       r"cpt_jax \(oneDNN\) [\d,]+ tok/s, torch eager [\d,]+ tok/s, "
                       r"torch eager \(glibc defaults\) [\d,]+ tok/s", lines[6])
-  tunables = dict(line.split(" runs with GLIBC_TUNABLES ") for line in lines[1:6])
+  cpus = len(os.sched_getaffinity(0))  # The contenders' CPUs: all this process may use.
+  runs = [re.fullmatch(rf"(.+) runs on {cpus} CPUs? with GLIBC_TUNABLES (.+)", line)
+          for line in lines[1:6]]
+  assert all(runs), lines[1:6]
+  tunables = dict(found.groups() for found in runs)
   ours = cpu_runtime.tunables_to_add({})
   for name in ("cpt_jax", "cpt_jax (xla attention)", "cpt_jax (oneDNN)", "torch eager"):
     assert set(f"{k}={v}" for k, v in ours.items()) <= set(tunables[name].split(":"))
@@ -47,11 +52,12 @@ def test_each_contender_runs_in_its_own_process_and_the_ratio_is_printed():
 
 def test_alone_each_contender_times_its_rounds_before_the_next_starts():
   """How the benchmark runs on an accelerator, whose memory the contenders would not fit
-  together."""
+  together; here with --cores=1, each contender on one CPU."""
   output = helpers.benchmark("vs_transformers", "--batch=2", "--seq_len=64", "--rounds=2",
-                             "--steps=1", "--no_compile", "--alone")
+                             "--steps=1", "--no_compile", "--alone", "--cores=1")
   lines = output.splitlines()
-  assert [line.split(" runs with ")[0] if " runs with " in line else line.split(": rounds ")[0]
+  assert [line.split(" runs on 1 CPU with ")[0] if " runs on " in line
+          else line.split(": rounds ")[0]
           for line in lines[1:5]] == ["cpt_jax", "cpt_jax", "torch eager", "torch eager"]
   rounds = {}
   for line in (lines[2], lines[4]):

@@ -41,15 +41,19 @@ def _reference(q, k, v, segments):
   return out
 
 
-def _dots(jaxpr):
-  """Every dot_general equation, inside nested jaxprs (jnp.einsum's, custom_vjp's) too."""
+def _equations(jaxpr, primitive: str):
+  """Every `primitive` equation, inside nested jaxprs (jnp.einsum's, custom_vjp's) too."""
   for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "dot_general":
+    if eqn.primitive.name == primitive:
       yield eqn
     for param in eqn.params.values():
       inner = getattr(param, "jaxpr", param)
       if hasattr(inner, "eqns"):
-        yield from _dots(inner)
+        yield from _equations(inner, primitive)
+
+
+def _dots(jaxpr):
+  return _equations(jaxpr, "dot_general")
 
 
 def _dot_output_shapes(jaxpr):
@@ -141,6 +145,21 @@ def test_chunked_products_contract_over_the_left_operands_last_dimension():
   for eqn in _dots(jaxpr.jaxpr):
     (lhs_contracting, _), _ = eqn.params["dimension_numbers"]
     assert tuple(lhs_contracting) == (eqn.invars[0].aval.ndim - 1,), eqn
+
+
+def test_chunked_query_blocks_gradients_join_in_one_concatenation():
+  """The query blocks are split from the (B, K, G, T, H) queries, not sliced: their gradients
+  then join in one concatenation, where slices' would each be padded to the whole length and
+  summed (the bare step ran 1.025-1.040x faster on XLA:CPU; issue 14)."""
+  q, k, v, segments = _inputs()
+  loss = lambda q: jnp.sum(attention.attend(q, k, v, segments, "chunked"))
+  jaxpr = jax.make_jaxpr(jax.grad(loss))(q).jaxpr
+  five_dimensional = lambda eqns: [eqn for eqn in eqns if eqn.outvars[0].aval.ndim == 5]
+  assert five_dimensional(_equations(jaxpr, "pad")) == []
+  # The forward's outputs and the backward's query gradients, each as 4 blocks (64, 64, 64
+  # and 8 queries).
+  joins = five_dimensional(_equations(jaxpr, "concatenate"))
+  assert [len(eqn.invars) for eqn in joins] == [4, 4]
 
 
 def test_chunked_gradient_leaves_no_product_to_eigen_where_xla_cpu_has_ynnpack():

@@ -150,7 +150,7 @@ def test_chunked_products_contract_over_the_left_operands_last_dimension():
 def test_chunked_query_blocks_gradients_join_in_one_concatenation():
   """The query blocks are split from the (B, K, G, T, H) queries, not sliced: their gradients
   then join in one concatenation, where slices' would each be padded to the whole length and
-  summed (the bare step ran 1.025-1.040x faster on XLA:CPU; issue 14)."""
+  summed (the bare step ran 1.016-1.040x faster on XLA:CPU; issue 14)."""
   q, k, v, segments = _inputs()
   loss = lambda q: jnp.sum(attention.attend(q, k, v, segments, "chunked"))
   jaxpr = jax.make_jaxpr(jax.grad(loss))(q).jaxpr

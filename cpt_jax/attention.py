@@ -227,10 +227,10 @@ def _chunked(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT):
   block = query_block_size(length)
   starts = range(0, length, block)
   # Split rather than sliced: the queries' gradient is then one concatenation of the blocks',
-  # which XLA fuses into what reads it, where slices' would each be padded to the whole
-  # length, written, and summed. Attention alone ran no faster, but the step on XLA:CPU ran
-  # 1.016-1.040x faster at 16 x 256 (three runs of 12 alternating rounds, 11 or 12 higher in
-  # each, in either build order) and 1.013x at 32 x 128 (issue 14).
+  # where slices' would each be padded to the whole length, written, and summed (at one
+  # core, 1.3 against 3.9 + 1.8 ms a step). Attention alone ran no faster, but the step on
+  # XLA:CPU ran 1.016-1.040x faster at 16 x 256 (three runs of 12 alternating rounds, 11 or
+  # 12 higher in each, in either build order) and 1.013x at 32 x 128 (issue 14).
   q_blocks = jax.lax.split(q_BxKxGxTxH, [min(block, length - start) for start in starts],
                            axis=3)
   outputs = []

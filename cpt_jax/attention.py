@@ -235,7 +235,7 @@ def _chunked(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT):
                            axis=3)
   outputs = []
   for start, q_BxKxGxTqxH in zip(starts, q_blocks):
-    stop = min(start + block, length)
+    stop = start + q_BxKxGxTqxH.shape[3]
     # A key/value head's G query heads as one (G * Tq) block of rows: the products then
     # have one batch dimension pair (b, k) and plain (rows, H) tiles. With a separate G
     # dimension XLA:CPU ran the forward and backward ~25% slower (issue 14).

@@ -12,7 +12,10 @@ full training step on one fixed batch: forward, backward, global-norm clipping a
 Each runs in its own process. On a CPU they alternate for several rounds (small shared CPUs
 drift by ~10% within a minute); on an accelerator (or with --alone) each runs its rounds
 alone, since together they would not fit its memory. The per-contender medians are reported;
-alternating, also each round's ratio of cpt_jax to the faster PyTorch and their median.
+alternating, also each round's ratio of cpt_jax to the faster PyTorch and their median. On
+a CPU each contender's line also gives the cores its process kept busy while timed (CPU time
+over wall time, the median of its turns). PyTorch's OpenMP workers spin while they wait, so
+its figure counts that waiting too.
 On a CPU both use float32 and the tiny preset at 256 tokens; on a GPU bfloat16 (autocast for
 PyTorch), SDPA, and pythia-410m at 2048 tokens unless --preset and --seq_len say otherwise.
 Where the device's peak FLOP/s is known (cpt_jax/device_peaks.py, or --peak_flops) each
@@ -196,7 +199,10 @@ def _serve(name: str, connection) -> None:
   while steps := connection.recv():
     contender.tokens_per_second(1)  # Untimed: a turn's first step, after the other
     # contenders' turns, ran 3-10% slower for every contender (caches, freed pages).
-    connection.send(contender.tokens_per_second(steps))
+    cpu_start, wall_start = time.process_time(), time.perf_counter()  # All its threads'.
+    tokens_per_second = contender.tokens_per_second(steps)
+    connection.send((tokens_per_second,
+                     (time.process_time() - cpu_start) / (time.perf_counter() - wall_start)))
 
 
 def _start(context, name: str):
@@ -231,8 +237,9 @@ def _ready(name: str, process, connection) -> bool:
   return False
 
 
-def _turn(connection) -> float:
-  """One timed turn of a contender: its tokens/s over --steps steps."""
+def _turn(connection) -> tuple[float, float]:
+  """One timed turn of a contender: its tokens/s over --steps steps, and the cores its process
+  kept busy meanwhile (CPU time over wall time)."""
   connection.send(args.steps)
   return connection.recv()
 
@@ -253,7 +260,7 @@ def main():
            + ((_ONEDNN,) if args.onednn else ()) + (() if args.no_eager else ("torch eager",))
            + ((_TORCH_GLIBC_DEFAULTS,) if args.torch_glibc_defaults else ())
            + (() if args.no_compile else ("torch.compile",)))
-  rounds = {}
+  turns = {}  # Contender -> its turns' (tokens/s, cores busy).
   alternating = not args.alone and jax.default_backend() == "cpu"
   if alternating:
     # All alive, taking turns round by round: small shared CPUs drift by ~10% within a
@@ -261,12 +268,12 @@ def main():
     started = [(name, *_start(context, name)) for name in names]
     contenders = {name: connection for name, process, connection in started
                   if _ready(name, process, connection)}
-    rounds = {name: [] for name in contenders}
+    turns = {name: [] for name in contenders}
     for round_index in range(args.rounds):
       for name, connection in contenders.items():
-        rounds[name].append(_turn(connection))
+        turns[name].append(_turn(connection))
       print(f"round {round_index + 1}: " + ", ".join(
-          f"{name} {values[-1]:,.0f} tok/s" for name, values in rounds.items()))
+          f"{name} {values[-1][0]:,.0f} tok/s" for name, values in turns.items()))
     for connection in contenders.values():
       connection.send(0)
   else:
@@ -275,11 +282,12 @@ def main():
     for name in names:
       process, connection = _start(context, name)
       if _ready(name, process, connection):
-        rounds[name] = [_turn(connection) for _ in range(args.rounds)]
+        turns[name] = [_turn(connection) for _ in range(args.rounds)]
         connection.send(0)
         process.join()
-        print(f"{name}: rounds " + ", ".join(f"{value:,.0f}" for value in rounds[name])
+        print(f"{name}: rounds " + ", ".join(f"{value:,.0f}" for value, _ in turns[name])
               + " tok/s")
+  rounds = {name: [value for value, _ in values] for name, values in turns.items()}
   medians = {name: statistics.median(values) for name, values in rounds.items()}
   torch_names = [name for name in medians if not name.startswith("cpt_jax")]
   if "cpt_jax" not in medians or not torch_names:
@@ -296,7 +304,9 @@ def main():
              if name.startswith("cpt_jax") else "")
     devices = jax.device_count() if name.startswith("cpt_jax") else 1  # PyTorch: one.
     mfu = f", MFU {value * flops_per_token / (peak * devices):.1%}" if peak else ""
-    print(f"{name:30s} {value:>10,.0f} tok/s (median of {args.rounds}{share}{mfu})")
+    busy = (f", {statistics.median(cores for _, cores in turns[name]):.2f} cores busy"
+            if ON_CPU else "")
+    print(f"{name:30s} {value:>10,.0f} tok/s (median of {args.rounds}{share}{busy}{mfu})")
   print(f"cpt_jax/transformers ratio: {medians['cpt_jax'] / medians[best_torch]:.3f} "
         f"(against {best_torch})")
 

@@ -31,10 +31,14 @@ def test_each_contender_runs_in_its_own_process_and_the_ratio_is_printed():
   flops_per_token = model.training_flops_per_token(
       model_config.from_config_dict(model_config.preset_config_dict("tiny", max_seq_len=256)), 64)
   for line in lines[-6:-1]:
-    speed = re.fullmatch(r".+ ([\d,]+) tok/s \(median of 1.*, MFU ([\d.]+)%\)", line)
+    speed = re.fullmatch(r".+ ([\d,]+) tok/s \(median of 1.*, ([\d.]+) cores busy, "
+                         r"MFU ([\d.]+)%\)", line)
     assert speed, line
+    # CPU time over wall time: above none, and no more than the CPUs (process_time's ticks
+    # may overshoot a little over one short turn).
+    assert 0 < float(speed[2]) <= cpus + 0.25, line
     expected = float(speed[1].replace(",", "")) * flops_per_token / 1e12
-    assert abs(float(speed[2]) / 100 - expected) <= 0.0005 + 0.01 * expected, line
+    assert abs(float(speed[3]) / 100 - expected) <= 0.0005 + 0.01 * expected, line
   ratio = re.fullmatch(r"cpt_jax/transformers ratio: ([\d.]+) "
                        r"\(against (torch eager( \(glibc defaults\))?)\)", lines[-1])
   assert ratio and float(ratio[1]) > 0
@@ -65,8 +69,9 @@ def test_alone_each_contender_times_its_rounds_before_the_next_starts():
     assert found, line
     rounds[found[1]] = sorted(float(value.replace(",", "")) for value in found.group(2, 3))
   for name in rounds:  # The median of two rounds, reported as such.
-    median = re.search(rf"^{re.escape(name)} +([\d,]+) tok/s \(median of 2", output,
-                       re.MULTILINE)
+    median = re.search(rf"^{re.escape(name)} +([\d,]+) tok/s \(median of 2.*, ([\d.]+) cores "
+                       r"busy\)$", output, re.MULTILINE)
     assert median and abs(float(median[1].replace(",", "")) - sum(rounds[name]) / 2) <= 1, name
+    assert 0 < float(median[2]) <= 1.1, median[0]  # On one CPU: at most one core busy.
   assert re.fullmatch(r"cpt_jax/transformers ratio: [\d.]+ \(against torch eager\)", lines[-1])
   assert "round by round" not in output  # Rounds not side by side in time: not paired.

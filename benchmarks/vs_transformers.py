@@ -199,7 +199,8 @@ def _serve(name: str, connection) -> None:
   while steps := connection.recv():
     contender.tokens_per_second(1)  # Untimed: a turn's first step, after the other
     # contenders' turns, ran 3-10% slower for every contender (caches, freed pages).
-    cpu_start, wall_start = time.process_time(), time.perf_counter()  # All its threads'.
+    # process_time: the CPU time of all this process's threads, the workers included.
+    cpu_start, wall_start = time.process_time(), time.perf_counter()
     tokens_per_second = contender.tokens_per_second(steps)
     connection.send((tokens_per_second,
                      (time.process_time() - cpu_start) / (time.perf_counter() - wall_start)))

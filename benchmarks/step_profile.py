@@ -40,7 +40,6 @@ parser.add_argument("--trace_dir", default="", help="Default: a new temporary fo
 parser.add_argument("--trace", default="",
                     help="Only summarize this .xplane.pb (say, of a run's profile.steps), "
                          "taken over --steps steps; shares are then of the device ops' time.")
-args = parser.parse_args()
 
 cpu_runtime.configure()  # The step as `cpt-jax` runs it (cpt_jax/cpu_runtime.py).
 import jax  # noqa: E402
@@ -90,8 +89,8 @@ def _stats(event) -> dict:
     return {name: value for name, value in event.stats}
 
 
-def summarize(trace: str, steps: int, wall_ms: float | None) -> float:
-  """Prints the device ops of `trace` by kind and the --top longest, per step and as shares
+def summarize(trace: str, steps: int, wall_ms: float | None, top: int) -> float:
+  """Prints the device ops of `trace` by kind and the `top` longest, per step and as shares
   of the step's wall time (or of the device ops' time, where that is not known); returns the
   device ops' milliseconds per step."""
   by_kernel, by_kind, counts, op_of = (collections.Counter(), collections.Counter(),
@@ -105,9 +104,9 @@ def summarize(trace: str, steps: int, wall_ms: float | None) -> float:
   whole, of = (wall_ms, "the step") if wall_ms else (busy_ms, "device time")
   for kind, ms in by_kind.most_common():
     print(f"  {kind:20s} {ms:9.2f} ms {ms / whole:7.1%} of {of}")
-  print(f"the {args.top} longest kernels (ms a step, share of {of}, runs a step, kind, "
+  print(f"the {top} longest kernels (ms a step, share of {of}, runs a step, kind, "
         "name, HLO op):")
-  for kernel, ms in by_kernel.most_common(args.top):
+  for kernel, ms in by_kernel.most_common(top):
     op = op_of[kernel] if op_of[kernel] not in ("", kernel) else ""
     print(f"  {ms:8.2f} {ms / whole:6.1%} {counts[kernel] / steps:6.0f}  "
           f"{kind_of(kernel, op):18s} {kernel[:100]} {op}")
@@ -115,8 +114,9 @@ def summarize(trace: str, steps: int, wall_ms: float | None) -> float:
 
 
 def main():
+  args = parser.parse_args()
   if args.trace:
-    summarize(args.trace, args.steps, None)
+    summarize(args.trace, args.steps, None, args.top)
     return
   on_cpu = jax.default_backend() == "cpu"
   preset = args.preset or ("tiny" if on_cpu else "pythia-410m")
@@ -138,7 +138,7 @@ def main():
         f"{config.model.compute_dtype}, head {args.head_matmul_dtype}, remat {args.remat}, "
         f"loss pieces {args.loss_chunk_tokens or 'none'}: {wall_ms:.1f} ms a step "
         f"({tokens_per_second:,.0f} tokens/s, under the profiler); trace in {trace}")
-  busy_ms = summarize(trace, args.steps, wall_ms)
+  busy_ms = summarize(trace, args.steps, wall_ms, args.top)
   print(f"busy: {busy_ms / wall_ms:.3f}")
 
 

@@ -2,7 +2,7 @@
 as XLA:CPU's thunk executor orders them, by the buffers they share.
 
   python -m benchmarks.thunk_graph [--preset=tiny] [--batch_per_device=16] [--seq_len=256]
-      [--steps=3] [--threads=N]
+      [--steps=3] [--threads=N] [--top=8]
 
 XLA:CPU runs a compiled step as a sequence of thunks (fusions, library products, copies) and
 runs side by side those that do not conflict: a thunk waits for every earlier one that wrote
@@ -12,13 +12,15 @@ too: one query block's attention backward for another's, say (issue 14).
 
 This compiles the bare step (benchmarks/bare_step.py) with XLA's dump (its optimized HLO and
 buffer assignment), traces --steps steps for each thunk's time, and prints both graphs' edge
-counts and critical paths, and the step's time on --threads threads (default: the CPUs this
+counts and critical paths, the step's time on --threads threads (default: the CPUs this
 process may use, the size of XLA's pool) as a list schedule of each graph: each thunk starts
 on a free thread once the thunks it waits for are done, in the order it became ready, for
-the time it took in the trace. The traced times are those of two cores shared, and a large
-product's threads are in its own time, so the schedule is an estimate, compared with the
-traced step's wall time. The last line reads `buffer reuse costs: <x>`, the schedule of the
-executor's graph over the data flow's, less one.
+the time it took in the trace; and the time a thread sat idle in the executor's schedule
+while thunks that had their data waited for shared memory, by JAX op (--top). The traced
+times are those of two cores shared, and a large product's threads are in its own time, so
+the schedule is an estimate, compared with the traced step's wall time. The last line reads
+`buffer reuse costs: <x>`, the schedule of the executor's graph over the data flow's, less
+one.
 """
 
 import argparse
@@ -38,6 +40,7 @@ parser.add_argument("--preset", default="tiny")
 parser.add_argument("--batch_per_device", type=int, default=16)
 parser.add_argument("--seq_len", type=int, default=256)
 parser.add_argument("--steps", type=int, default=3)
+parser.add_argument("--top", type=int, default=8, help="Ops listed, the longest held first.")
 parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)) if hasattr(
     os, "sched_getaffinity") else os.cpu_count())
 args = parser.parse_args()
@@ -73,8 +76,8 @@ def buffer_slices(buffer_assignment: str) -> dict:
 
 
 def entry_instructions(hlo: str):
-  """(name, opcode, operand names, tuple index of a get-tuple-element) of the entry
-  computation's instructions, in its schedule's order."""
+  """(name, opcode, operand names, tuple index of a get-tuple-element, JAX op name) of the
+  entry computation's instructions, in its schedule's order."""
   entry = hlo[hlo.index("\nENTRY "):]
   for line in entry.splitlines()[1:]:
     if not (match := _INSTRUCTION.match(line)):
@@ -85,7 +88,9 @@ def entry_instructions(hlo: str):
       depth += {"(": 1, ")": -1}.get(rest[end], 0)
       end += 1
     index = re.search(r"\bindex=(\d+)", rest[end:]) if opcode == "get-tuple-element" else None
-    yield name, opcode, re.findall(r"%([\w.\-]+)", rest[:end - 1]), index and int(index[1])
+    op_name = re.search(r'op_name="([^"]*)"', rest[end:])
+    yield (name, opcode, re.findall(r"%([\w.\-]+)", rest[:end - 1]), index and int(index[1]),
+           op_name[1] if op_name else "")
 
 
 class ThunkGraph:
@@ -95,9 +100,11 @@ class ThunkGraph:
 
   def __init__(self, hlo: str, buffer_assignment: str):
     self._slices = buffer_slices(buffer_assignment)
+    instructions = list(entry_instructions(hlo))
     self._defs = {name: (opcode, operands, index)
-                  for name, opcode, operands, index in entry_instructions(hlo)}
+                  for name, opcode, operands, index, _ in instructions}
     self.names = [name for name, (opcode, _, _) in self._defs.items() if opcode not in _ALIASES]
+    self.op_names = {name: op_name for name, _, _, _, op_name in instructions}
     position = {name: i for i, name in enumerate(self.names)}
     self.data = [{position[p] for operand in self._defs[name][1]
                   for p in self._producers(operand)} for name in self.names]
@@ -154,26 +161,45 @@ def critical_path(waits_for: list, durations: list) -> float:
   return max(finish)
 
 
-def list_schedule(waits_for: list, durations: list, threads: int) -> float:
-  """The time `threads` threads take to run the thunks, each started on a free thread once
-  those it waits for are done, in the order it became ready."""
+def list_schedule(waits_for: list, durations: list, threads: int) -> tuple[list, list]:
+  """When each thunk starts and ends if `threads` threads run them, each started on a free
+  thread once those it waits for are done, in the order it became ready."""
   waiting = [len(edges) for edges in waits_for]
   followers = [[] for _ in waits_for]
   for j, edges in enumerate(waits_for):
     for i in edges:
       followers[i].append(j)
   ready = collections.deque(j for j, count in enumerate(waiting) if not count)
-  running, now = [], 0.0
+  running, now, starts, ends = [], 0.0, [0.0] * len(durations), [0.0] * len(durations)
   while ready or running:
     while ready and len(running) < threads:
       j = ready.popleft()
+      starts[j] = now
       heapq.heappush(running, (now + durations[j], j))
     now, done = heapq.heappop(running)
+    ends[done] = now
     for j in followers[done]:
       waiting[j] -= 1
       if not waiting[j]:
         ready.append(j)
-  return now
+  return starts, ends
+
+
+def held_back(graph: ThunkGraph, starts: list, ends: list, threads: int):
+  """{JAX op: milliseconds a thread sat idle while thunks of that op had their data but
+  waited for shared memory} in the schedule (`starts`, `ends`) of the executor's graph (an
+  idle spell shared evenly among the thunks held)."""
+  data_ready = [max((ends[i] for i in producers), default=0.0) for producers in graph.data]
+  times = sorted(set(starts) | set(ends))
+  idle = collections.Counter()
+  for first, last in zip(times, times[1:]):
+    if (running := sum(start <= first < end for start, end in zip(starts, ends))) == threads:
+      continue
+    held = [graph.op_names[name] or name for name, ready, start
+            in zip(graph.names, data_ready, starts) if ready <= first and start >= last]
+    for op_name in held:
+      idle[op_name] += (threads - running) * (last - first) / len(held)
+  return idle
 
 
 def traced_durations(trace: str) -> dict:
@@ -211,13 +237,19 @@ def main():
         f"({sum(name in times for name in graph.names)} traced), "
         f"{sum(durations):.1f} ms of them a step; {wall_ms:.1f} ms a step under the profiler")
   print(f"  {'waits for':24s} {'edges':>7s} {'critical path':>14s} "
-        f"{f'on {args.threads} threads':>14s}")
+        f"{f'on {args.threads} thread' + 's' * (args.threads != 1):>14s}")
   schedules = []
   for label, edges in (("the data it reads", graph.data), ("shared memory", graph.conflicts)):
     schedules.append(list_schedule(edges, durations, args.threads))
     print(f"  {label:24s} {sum(map(len, edges)):7,d} "
-          f"{critical_path(edges, durations):11.1f} ms {schedules[-1]:11.1f} ms")
-  print(f"buffer reuse costs: {schedules[1] / schedules[0] - 1:.3f}")
+          f"{critical_path(edges, durations):11.1f} ms {max(schedules[-1][1]):11.1f} ms")
+  idle = held_back(graph, *schedules[1], args.threads)
+  print(f"threads idle while thunks with their data waited for shared memory: "
+        f"{sum(idle.values()):.1f} ms a step, by JAX op:")
+  for op_name, ms in idle.most_common(args.top):
+    print(f"  {ms:8.2f}  {op_name[-100:]}")
+  cost = max(schedules[1][1]) / max(schedules[0][1]) - 1
+  print(f"buffer reuse costs: {round(cost, 3) + 0.0:.3f}")  # + 0.0: no "-0.000".
 
 
 if __name__ == "__main__":

@@ -10,15 +10,17 @@ memory it reads or writes, or read memory it writes. XLA's buffer assignment pla
 temporary in memory a dead one held, so thunks with no data between them wait for each other
 too: one query block's attention backward for another's, say (issue 14).
 
-This compiles the bare step (benchmarks/bare_step.py) with XLA's dump (its optimized HLO and
-buffer assignment), traces --steps steps for each thunk's time, and prints both graphs' edge
-counts and critical paths, the step's time on --threads threads (default: the CPUs this
-process may use, the size of XLA's pool) as a list schedule of each graph: each thunk starts
-on a free thread once the thunks it waits for are done, in the order it became ready, for
-the time it took in the trace; and the time a thread sat idle in the executor's schedule
-while thunks that had their data waited for shared memory, by JAX op (--top). The traced
-times are those of two cores shared, and a large product's threads are in its own time, so
-the schedule is an estimate, compared with the traced step's wall time. The last line reads
+This compiles the bare step (benchmarks/bare_step.py) with XLA's dump (its optimized HLO
+and buffer assignment), traces --steps steps for each thunk's time, and prints both graphs'
+edge counts and critical paths, the step's time on --threads threads (default: the CPUs
+this process may use, the size of XLA's pool) as a list schedule of each graph: each thunk
+starts on a free thread once the thunks it waits for are done, in the order it became
+ready, for the time it took in the trace; and the time a thread sat idle in the executor's
+schedule while thunks that had their data waited for shared memory, by JAX op (--top). The
+traced times are those of two cores shared, and a large product's threads are in its own
+time, so the schedule is an estimate, compared with the traced step's wall time, and its
+cost an upper bound: it runs each thunk on one thread, where a large product uses them all
+(with no reuse at all, XLA:CPU's cores were no busier; issue 14). The last line reads
 `buffer reuse costs: <x>`, the schedule of the executor's graph over the data flow's, less
 one.
 """

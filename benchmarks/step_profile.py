@@ -113,6 +113,19 @@ def summarize(trace: str, steps: int, wall_ms: float | None, top: int) -> float:
   return busy_ms
 
 
+def traced_steps(step: bare_step.BareStep, steps: int, trace_dir: str):
+  """(the trace's .xplane.pb, milliseconds a step, tokens/s) of `steps` bare steps run under
+  jax.profiler, the trace written in `trace_dir`."""
+  jax.profiler.start_trace(trace_dir)
+  start = time.perf_counter()
+  tokens_per_second = step.tokens_per_second(steps)
+  wall_ms = (time.perf_counter() - start) * 1e3 / steps
+  jax.profiler.stop_trace()
+  trace = max(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True),
+              key=os.path.getmtime)
+  return trace, wall_ms, tokens_per_second
+
+
 def main():
   args = parser.parse_args()
   if args.trace:
@@ -126,13 +139,7 @@ def main():
                                    loss_chunk_tokens=args.loss_chunk_tokens)
   step = bare_step.BareStep(config)  # Compiled and warmed up.
   trace_dir = args.trace_dir or tempfile.mkdtemp(prefix="cpt_jax_profile_")
-  jax.profiler.start_trace(trace_dir)
-  start = time.perf_counter()
-  tokens_per_second = step.tokens_per_second(args.steps)
-  wall_ms = (time.perf_counter() - start) * 1e3 / args.steps
-  jax.profiler.stop_trace()
-  trace = max(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True),
-              key=os.path.getmtime)
+  trace, wall_ms, tokens_per_second = traced_steps(step, args.steps, trace_dir)
   print(f"{preset}, {args.batch_per_device} x {seq_len} per device on "
         f"{jax.devices()[0].device_kind} x {jax.local_device_count()}, "
         f"{config.model.compute_dtype}, head {args.head_matmul_dtype}, remat {args.remat}, "

@@ -33,7 +33,6 @@ import os
 import re
 import shutil
 import tempfile
-import time
 
 from cpt_jax import cpu_runtime
 
@@ -66,14 +65,16 @@ _VALUE = re.compile(r" value: <\d+ (\S+?)(\{[\d,]*\})? @\d+> \(size=(\d+),offset
 
 
 def buffer_slices(buffer_assignment: str) -> dict:
-  """{(HLO value, its tuple index as "{}" or "{i}"): (allocation, first byte, end)}."""
-  slices = {}
+  """{instruction: {its output's tuple index, () for the whole: (allocation, first byte,
+  end)}}."""
+  slices = collections.defaultdict(dict)
   for line in buffer_assignment.splitlines():
     if line.startswith("allocation "):
       allocation = int(line.split()[1].rstrip(":"))
     elif match := _VALUE.match(line):
       name, index, size, offset = match.groups()
-      slices[(name, index or "{}")] = (allocation, int(offset), int(offset) + int(size))
+      index = tuple(int(i) for i in (index or "{}")[1:-1].split(",") if i)
+      slices[name][index] = (allocation, int(offset), int(offset) + int(size))
   return slices
 
 
@@ -115,7 +116,7 @@ class ThunkGraph:
     for j, name in enumerate(self.names):
       mine = [(piece, False) for operand in self._defs[name][1]
               for piece in self._memory(operand)]
-      mine += [(piece, True) for (value, _), piece in self._slices.items() if value == name]
+      mine += [(piece, True) for piece in self._slices[name].values()]
       for (allocation, first, end), writes in mine:
         self.conflicts[j].update(i for i, other_first, other_end, other_writes in uses[allocation]
                                  if i != j and first < other_end and other_first < end
@@ -129,21 +130,20 @@ class ThunkGraph:
       raise ValueError(f"buffer assignment not understood: {missed[0][1]} reads what "
                        f"{missed[0][0]} wrote, but no memory of theirs overlaps")
 
-  def _memory(self, name: str, index=None) -> list:
-    """The slices instruction `name` (its tuple element `index`) names."""
+  def _memory(self, name: str, index: tuple = ()) -> list:
+    """The slices instruction `name` (its tuple element `index`, the whole for ()) names."""
     opcode, operands, own_index = self._defs[name]
     if opcode == "bitcast":
       return self._memory(operands[0], index)
     if opcode == "get-tuple-element":
-      return self._memory(operands[0], own_index if index is None else (own_index, index))
+      return self._memory(operands[0], (own_index, *index))
     if opcode == "tuple":
-      if index is None:
+      if not index:
         return [piece for operand in operands for piece in self._memory(operand)]
-      return self._memory(operands[index if isinstance(index, int) else index[0]])
-    key = (name, "{}" if index is None else "{%s}" % index)
-    if key in self._slices:
-      return [self._slices[key]]
-    return [piece for (value, _), piece in self._slices.items() if value == name]
+      return self._memory(operands[index[0]], index[1:])
+    if index in self._slices[name]:
+      return [self._slices[name][index]]
+    return list(self._slices[name].values())
 
   def _producers(self, name: str) -> set:
     """The thunks that wrote the value `name` names."""
@@ -220,14 +220,8 @@ def main():
   jax.config.update("jax_enable_compilation_cache", False)  # A cached step dumps nothing.
   config = bare_step.preset_config(args.preset, args.seq_len, args.batch_per_device)
   step = bare_step.BareStep(config)  # Compiled (and dumped) and warmed up.
-  trace_dir = os.path.join(WORK_DIR, "trace")
-  jax.profiler.start_trace(trace_dir)
-  start = time.perf_counter()
-  step.tokens_per_second(args.steps)
-  wall_ms = (time.perf_counter() - start) * 1e3 / args.steps
-  jax.profiler.stop_trace()
-  trace = max(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True),
-              key=os.path.getmtime)
+  trace, wall_ms, _ = step_profile.traced_steps(step, args.steps,
+                                                 os.path.join(WORK_DIR, "trace"))
   # The step is by far the largest program compiled; the others are its inputs' set-up.
   hlo_file = max(glob.glob(os.path.join(DUMP_DIR, "*.cpu_after_optimizations.txt")),
                  key=os.path.getsize)

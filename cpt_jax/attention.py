@@ -141,23 +141,33 @@ def document_spans(segment_ids_BxT: jax.Array, most: int):
           starts_BxT.sum(axis=1))
 
 
-def _cudnn_packed(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT):
-  """Each of a row's documents (at most _CUDNN_DOCUMENTS) as a causal sequence of its own."""
-  first, lengths, _ = document_spans(segment_ids_BxT, _CUDNN_DOCUMENTS)
+def _cudnn_packed(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, first_Bx1M, lengths_BxM):
+  """Each of a row's documents (at most _CUDNN_DOCUMENTS, as `document_spans` gives them) as
+  a causal sequence of its own."""
   return cudnn_fused.dot_product_attention(
-      q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, q_seqlen=lengths, kv_seqlen=lengths, q_offsets=first,
-      kv_offsets=first, scale=1 / np.sqrt(q_BxTxNxH.shape[-1]),
+      q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, q_seqlen=lengths_BxM, kv_seqlen=lengths_BxM,
+      q_offsets=first_Bx1M, kv_offsets=first_Bx1M, scale=1 / np.sqrt(q_BxTxNxH.shape[-1]),
       mask_type=cudnn_fused.MaskType.PADDING_CAUSAL)
 
 
 def _cudnn_by_documents(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT):
   """The packed kernel where every row fits it, else the masked one, chosen on the device.
   The masked one recomputes its forward for the backward pass: its (B, 1, T, T) bias would
-  otherwise be kept whichever branch runs."""
-  _, _, documents_B = document_spans(segment_ids_BxT, _CUDNN_DOCUMENTS)
-  return jax.lax.cond(documents_B.max() <= _CUDNN_DOCUMENTS, _cudnn_packed,
-                      jax.checkpoint(_cudnn), q_BxTxNxH, k_BxTxKxH, v_BxTxKxH,
-                      segment_ids_BxT)
+  otherwise be kept whichever branch runs. The spans come into the branches computed: XLA
+  can then compute them once for all layers (the same segment ids), where each layer's packed
+  branch computed its own (18 small fusions a layer, in a two-layer stand-in on XLA:CPU)."""
+  first_Bx1M, lengths_BxM, documents_B = document_spans(segment_ids_BxT, _CUDNN_DOCUMENTS)
+
+  def packed(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT, first_Bx1M, lengths_BxM):
+    del segment_ids_BxT  # In the spans.
+    return _cudnn_packed(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, first_Bx1M, lengths_BxM)
+
+  def masked(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT, first_Bx1M, lengths_BxM):
+    del first_Bx1M, lengths_BxM  # The mask comes from the segment ids.
+    return jax.checkpoint(_cudnn)(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT)
+
+  return jax.lax.cond(documents_B.max() <= _CUDNN_DOCUMENTS, packed, masked, q_BxTxNxH,
+                      k_BxTxKxH, v_BxTxKxH, segment_ids_BxT, first_Bx1M, lengths_BxM)
 
 
 @functools.cache

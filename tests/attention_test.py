@@ -346,12 +346,25 @@ def test_document_spans_are_each_rows_runs_of_one_segment_id():
   np.testing.assert_array_equal(documents, [4, 1, 8])  # Row 2 has more than the spans hold.
 
 
+def _spans_as_segment_ids(first_Bx1M, lengths_BxM, length):
+  """Each position's run, numbered from 1, from `document_spans`'s first positions and
+  lengths (the spans of rows that hold more runs cover only their first ones)."""
+  positions = jnp.arange(length)
+  starts_BxMx1 = first_Bx1M[:, :-1, None]
+  in_run_BxMxT = (positions >= starts_BxMx1) & (positions < starts_BxMx1 +
+                                                  lengths_BxM[..., None])
+  return jnp.argmax(in_run_BxMxT, axis=1).astype(jnp.int32) + 1
+
+
 @pytest.mark.parametrize("documents, kernel", [(16, "packed"), (17, "masked")])
 def test_cudnn_by_documents_packs_only_batches_whose_rows_fit_its_spans(
     documents, kernel, monkeypatch):
   """Which cuDNN kernel runs, with stand-ins that compile here (told apart by a factor);
   the masked one also under its gradient's recomputation."""
-  monkeypatch.setattr(attention, "_cudnn_packed", lambda *args: 2 * _xla(*args))
+  def packed(q, k, v, first, lengths):  # Attention within the spans it is given.
+    return 2 * _xla(q, k, v, _spans_as_segment_ids(first, lengths, q.shape[1]))
+
+  monkeypatch.setattr(attention, "_cudnn_packed", packed)
   monkeypatch.setattr(attention, "_cudnn", lambda *args: 3 * _xla(*args))
   q, k, v, _ = _inputs(length=256)
   segments = _many_documents(2, 256, documents)

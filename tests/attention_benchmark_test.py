@@ -2,19 +2,14 @@
 (the figures themselves are the benchmark's business, not a test's)."""
 
 import re
-import subprocess
-import sys
 
 import run_helpers as helpers
 
 
 def test_each_kernel_and_torch_are_timed_and_the_speed_up_is_printed():
-  result = subprocess.run(
-      [sys.executable, "-m", "benchmarks.attention", "--batch=2", "--seq_len=64", "--heads=4",
-       "--kv_heads=2", "--head_dim=8", "--rounds=1", "--calls=1"],
-      cwd=helpers.ROOT, capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stderr[-2000:]
-  lines = result.stdout.splitlines()
+  output = helpers.benchmark("attention", "--batch=2", "--seq_len=64", "--heads=4",
+                             "--kv_heads=2", "--head_dim=8", "--rounds=1", "--calls=1")
+  lines = output.splitlines()
   assert re.fullmatch(r"round 1: chunked [\d.]+ ms, xla [\d.]+ ms, "
                       r"torch sdpa \(causal only\) [\d.]+ ms", lines[1])
   speed_up = re.fullmatch(r"chunked/xla: ([\d.]+)", lines[-1])

@@ -3,25 +3,20 @@ frameworks on a tiny shape and prints the model's totals and their ratio (the fi
 themselves are the benchmark's business, not a test's)."""
 
 import re
-import subprocess
-import sys
 
 import run_helpers as helpers
 
 
 def test_each_weights_products_are_timed_in_both_frameworks_and_the_ratio_is_printed():
-  result = subprocess.run(
-      [sys.executable, "-m", "benchmarks.weight_products", "--tokens=64", "--rounds=1",
-       "--calls=1"], cwd=helpers.ROOT, capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stderr[-2000:]
-  lines = result.stdout.splitlines()
+  output = helpers.benchmark("weight_products", "--tokens=64", "--rounds=1", "--calls=1")
+  lines = output.splitlines()
   product = (r"forward +[\d.]+, input gradient +[\d.]+, weight gradient +[\d.]+ ms")
   for framework in ("cpt_jax", "torch"):
     for weight in ("qkv", "attention out", "mlp up", "mlp down", "head"):
       assert any(re.fullmatch(rf"{framework} +{weight} +{product}", line) for line in lines), (
-          framework, weight, result.stdout)
+          framework, weight, output)
     assert any(re.fullmatch(rf"{framework} +whole model +forward +[\d.]+, input gradient +"
                             rf"[\d.]+, weight gradient +[\d.]+ ms; [\d.]+ ms a step", line)
-               for line in lines), result.stdout
+               for line in lines), output
   ratio = re.fullmatch(r"cpt_jax/torch weight products: ([\d.]+)", lines[-1])
   assert ratio and float(ratio[1]) > 0

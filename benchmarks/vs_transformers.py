@@ -9,13 +9,13 @@ Both sides build the same GPT-NeoX (cpt_jax's preset, converted with hf_convert)
 full training step on one fixed batch: forward, backward, global-norm clipping at 1.0, AdamW
 (b 0.9/0.95, eps 1e-8, decay 0.1). cpt_jax is its compiled bare step
 (benchmarks/bare_step.py); PyTorch runs eager and, unless --no_compile, under torch.compile.
-Each runs in its own process. On a CPU they alternate for several rounds (small shared CPUs
-drift by ~10% within a minute); on an accelerator (or with --alone) each runs its rounds
-alone, since together they would not fit its memory. The per-contender medians are reported;
-alternating, also each round's ratio of cpt_jax to the faster PyTorch and their median. On
-a CPU each contender's line also gives the cores its process kept busy while timed (CPU time
-over wall time, the median of its turns). PyTorch's OpenMP workers spin while they wait, so
-its figure counts that waiting too.
+Each runs in its own process. On a CPU they alternate for several rounds, after an untimed one
+(small shared CPUs drift by ~10% within a minute); on an accelerator (or with --alone) each
+runs its rounds alone, since together they would not fit its memory. The per-contender medians
+are reported; alternating, also each round's ratio of cpt_jax to the faster PyTorch and their
+median. On a CPU each contender's line also gives the cores its process kept busy while timed
+(CPU time over wall time, the median of its turns). PyTorch's OpenMP workers spin while they
+wait, so its figure counts that waiting too.
 On a CPU both use float32 and the tiny preset at 256 tokens; on a GPU bfloat16 (autocast for
 PyTorch), SDPA, and pythia-410m at 2048 tokens unless --preset and --seq_len say otherwise.
 Where the device's peak FLOP/s is known (cpt_jax/device_peaks.py, or --peak_flops) each
@@ -270,6 +270,11 @@ def main():
     contenders = {name: connection for name, process, connection in started
                   if _ready(name, process, connection)}
     turns = {name: [] for name in contenders}
+    # One untimed round first: with torch.compile built beside it, torch eager's first turn
+    # after the builds ran 5-10% below its later turns (round 1 gave cpt_jax its best ratio in
+    # 6 runs of 6; the untimed round was torch eager's slowest turn in 3 of 3).
+    for connection in contenders.values():
+      _turn(connection)
     for round_index in range(args.rounds):
       for name, connection in contenders.items():
         turns[name].append(_turn(connection))

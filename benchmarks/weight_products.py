@@ -3,17 +3,17 @@
   python -m benchmarks.weight_products [--preset=tiny] [--tokens=4096] [--rounds=5]
       [--calls=20]
 
-Each weight of a preset's GPT-NeoX block (the fused q/k/v projection, attention's output,
-the MLP's two) and the output head, at `--tokens` rows (the step's batch x sequence: 16 x 256
-by default), is timed in its three products: the forward (x @ W), the input's gradient
-(dy @ W^T) and the weight's gradient (x^T @ dy, contracting the rows), each in float32 on
-this machine's CPUs as cpt_jax's step and transformers' step run them (jitted JAX products
-on the rows' 2-D view, as `model._Linear` gives them to XLA; torch's addmm and mm, as its
-autograd runs nn.Linear). JAX and torch alternate for several rounds in one process, and
-the per-round medians are reported per product, then summed over the model (the block's
-weights once per layer): on the 2-core CPU of issue 14, the weight gradients were where
-transformers' step gained on cpt_jax's (README, "Benchmarks"). The last line reads
-`cpt_jax/torch weight products: <x>` (above 1: cpt_jax's are faster).
+Each weight of a preset's block (the fused q/k/v projection, attention's output, the MLP's two,
+or three in a Llama block) and the output head, at `--tokens` rows (the step's batch x
+sequence: 16 x 256 by default), is timed in its three products: the forward (x @ W), the
+input's gradient (dy @ W^T) and the weight's gradient (x^T @ dy, contracting the rows), each in
+float32 on this machine's CPUs as cpt_jax's step and transformers' step run them (jitted JAX
+products on the rows' 2-D view, as `model._Linear` gives them to XLA; torch's addmm and mm, as
+its autograd runs nn.Linear). JAX and torch alternate for several rounds in one process, and
+the per-round medians are reported per product, then summed over the model (the block's weights
+once per layer): on the 2-core CPU of issue 14, the weight gradients were where transformers'
+step gained on cpt_jax's (README, "Benchmarks"). The last line reads `cpt_jax/torch weight
+products: <x>` (above 1: cpt_jax's are faster).
 """
 
 import argparse
@@ -34,20 +34,22 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from cpt_jax import model  # noqa: E402
 from cpt_jax import model_config  # noqa: E402
 
 PRODUCTS = ("forward", "input gradient", "weight gradient")
 
 
 def weights(config: model_config.ModelConfig) -> dict[str, tuple[int, int, int]]:
-  """Each weight's (in, out, how many the model holds): a block's once per layer."""
-  heads = config.num_heads + 2 * config.num_kv_heads
-  layers = config.num_layers
-  return {"qkv": (config.model_dim, heads * config.head_dim, layers),
-          "attention out": (config.num_heads * config.head_dim, config.model_dim, layers),
-          "mlp up": (config.model_dim, config.mlp_dim, layers),
-          "mlp down": (config.mlp_dim, config.model_dim, layers),
-          "head": (config.model_dim, config.vocab_size, 1)}
+  """Each weight's (in, out, how many the model holds), read from the model's parameters: a
+  block's kernels once per layer (a Llama block's MLP gate too), the output head once."""
+  block = model.abstract_params(config)["blocks"][0]
+  shapes = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(block):
+    keys = [entry.key for entry in path if isinstance(entry, jax.tree_util.DictKey)]
+    if keys[-1] == "kernel" and leaf.ndim == 2:
+      shapes[" ".join(keys[:-1])] = (*leaf.shape, config.num_layers)
+  return {**shapes, "head": (config.model_dim, config.vocab_size, 1)}  # Tied or not: (D, V).
 
 
 def jax_calls(rows: int, fan_in: int, fan_out: int) -> dict:

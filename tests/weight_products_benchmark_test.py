@@ -12,7 +12,7 @@ def test_each_weights_products_are_timed_in_both_frameworks_and_the_ratio_is_pri
   lines = output.splitlines()
   product = (r"forward +[\d.]+, input gradient +[\d.]+, weight gradient +[\d.]+ ms")
   for framework in ("cpt_jax", "torch"):
-    for weight in ("qkv", "attention out", "mlp up", "mlp down", "head"):
+    for weight in ("attention qkv", "attention out", "mlp up", "mlp down", "head"):
       assert any(re.fullmatch(rf"{framework} +{weight} +{product}", line) for line in lines), (
           framework, weight, output)
     assert any(re.fullmatch(rf"{framework} +whole model +forward +[\d.]+, input gradient +"

@@ -20,8 +20,8 @@ against `xla`; the last line reads `cudnn/xla: <x>`.
 
 import argparse
 import statistics
-import time
 
+from benchmarks import call_timing
 from cpt_jax import cpu_runtime
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -96,13 +96,6 @@ def torch_contender():
   return call
 
 
-def milliseconds_per_call(call) -> float:
-  start = time.perf_counter()
-  for _ in range(args.calls):
-    call()
-  return (time.perf_counter() - start) / args.calls * 1e3
-
-
 def main():
   print(f"attention forward and backward, batch {args.batch} x {args.seq_len}, {args.heads} "
         f"query / {args.kv_heads} key-value heads of {args.head_dim}, "
@@ -117,8 +110,7 @@ def main():
   rounds = {name: [] for name in contenders}
   for round_index in range(args.rounds):
     for name, call in contenders.items():
-      call()  # Untimed: the first call after another contender's turn runs slower.
-      rounds[name].append(milliseconds_per_call(call))
+      rounds[name].append(call_timing.milliseconds_per_call(call, args.calls))
     print(f"round {round_index + 1}: " + ", ".join(
         f"{name} {values[-1]:.1f} ms" for name, values in rounds.items()))
   medians = {name: statistics.median(values) for name, values in rounds.items()}

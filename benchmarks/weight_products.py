@@ -18,8 +18,8 @@ products: <x>` (above 1: cpt_jax's are faster).
 
 import argparse
 import statistics
-import time
 
+from benchmarks import call_timing
 from cpt_jax import cpu_runtime
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -76,14 +76,6 @@ def torch_calls(rows: int, fan_in: int, fan_out: int) -> dict:
                              lambda: dy.t() @ x)))
 
 
-def milliseconds_per_call(call) -> float:
-  call()  # Untimed: the first call after another contender's turn runs slower.
-  start = time.perf_counter()
-  for _ in range(args.calls):
-    call()
-  return (time.perf_counter() - start) / args.calls * 1e3
-
-
 def main():
   config = model_config.preset(args.preset)
   shapes = weights(config)
@@ -103,7 +95,7 @@ def main():
   for round_index in range(args.rounds):
     for key, products in calls.items():
       for product, call in products.items():
-        timings[key][product].append(milliseconds_per_call(call))
+        timings[key][product].append(call_timing.milliseconds_per_call(call, args.calls))
     print(f"round {round_index + 1} of {args.rounds} done", flush=True)
   totals = {framework: {product: 0.0 for product in PRODUCTS} for framework in frameworks}
   for (framework, weight), products in timings.items():

@@ -34,7 +34,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cpt_jax import model  # noqa: E402
+from cpt_jax import hf_convert  # noqa: E402
 from cpt_jax import model_config  # noqa: E402
 
 PRODUCTS = ("forward", "input gradient", "weight gradient")
@@ -43,13 +43,12 @@ PRODUCTS = ("forward", "input gradient", "weight gradient")
 def weights(config: model_config.ModelConfig) -> dict[str, tuple[int, int, int]]:
   """Each weight's (in, out, how many the model holds), read from the model's parameters: a
   block's kernels once per layer (a Llama block's MLP gate too), the output head once."""
-  block = model.abstract_params(config)["blocks"][0]
-  shapes = {}
-  for path, leaf in jax.tree_util.tree_leaves_with_path(block):
-    keys = [entry.key for entry in path if isinstance(entry, jax.tree_util.DictKey)]
-    if keys[-1] == "kernel" and leaf.ndim == 2:
-      shapes[" ".join(keys[:-1])] = (*leaf.shape, config.num_layers)
-  return {**shapes, "head": (config.model_dim, config.vocab_size, 1)}  # Tied or not: (D, V).
+  block_kernels = {}
+  for path, shape in hf_convert.shapes(config).items():  # By dotted path, as checkpoints name them.
+    *where, leaf = path.split(".")
+    if where[:2] == ["blocks", "0"] and leaf == "kernel" and len(shape) == 2:
+      block_kernels[" ".join(where[2:])] = (*shape, config.num_layers)
+  return {**block_kernels, "head": (config.model_dim, config.vocab_size, 1)}  # Tied or not: (D, V).
 
 
 def jax_calls(rows: int, fan_in: int, fan_out: int) -> dict:

@@ -49,10 +49,15 @@ def test_fsdp_steps_equal_pmap_steps(fsdp_devices, loss_chunk_tokens):
     batch = _batch(seed)
     pmap_state, pmap_metrics = pmap.train_step(pmap_state, batch)
     fsdp_state, fsdp_metrics = fsdp.train_step(fsdp_state, batch)
-    np.testing.assert_allclose(fsdp_metrics["loss"], pmap_metrics["loss"], rtol=1e-5)
+    for name in ("loss", "grad_norm", "update_norm", "param_norm"):
+      np.testing.assert_allclose(fsdp_metrics[name], pmap_metrics[name], rtol=1e-5, err_msg=name)
   differences = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), fsdp_state.params,
                              pmap_state.params)
-  assert max(jax.tree.leaves(differences)) < 1e-5
+  # In units of the learning rate (1e-3): Adam moves a parameter by about lr a step, but one whose
+  # gradient is near its eps (1e-8) by a fraction of lr that the gradient's last bits decide, and
+  # the two layouts sum gradients in different orders. Here one MLP weight moves 0.5 lr in the
+  # first step and differs by 2.9e-6 on jax 0.10.2, 1.2e-5 on jax 0.12; a wrong update, ~lr.
+  assert max(jax.tree.leaves(differences)) < 0.05 * 1e-3
   loss_sum, count = fsdp.eval_step(fsdp_state.params, _batch(9))
   pmap_sum, pmap_count = pmap.eval_step(pmap_state.params, _batch(9))
   np.testing.assert_allclose(float(loss_sum) / float(count), float(pmap_sum) / float(pmap_count),

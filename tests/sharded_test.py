@@ -17,6 +17,7 @@ from cpt_jax import train_step as train_step_lib
 
 CONFIG = dataclasses.replace(model_config.preset("tiny"), vocab_size=128, num_layers=2,
                              model_dim=64, num_heads=4, num_kv_heads=4, mlp_dim=128)
+LEARNING_RATE = 1e-3
 
 
 def _batch(seed, batch_size=16, length=16):
@@ -31,7 +32,7 @@ def _batch(seed, batch_size=16, length=16):
 def _setup():
   optimizer = optimizer_lib.make(optimizer_lib.default_config())
   graphdef, state = train_step_lib.init_state(CONFIG, optimizer, seed=0)
-  return graphdef, state, optimizer, optax.constant_schedule(1e-3)
+  return graphdef, state, optimizer, optax.constant_schedule(LEARNING_RATE)
 
 
 @pytest.mark.parametrize("fsdp_devices,loss_chunk_tokens", [(8, 0), (4, 0), (8, 48)])
@@ -53,11 +54,11 @@ def test_fsdp_steps_equal_pmap_steps(fsdp_devices, loss_chunk_tokens):
       np.testing.assert_allclose(fsdp_metrics[name], pmap_metrics[name], rtol=1e-5, err_msg=name)
   differences = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), fsdp_state.params,
                              pmap_state.params)
-  # In units of the learning rate (1e-3): Adam moves a parameter by about lr a step, but one whose
+  # In units of the learning rate: Adam moves a parameter by about lr a step, but one whose
   # gradient is near its eps (1e-8) by a fraction of lr that the gradient's last bits decide, and
   # the two layouts sum gradients in different orders. Here one MLP weight moves 0.5 lr in the
   # first step and differs by 2.9e-6 on jax 0.10.2, 1.2e-5 on jax 0.12; a wrong update, ~lr.
-  assert max(jax.tree.leaves(differences)) < 0.05 * 1e-3
+  assert max(jax.tree.leaves(differences)) < 0.05 * LEARNING_RATE
   loss_sum, count = fsdp.eval_step(fsdp_state.params, _batch(9))
   pmap_sum, pmap_count = pmap.eval_step(pmap_state.params, _batch(9))
   np.testing.assert_allclose(float(loss_sum) / float(count), float(pmap_sum) / float(pmap_count),
@@ -81,7 +82,7 @@ def test_fsdp_with_the_splash_kernel_equals_pmap_with_xla_attention(monkeypatch)
     graphdef, state = train_step_lib.init_state(dataclasses.replace(CONFIG, attention=kernel),
                                                 optimizer, seed=0)
     mode = sharded.Sharded if kernel == "splash" else data_parallel.DataParallel
-    steps[kernel] = mode(graphdef, optimizer, optax.constant_schedule(1e-3))
+    steps[kernel] = mode(graphdef, optimizer, optax.constant_schedule(LEARNING_RATE))
     steps[kernel].state = steps[kernel].place(state)
   for seed in range(2):
     batch = _batch(seed, length=128)

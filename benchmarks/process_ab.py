@@ -72,7 +72,6 @@ class Side:
         cwd=ROOT, env=environ, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=self._stderr, text=True)
     self.runs_with = json.loads(self._reply())
-    self.rates: list[float] = []
 
   def _reply(self) -> str:
     line = self._process.stdout.readline()
@@ -84,10 +83,10 @@ class Side:
     return line
 
   def time_turn(self) -> float:
+    """Tokens/s over `--steps` steps."""
     self._process.stdin.write("go\n")
     self._process.stdin.flush()
-    self.rates.append(float(self._reply()))
-    return self.rates[-1]
+    return float(self._reply())
 
   def close(self) -> None:
     self._process.stdin.close()
@@ -110,16 +109,16 @@ def main(args) -> None:
           f"XLA_FLAGS={side.runs_with['xla_flags']!r}", flush=True)
   for side in (a, b):  # Untimed: the side built first has sat idle while the other compiled.
     side.time_turn()
-    side.rates.clear()
+  rates = {a: [], b: []}
   ratios = []
   for round_index in range(args.rounds):
     for side in (a, b) if round_index % 2 == 0 else (b, a):
-      side.time_turn()
-    ratios.append(b.rates[-1] / a.rates[-1])
-    print(f"round {round_index + 1}: A {a.rates[-1]:,.0f} tok/s, B {b.rates[-1]:,.0f} tok/s, "
+      rates[side].append(side.time_turn())
+    ratios.append(rates[b][-1] / rates[a][-1])
+    print(f"round {round_index + 1}: A {rates[a][-1]:,.0f} tok/s, B {rates[b][-1]:,.0f} tok/s, "
           f"B/A {ratios[-1]:.3f}", flush=True)
   for side in (a, b):
-    print(f"{side.name} median {statistics.median(side.rates):,.0f} tok/s")
+    print(f"{side.name} median {statistics.median(rates[side]):,.0f} tok/s")
     side.close()
   print(f"B/A median ratio: {statistics.median(ratios):.3f} "
         f"(B faster in {sum(ratio > 1 for ratio in ratios)} of {args.rounds} rounds)")

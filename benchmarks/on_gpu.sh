@@ -14,9 +14,12 @@
 # mfu_410m_compute_head, vs_transformers (pythia-410m), profile_410m (where the step's time
 # goes), attention, mfu_160m, together about 11 minutes on an H200 (the run's own limit,
 # 590 s, cuts the last short); on request vs_transformers_160m, mfu_410m_loss_chunks and
-# gpu_tests. ROWS=N sets the rows of pythia-410m's steps where mfu_410m did not plan them.
+# gpu_tests. ROWS=N sets the rows of pythia-410m's steps where mfu_410m did not plan them,
+# VS_ROWS_160M=N pythia-160m's where mfu_160m did not. Unplanned they are 16 and 32 rows:
+# by the H200's plans (410m: 7.8 GB at 1 row, 2.4 more a row; 160m: 3.5, 1.4 a row) the
+# largest powers of two that fit an H100's ~60 GB for XLA; on an H200, ROWS=32 (and 64).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # What the image lacks (its package list: /work/.library/device/KINDS.md), dependencies of
 # dependencies included; the versions the tests run with here.
@@ -63,10 +66,16 @@ mfu_410m() {
     phase mfu_410m_pinned 180 "${command[@]}"
   fi
 }
-# Rows per step of pythia-410m: $ROWS, else those mfu_410m planned (its output), else 16.
+# The rows per device that the mfu phases named $1* planned (their output), if they ran.
+planned_rows() { sed -n 's/.*, \([0-9]*\) x 2048 per device.*/\1/p' "$OUT"/"$1"*.txt \
+                   2>/dev/null | tail -1 | grep .; }
+# Rows per step of pythia-410m: $ROWS, else those mfu_410m planned, else 16 (fits an H100).
 rows() { [[ -n "${ROWS:-}" ]] && echo "$ROWS" && return
-         sed -n 's/.*, \([0-9]*\) x 2048 per device.*/\1/p' "$OUT"/mfu_410m*.txt 2>/dev/null \
-           | tail -1 | grep . || echo 16; }
+         planned_rows mfu_410m || echo 16; }
+# Rows per step of pythia-160m: $VS_ROWS_160M, else those mfu_160m planned, else twice
+# pythia-410m's (the two plans were 64 and 32 rows on an H200, whose memory an H100 halves).
+rows_160m() { [[ -n "${VS_ROWS_160M:-}" ]] && echo "$VS_ROWS_160M" && return
+              planned_rows mfu_160m || echo $((2 * $(rows))); }
 # The same model and tokens, each contender alone (together they would not fit the memory),
 # at $VS_ROWS rows (default: pythia-410m's rows above, the largest batch that fits cpt_jax's
 # step), to compare at one batch; cpt_jax's head in bfloat16 as transformers' under autocast.
@@ -75,10 +84,10 @@ vs_transformers() {
   phase vs_transformers 260 python3 -m benchmarks.vs_transformers --rounds=2 \
     --batch="${VS_ROWS:-$(rows)}" --head_matmul_dtype=compute ${VS_TRANSFORMERS_FLAGS:-}
 }
-# pythia-160m likewise, at $VS_ROWS_160M rows (default 64, the rows mfu_160m planned on an H200).
+# pythia-160m likewise, at rows_160m rows.
 vs_transformers_160m() {
   phase vs_transformers_160m 260 python3 -m benchmarks.vs_transformers --preset=pythia-160m \
-    --rounds=2 --batch="${VS_ROWS_160M:-64}" --head_matmul_dtype=compute \
+    --rounds=2 --batch="$(rows_160m)" --head_matmul_dtype=compute \
     ${VS_TRANSFORMERS_FLAGS:-}
 }
 # Attention alone at pythia-410m's shape: cuDNN packed, with the mask as bias, causal only; XLA.
@@ -119,6 +128,8 @@ gpu_tests() {
     or optax or elementwise or norm or rotary or rotating"
 }
 
+# Sourced (tests/on_gpu_script_test.py): the functions only.
+[[ "${BASH_SOURCE[0]}" != "$0" ]] && return 0
 phases=("$@")
 (( ${#phases[@]} )) || phases=(mfu_410m mfu_410m_compute_head vs_transformers profile_410m
                                attention mfu_160m)

@@ -73,7 +73,7 @@ planned_rows() { sed -n 's/.*, \([0-9]*\) x 2048 per device.*/\1/p' "$OUT"/"$1"*
 rows() { [[ -n "${ROWS:-}" ]] && echo "$ROWS" && return
          planned_rows mfu_410m || echo 16; }
 # Rows per step of pythia-160m: $VS_ROWS_160M, else those mfu_160m planned, else twice
-# pythia-410m's (the two plans were 64 and 32 rows on an H200, whose memory an H100 halves).
+# pythia-410m's (the two plans were 64 and 32 rows on an H200; an H100 has about half its memory).
 rows_160m() { [[ -n "${VS_ROWS_160M:-}" ]] && echo "$VS_ROWS_160M" && return
               planned_rows mfu_160m || echo $((2 * $(rows))); }
 # The same model and tokens, each contender alone (together they would not fit the memory),

@@ -30,9 +30,12 @@ def test_unplanned_rows_fit_an_h100(tmp_path):
 
 
 def test_pythia_160m_follows_410m_plan_unless_its_own_ran(tmp_path):
+  # The plan files stay in the folder from one assertion to the next, as a run's phases leave them.
   assert rows(tmp_path, planned={"mfu_410m.txt": mfu_line("pythia-410m", 32)}) == (32, 64)
-  # mfu_410m's retry with the pinned packages (its first try failed): its plan counts.
+  # mfu_410m's retry with the pinned packages (its first try failed), beside the first try's
+  # plan: the retry's counts.
   assert rows(tmp_path, planned={"mfu_410m_pinned.txt": mfu_line("pythia-410m", 8)}) == (8, 16)
+  # mfu_160m's own plan; pythia-410m keeps the retry's 8 rows.
   assert rows(tmp_path, planned={"mfu_160m.txt": mfu_line("pythia-160m", 128)}) == (8, 128)
 
 

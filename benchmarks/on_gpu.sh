@@ -17,7 +17,8 @@
 # gpu_tests. ROWS=N sets the rows of pythia-410m's steps where mfu_410m did not plan them,
 # VS_ROWS_160M=N pythia-160m's where mfu_160m did not. Unplanned they are 16 and 32 rows:
 # by the H200's plans (410m: 7.8 GB at 1 row, 2.4 more a row; 160m: 3.5, 1.4 a row) the
-# largest powers of two that fit an H100's ~60 GB for XLA; on an H200, ROWS=32 (and 64).
+# largest powers of two that fit an H100's ~60 GB for XLA. On an H200 pass ROWS=32;
+# pythia-160m's then default to twice that, 64.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

@@ -133,6 +133,15 @@ def benchmark(name: str, *args) -> str:
   return result.stdout
 
 
+def ratio_of_printed_rates(ratio: str, numerator: str, denominator: str) -> bool:
+  """Whether a ratio printed to 3 decimals can be numerator/denominator, both rates printed
+  rounded to whole tokens/s ("1,129"): on a slow round (hundreds of tokens/s) that rounding alone
+  moves the ratio by more than any fixed tolerance a test could pick."""
+  top, bottom = (float(rate.replace(",", "")) for rate in (numerator, denominator))
+  low, high = (top - 0.5) / (bottom + 0.5), (top + 0.5) / max(bottom - 0.5, 1e-9)
+  return low - 0.0005 <= float(ratio) <= high + 0.0005
+
+
 def start(*args, new_session=False, **kwargs):
   """`cpt-jax ARGS` in a subprocess that takes Ctrl-C and a hangup as one started from a
   terminal does (in a process group of its own with `new_session`, which a signal to the

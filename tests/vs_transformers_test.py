@@ -48,9 +48,7 @@ def test_each_contender_runs_in_its_own_process_and_the_ratio_is_printed():
   by_round = re.fullmatch(rf"cpt_jax/{re.escape(ratio[2])} round by round: ([\d.]+) "
                           r"\(median ([\d.]+)\)", lines[7])
   assert by_round, lines[7]
-  expected = float(speeds["cpt_jax"].replace(",", "")) / float(
-      speeds[ratio[2]].replace(",", ""))
-  assert abs(float(by_round[1]) - expected) <= 0.0005 + 1e-3 * expected
+  assert helpers.ratio_of_printed_rates(by_round[1], speeds["cpt_jax"], speeds[ratio[2]]), lines
   assert by_round[2] == by_round[1]  # One round: its own median.
 
 

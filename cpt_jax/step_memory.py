@@ -102,13 +102,13 @@ def device_capacity() -> int | None:
 
 def largest_fitting_batch(memory_at: Callable[[int], int], capacity: float,
                           most: int = 4096) -> tuple[int, dict[int, int]]:
-  """The largest power of two b <= `most` with `memory_at(b) <= capacity`, or 0 when one row
-  does not fit; and `memory_at` of each size it tried. `memory_at(rows)` is a step's bytes per device, a compile each, so the search
-  predicts rather than tries every size: memory grows about linearly in the rows (activations
-  are per row), so a line through two planned sizes, the largest that fits and the nearest
-  other, predicts the next size to plan, until the prediction is a size already planned.
-  Three or four compiles in all; fewer rows than the true largest only where memory grows
-  faster than linearly between two powers of two."""
+  """The largest power of two b <= `most` with `memory_at(b) <= capacity`, or 0 when one row does
+  not fit; and `memory_at` of each size it tried. `memory_at(rows)` is a step's bytes per device, a
+  compile each, so the search predicts rather than tries every size: memory grows about linearly in
+  the rows (activations are per row), so a line through two planned sizes, the largest that fits and
+  the nearest other, predicts the next size to plan, until the prediction is a size already planned.
+  Three or four compiles in all; fewer rows than the true largest only where memory grows faster
+  than linearly between two powers of two."""
   planned = {}
 
   def plan(rows: int) -> int:

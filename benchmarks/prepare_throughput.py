@@ -121,7 +121,8 @@ def main():
     print(f"{sizes[name]} MB corpus: peak RSS {rss[name]:.0f} MB")
   if not args.keep:
     shutil.rmtree(work)
-  print(f"prepare tokens/s: {max(rates):,.0f}; rss growth: {rss['rss_large'] / rss['rss_small']:.2f}")
+  growth = rss["rss_large"] / rss["rss_small"]
+  print(f"prepare tokens/s: {max(rates):,.0f}; rss growth: {growth:.2f}")
 
 
 if __name__ == "__main__":

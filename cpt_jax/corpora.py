@@ -69,7 +69,8 @@ def is_validation(document_id: str, fraction: float) -> bool:
   return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
-def _split(documents: Sequence[tuple[str, str]], split: str, fraction: float) -> list[tuple[str, str]]:
+def _split(documents: Sequence[tuple[str, str]], split: str,
+           fraction: float) -> list[tuple[str, str]]:
   held_out = split == "validation"
   return [doc for doc in documents if is_validation(doc[0], fraction) == held_out]
 
@@ -345,7 +346,8 @@ def _documents(name: str, config: ml_collections.ConfigDict, split: str):
       ids.append(doc_id)
       texts.append(text)
   if config.kind == "text_files" and not any_text:
-    pattern_field = "validation_glob" if split == "validation" and config.validation_glob else "glob"
+    pattern_field = ("validation_glob" if split == "validation" and config.validation_glob
+                     else "glob")
     raise ConfigError(f"{where}.{pattern_field}={config[pattern_field]!r}: the matching files "
                       "hold no text")
   if not ids:

@@ -93,7 +93,8 @@ def tokenized_documents(name: str, data_config: ml_collections.ConfigDict, split
                         tokenizer: tokenizer_lib.Tokenizer) -> packing.Documents:
   """A split's documents as token ids: from the token cache if `prepare` wrote it."""
   if name not in data_config.sources:
-    raise ConfigError(f"data source {name!r} is unknown; known sources: {source_names(data_config)}")
+    raise ConfigError(f"data source {name!r} is unknown; "
+                      f"known sources: {source_names(data_config)}")
   cache_dir = data_config.token_cache_dir
   if token_cache.exists(cache_dir, name, split):
     return token_cache.read(cache_dir, name, split, tokenizer.fingerprint,

@@ -49,7 +49,8 @@ def config_for(name: str, **fields) -> ml_collections.ConfigDict:
   _check_name(name, "schedule.name")
   unknown = sorted(set(fields) - set(_DEFAULTS[name]))
   if unknown:
-    raise ConfigError(f"schedule {name!r} has no fields {unknown}; expected {sorted(_DEFAULTS[name])}")
+    raise ConfigError(f"schedule {name!r} has no fields {unknown}; "
+                      f"expected {sorted(_DEFAULTS[name])}")
   return ml_collections.ConfigDict({"name": name, **_DEFAULTS[name], **fields})
 
 

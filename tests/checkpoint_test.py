@@ -188,7 +188,8 @@ def test_unwritable_checkpoint_directory_is_named(tmp_path):
   blocker.write_text("not a directory")
   checkpointer = checkpoint_lib.Checkpointer(str(blocker / "run"))
   with pytest.raises(checkpoint_lib.CheckpointError,
-                     match=r"saving step 1 to .*a_file/run/checkpoints failed: .*; no checkpoint yet"):
+                     match=r"saving step 1 to .*a_file/run/checkpoints failed: .*; "
+                           r"no checkpoint yet"):
     checkpointer.save(1, _replicated_state(), {"step": 1}, None)
 
 

@@ -29,7 +29,8 @@ report("after")
 def test_onednn_flags_are_added_on_x86_linux_from_jaxlib_0_8_1(monkeypatch):
   if not sys.platform.startswith("linux") or platform.machine() != "x86_64":
     pytest.skip("oneDNN flags are for x86-64 Linux")
-  flags = cpu_runtime.xla_flags_with_onednn({"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+  flags = cpu_runtime.xla_flags_with_onednn(
+      {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
   assert flags == " ".join(["--xla_force_host_platform_device_count=2",
                             *cpu_runtime.ONEDNN_FLAGS])
   monkeypatch.setattr(cpu_runtime, "_jaxlib_version", lambda: (0, 8, 0))  # Aborts on them.

@@ -383,7 +383,8 @@ def test_a_changed_source_definition_prepares_the_cache_again(capsys, files, tmp
               *first)[0] == 0
   code, out, _ = _cli(capsys, "prepare", DEMO, *helpers.SMALL,
                       f"--config.data.token_cache_dir={cache}", *second)
-  assert code == 0 and "code/train: prepared from another definition of source 'code' (glob: " in out
+  assert code == 0
+  assert "code/train: prepared from another definition of source 'code' (glob: " in out
   assert "prose/train: already prepared" in out
   meta = json.load(open(os.path.join(cache, "code", "train.json")))
   assert meta["source_definition"]["glob"] == f"{files}/text/doc2*.txt"

@@ -64,7 +64,8 @@ train_command() {
   # nohup + setsid: the run survives the ssh session; its exit code is kept for `relaunch`.
   local flags=""
   if (( ${#TRAIN_FLAGS[@]} )); then flags=$(printf ' %q' "${TRAIN_FLAGS[@]}"); fi
-  local train="cd ~/cpt_jax && ~/cpt_jax_venv/bin/cpt-jax $RUN --config=$CONFIG --workdir=$WORKDIR$flags"
+  local train="cd ~/cpt_jax && ~/cpt_jax_venv/bin/cpt-jax $RUN"
+  train+=" --config=$CONFIG --workdir=$WORKDIR$flags"
   echo "rm -f ~/cpt_jax_train.exit && setsid nohup bash -c" \
        "$(printf '%q' "$train >> ~/cpt_jax_train.log 2>&1; echo \$? > ~/cpt_jax_train.exit")" \
        "> /dev/null 2>&1 < /dev/null &"

@@ -7,18 +7,17 @@
 #   # then the device tool: run(command="bash benchmarks/on_gpu.sh [PHASE...]",
 #   #                           carry=[".whl"], timeout_s=590)
 #
-# Writes one file per phase under $OUT (the folder the device tool brings back), each phase
-# within its own time limit so that one that hangs or runs long leaves the others' figures.
-# The phases (functions below), by default these, most important first: mfu_410m (again
-# with the flax and optax the tests run with, should the image's fail it at once),
-# mfu_410m_compute_head, vs_transformers (pythia-410m), profile_410m (where the step's time
-# goes), attention, mfu_160m, together about 11 minutes on an H200 (the run's own limit,
-# 590 s, cuts the last short); on request vs_transformers_160m, mfu_410m_loss_chunks and
-# gpu_tests. ROWS=N sets the rows of pythia-410m's steps where mfu_410m did not plan them,
-# VS_ROWS_160M=N pythia-160m's where mfu_160m did not. Unplanned they are 16 and 32 rows:
-# by the H200's plans (410m: 7.8 GB at 1 row, 2.4 more a row; 160m: 3.5, 1.4 a row) the
-# largest powers of two that fit an H100's ~60 GB for XLA. On an H200 pass ROWS=32;
-# pythia-160m's then default to twice that, 64.
+# Writes one file per phase under $OUT (the folder the device tool brings back), each phase within
+# its own time limit so that one that hangs or runs long leaves the others' figures. The phases
+# (functions below), by default these, most important first: mfu_410m (again with the flax and optax
+# the tests run with, should the image's fail it at once), mfu_410m_compute_head, vs_transformers
+# (pythia-410m), profile_410m (where the step's time goes), attention, mfu_160m, together about 11
+# minutes on an H200 (the run's own limit, 590 s, cuts the last short); on request
+# vs_transformers_160m, profile_160m, mfu_410m_loss_chunks and gpu_tests. ROWS=N sets the rows of
+# pythia-410m's steps where mfu_410m did not plan them, VS_ROWS_160M=N pythia-160m's where mfu_160m
+# did not. Unplanned they are 16 and 32 rows: by the H200's plans (410m: 7.8 GB at 1 row, 2.4 more a
+# row; 160m: 3.5, 1.4 a row) the largest powers of two that fit an H100's ~60 GB for XLA. On an H200
+# pass ROWS=32; pythia-160m's then default to twice that, 64.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -94,22 +93,26 @@ vs_transformers_160m() {
 # Attention alone at pythia-410m's shape: cuDNN packed, with the mask as bias, causal only; XLA.
 attention() { phase attention 50 python3 -m benchmarks.attention --rounds=3; }
 mfu_160m() { phase mfu_160m 100 python3 -m benchmarks.mfu --presets=pythia-160m; }
-# Where pythia-410m's step spends its time, by kind of op and by kernel, with its head's matmuls
-# in each of $PROFILE_HEADS (default: float32 and compute); the first's trace (gzipped) and
-# optimized HLO beside, to place the ops.
-profile_410m() {
-  local head heads=(${PROFILE_HEADS:-float32 compute})
+# Where a model's step spends its time, by kind of op and by kernel, with its head's matmuls in
+# each of $PROFILE_HEADS (default: float32 and compute); the first's trace (gzipped) and
+# optimized HLO beside, to place the ops. profile NAME PRESET ROWS.
+profile() {
+  local name=$1 preset=$2 rows=$3 head heads=(${PROFILE_HEADS:-float32 compute})
   for head in "${heads[@]}"; do
-    XLA_FLAGS="${XLA_FLAGS:-} --xla_dump_to=/tmp/cpt_jax_hlo_$head --xla_dump_hlo_as_text" \
-      phase "profile_410m_$head" 120 python3 -m benchmarks.step_profile \
-      --batch_per_device="$(rows)" --head_matmul_dtype="$head" --top=40 \
-      --trace_dir="/tmp/cpt_jax_profile_$head"
+    local dump="--xla_dump_to=/tmp/cpt_jax_${name}_${head}_hlo --xla_dump_hlo_as_text"
+    XLA_FLAGS="${XLA_FLAGS:-} $dump" \
+      phase "${name}_$head" 120 python3 -m benchmarks.step_profile --preset="$preset" \
+      --batch_per_device="$rows" --head_matmul_dtype="$head" --top=40 \
+      --trace_dir="/tmp/cpt_jax_${name}_$head"
   done
-  find "/tmp/cpt_jax_profile_${heads[0]}" -name '*.xplane.pb' -exec gzip -c {} \; \
-    > "$OUT/profile_410m_${heads[0]}.xplane.pb.gz"
-  ls -S "/tmp/cpt_jax_hlo_${heads[0]}"/*after_optimizations.txt | head -1 | xargs gzip -c \
-    > "$OUT/profile_410m_${heads[0]}.hlo.txt.gz"
+  find "/tmp/cpt_jax_${name}_${heads[0]}" -name '*.xplane.pb' -exec gzip -c {} \; \
+    > "$OUT/${name}_${heads[0]}.xplane.pb.gz"
+  ls -S "/tmp/cpt_jax_${name}_${heads[0]}_hlo"/*after_optimizations.txt | head -1 | xargs gzip -c \
+    > "$OUT/${name}_${heads[0]}.hlo.txt.gz"
 }
+profile_410m() { profile profile_410m pythia-410m "$(rows)"; }
+# pythia-160m's, at rows_160m rows: its 1.28x torch.compile on an H100 is the one short of 1.3.
+profile_160m() { profile profile_160m pythia-160m "$(rows_160m)"; }
 mfu_410m_compute_head() {
   phase mfu_410m_compute_head 120 python3 -m benchmarks.mfu --presets=pythia-410m \
     --batch_per_device="$(rows)" --head_matmul_dtype=compute

@@ -52,3 +52,19 @@ def test_an_unknown_phase_is_refused_before_installing(tmp_path):
   assert result.returncode == 2
   assert result.stderr.strip() == "on_gpu.sh: no phase mfu_4l0m"
   assert not os.listdir(tmp_path)  # Nothing ran.
+
+
+def test_profile_phases_pass_their_preset_and_rows(tmp_path):
+  # `phase` stubbed to print what it would run: the phase's name and step_profile's flags.
+  stub = 'phase() { echo "$1: ${*:3}"; }'
+  result = subprocess.run(
+      ["bash", "-c", f'source "{SCRIPT}" && {stub} && PROFILE_HEADS=compute profile_410m; '
+                     f'PROFILE_HEADS=compute profile_160m'],
+      capture_output=True, text=True, timeout=60,
+      env={**os.environ, "OUT": str(tmp_path), "ROWS": "8"})
+  ran = [line for line in result.stdout.splitlines() if "step_profile" in line]
+  assert len(ran) == 2, result.stdout + result.stderr
+  assert ran[0].startswith("profile_410m_compute: ")
+  assert "--preset=pythia-410m --batch_per_device=8 --head_matmul_dtype=compute" in ran[0]
+  assert ran[1].startswith("profile_160m_compute: ")
+  assert "--preset=pythia-160m --batch_per_device=16 --head_matmul_dtype=compute" in ran[1]

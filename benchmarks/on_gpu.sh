@@ -111,7 +111,7 @@ profile() {
     > "$OUT/${name}_${heads[0]}.hlo.txt.gz"
 }
 profile_410m() { profile profile_410m pythia-410m "$(rows)"; }
-# pythia-160m's, at rows_160m rows: its 1.28x torch.compile on an H100 is the one short of 1.3.
+# The same for pythia-160m, at rows_160m rows.
 profile_160m() { profile profile_160m pythia-160m "$(rows_160m)"; }
 mfu_410m_compute_head() {
   phase mfu_410m_compute_head 120 python3 -m benchmarks.mfu --presets=pythia-410m \

@@ -5,8 +5,8 @@
       [--steps=20] [--device_memory=BYTES]
 
 On a GPU or TPU: the given presets at sequence length 2048 in bfloat16, each at the largest
-power-of-two batch per device whose compiled step fits the device (`cpt_jax/step_memory.py`:
-XLA's plan; a line through two planned sizes predicts the next, three or four compiles in all;
+batch per device whose compiled step fits the device (`cpt_jax/step_memory.py`: XLA's plan; a
+line through two planned sizes predicts the next, four or five compiles in all;
 --batch_per_device skips them), and MFU = model FLOPs per token (`model_config.flops_per_token`,
 PaLM's convention) x tokens/s over the devices' peak dense bf16 FLOP/s
 (`cpt_jax/device_peaks.py`). No remat by default: recomputed
@@ -24,7 +24,7 @@ from cpt_jax import cpu_runtime
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--presets", default="")
 parser.add_argument("--batch_per_device", type=int, default=0,
-                    help="Rows per device (0: the largest power of two that fits; 8 where "
+                    help="Rows per device (0: the most that fit; 8 where "
                          "the device reports no capacity).")
 parser.add_argument("--seq_len", type=int, default=0, help="Default: 128 on a CPU, else 2048.")
 parser.add_argument("--remat", default="none", help="model.remat: none, dots or full.")

@@ -14,10 +14,10 @@
 # (pythia-410m), profile_410m (where the step's time goes), attention, mfu_160m, together about 11
 # minutes on an H200 (the run's own limit, 590 s, cuts the last short); on request
 # vs_transformers_160m, profile_160m, mfu_410m_loss_chunks and gpu_tests. ROWS=N sets the rows of
-# pythia-410m's steps where mfu_410m did not plan them, VS_ROWS_160M=N pythia-160m's where mfu_160m
-# did not. Unplanned they are 16 and 32 rows: by the H200's plans (410m: 7.8 GB at 1 row, 2.4 more a
-# row; 160m: 3.5, 1.4 a row) the largest powers of two that fit an H100's ~60 GB for XLA. On an H200
-# pass ROWS=32; pythia-160m's then default to twice that, 64.
+# pythia-410m's steps, else they are those mfu_410m planned (the most that fit) if it ran, else 16;
+# VS_ROWS_160M=N pythia-160m's, else mfu_160m's plan, else twice pythia-410m's. 16 and 32 rows fit
+# an H100's ~60 GB for XLA by the H200's plans (410m: 7.8 GB at 1 row, 2.4 more a row; 160m: 3.5,
+# 1.4 a row). On an H200 pass ROWS=32; pythia-160m's then default to twice that, 64.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

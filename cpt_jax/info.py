@@ -201,10 +201,12 @@ def describe_memory(config: ml_collections.ConfigDict) -> str:
     return f"{line}; the device reports no capacity (a CPU: the host's memory)"
   if memory.total <= step_memory.FITTING_SHARE * capacity:
     verdict = "fits"
-  else:  # How many rows would: a few more compiles.
+  else:  # How many rows would at once, a number microbatches can split the rows into.
     asked = config.data.global_batch_size // jax.device_count()
-    rows, _ = step_memory.rows_that_fit(config, capacity, most=asked)
-    verdict = (f"does not fit: {rows} of its {asked} rows per device would at once; "
+    divisors = [rows for rows in range(1, asked + 1) if asked % rows == 0]
+    rows, _ = step_memory.rows_that_fit(config, capacity, divisors)
+    split = f" (optimizer.microbatches={asked // rows})" if rows else ""
+    verdict = (f"does not fit: {rows} of its {asked} rows per device would at once{split}; "
                f"{step_memory.REMEDIES}")
   return (f"{line}; capacity {step_memory.in_units(capacity)} "
           f"({memory.total / capacity:.0%} of it): {verdict}")

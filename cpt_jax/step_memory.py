@@ -17,7 +17,7 @@ an accelerator is made on that accelerator.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import ml_collections
@@ -79,10 +79,10 @@ def of_train_step(config: ml_collections.ConfigDict) -> StepMemory:
 
 
 def rows_that_fit(config: ml_collections.ConfigDict, capacity: float,
-                  most: int = 4096) -> tuple[int, dict[int, int]]:
-  """The most rows per device, a power of two up to `most`, whose step (no microbatches)
-  fits `FITTING_SHARE` of `capacity` bytes, 0 if one row does not; and the bytes planned for
-  each number of rows tried (`largest_fitting_batch`: three or four compiles)."""
+                  sizes: Sequence[int] = range(1, 4097)) -> tuple[int, dict[int, int]]:
+  """The most rows per device, one of `sizes` (ascending, from 1), whose step (no
+  microbatches) fits `FITTING_SHARE` of `capacity` bytes, 0 if one row does not; and the bytes
+  planned for each number of rows tried (`largest_fitting_batch`: a compile each)."""
 
   def memory_at(rows: int) -> int:
     sized = config.copy_and_resolve_references()
@@ -90,7 +90,7 @@ def rows_that_fit(config: ml_collections.ConfigDict, capacity: float,
     sized.optimizer.microbatches = 1
     return of_train_step(sized).total
 
-  return largest_fitting_batch(memory_at, FITTING_SHARE * capacity, most)
+  return largest_fitting_batch(memory_at, FITTING_SHARE * capacity, sizes)
 
 
 def device_capacity() -> int | None:
@@ -101,31 +101,37 @@ def device_capacity() -> int | None:
 
 
 def largest_fitting_batch(memory_at: Callable[[int], int], capacity: float,
-                          most: int = 4096) -> tuple[int, dict[int, int]]:
-  """The largest power of two b <= `most` with `memory_at(b) <= capacity`, or 0 when one row does
-  not fit; and `memory_at` of each size it tried. `memory_at(rows)` is a step's bytes per device, a
-  compile each, so the search predicts rather than tries every size: memory grows about linearly in
-  the rows (activations are per row), so a line through two planned sizes, the largest that fits and
-  the nearest other, predicts the next size to plan, until the prediction is a size already planned.
-  Three or four compiles in all; fewer rows than the true largest only where memory grows faster
-  than linearly between two powers of two."""
+                          sizes: Sequence[int]) -> tuple[int, dict[int, int]]:
+  """The largest b of `sizes` (ascending, from 1) with `memory_at(b) <= capacity`, or 0 when one
+  row does not fit; and `memory_at` of each size it tried. `memory_at(rows)` is a step's bytes per
+  device, a compile each, so the search predicts rather than tries every size: memory grows about
+  linearly in the rows (activations are per row), so a line through two planned sizes, the largest
+  that fits and the nearest other, predicts the largest size that fits, which is planned next,
+  until no size lies between the largest that fits and the prediction. Each size planned narrows
+  that gap, so none is planned twice. Three compiles where memory is linear, four where XLA plans
+  the first rows nearly flat (as it does); where memory grows faster than linearly, a few more,
+  and possibly fewer rows than the largest that fits (the line overstates what the next costs)."""
   planned = {}
 
   def plan(rows: int) -> int:
     planned[rows] = memory_at(rows)
     return planned[rows]
 
-  if plan(1) > capacity:
+  if plan(sizes[0]) > capacity:
     return 0, planned
-  plan(2)
+  if len(sizes) > 1:
+    plan(sizes[1])
   while True:
     fitting = sorted(rows for rows, size in planned.items() if size <= capacity)
     too_large = sorted(rows for rows, size in planned.items() if size > capacity)
     largest = fitting[-1]
+    if len(planned) < 2:  # One size only, and it fits.
+      return largest, planned
     other = too_large[0] if too_large else fitting[-2]
     per_row = max((planned[other] - planned[largest]) / (other - largest), 1)
     predicted = largest + (capacity - planned[largest]) / per_row
-    rows = 2 ** int(np.log2(min(predicted, most, too_large[0] // 2 if too_large else most)))
-    if rows <= largest:
+    ceiling = too_large[0] if too_large else np.inf
+    between = [rows for rows in sizes if largest < rows <= predicted and rows < ceiling]
+    if not between:
       return largest, planned
-    plan(rows)
+    plan(between[-1])

@@ -1,6 +1,7 @@
 """Tests for cpt_jax/step_memory.py and `cpt-jax info --memory` (on 8 emulated devices)."""
 
 import jax
+import numpy as np
 import pytest
 
 import run_helpers as helpers
@@ -47,16 +48,20 @@ def test_temporaries_grow_with_the_rows_of_each_device():
   assert large.total == large.arguments + large.temporaries + large.new_outputs
 
 
-def _largest(memory_at, **kwargs) -> int:
-  """largest_fitting_batch's rows; the sizes it says it tried are those it asked for."""
-  answers = {}
+_ROWS = range(1, 4097)  # The sizes benchmarks/mfu.py plans among.
+
+
+def _largest(memory_at, capacity, sizes=_ROWS) -> int:
+  """largest_fitting_batch's rows; the sizes it says it tried are those it asked for, once each."""
+  asked, answers = [], {}
 
   def recorded(rows):
+    asked.append(rows)
     answers[rows] = memory_at(rows)
     return answers[rows]
 
-  rows, planned = step_memory.largest_fitting_batch(recorded, **kwargs)
-  assert planned == answers
+  rows, planned = step_memory.largest_fitting_batch(recorded, capacity, sizes)
+  assert planned == answers and len(answers) == len(asked)
   return rows
 
 
@@ -72,11 +77,22 @@ def test_largest_fitting_batch_predicts_from_two_sizes_and_confirms_once():
   assert _largest(_linear(100, 10, calls), capacity=100 + 63 * 10) == 64
   assert calls == [1, 2, 64]
   calls = []
-  assert _largest(_linear(100, 10, calls), capacity=100 + 62 * 10) == 32
-  assert calls == [1, 2, 32]
-  assert _largest(_linear(100, 10, []), capacity=10**9, most=256) == 256
+  assert _largest(_linear(100, 10, calls), capacity=100 + 62 * 10 + 9) == 63
+  assert calls == [1, 2, 63]
+  assert _largest(_linear(100, 10, []), capacity=10**9, sizes=range(1, 257)) == 256
   assert _largest(_linear(100, 10, []), capacity=99) == 0
   assert _largest(_linear(100, 10, []), capacity=105) == 1
+
+
+def test_largest_fitting_batch_keeps_to_the_sizes_it_is_given():
+  calls = []
+  powers = [2**k for k in range(13)]
+  assert _largest(_linear(100, 10, calls), capacity=100 + 62 * 10, sizes=powers) == 32
+  assert calls == [1, 2, 32]
+  divisors_of_12 = [1, 2, 3, 4, 6, 12]
+  assert _largest(_linear(100, 10, []), capacity=100 + 4 * 10 + 5, sizes=divisors_of_12) == 4
+  assert _largest(_linear(100, 10, []), capacity=100, sizes=[1]) == 1
+  assert _largest(_linear(100, 10, []), capacity=99, sizes=[1]) == 0
 
 
 def test_largest_fitting_batch_steps_back_where_memory_grows_faster_than_predicted():
@@ -86,8 +102,8 @@ def test_largest_fitting_batch_steps_back_where_memory_grows_faster_than_predict
     calls.append(rows)
     return 100 + (rows - 1) * 10 + max(rows - 8, 0) * 10
 
-  assert _largest(memory_at, capacity=100 + 31 * 10) == 16
-  assert calls == [1, 2, 32, 16]
+  assert _largest(memory_at, capacity=100 + 31 * 10) == 20
+  assert calls == [1, 2, 32, 18, 20]
 
 
 def test_largest_fitting_batch_recovers_from_a_flat_start():
@@ -97,8 +113,26 @@ def test_largest_fitting_batch_recovers_from_a_flat_start():
     calls.append(rows)
     return 100 + (rows == 2) + 6 * max(rows - 2, 0)
 
-  assert _largest(memory_at, capacity=150) == 8
-  assert calls == [1, 2, 32, 8]
+  assert _largest(memory_at, capacity=150) == 10
+  assert calls == [1, 2, 51, 10]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_largest_fitting_batch_finds_the_largest_of_a_flat_start_then_a_line(seed):
+  """As XLA plans a step: nearly flat over the first rows, then a fixed cost a row; the planner
+  finds the largest size that fits, whichever sizes it may choose from, in a few compiles."""
+  rng = np.random.default_rng(seed)
+  fixed, flat_rows, per_row = rng.integers(10**6, 10**9), rng.integers(1, 5), rng.integers(1, 10**6)
+  capacity = fixed + rng.integers(0, 5000) * per_row + rng.integers(0, per_row)
+
+  def memory_at(rows):
+    return fixed + rows + per_row * max(rows - flat_rows, 0)
+
+  sizes = [1, *sorted(rng.choice(np.arange(2, 5000), size=rng.integers(1, 300), replace=False))]
+  calls = []
+  rows = _largest(lambda rows: calls.append(rows) or memory_at(rows), capacity, sizes)
+  assert rows == max([size for size in sizes if memory_at(size) <= capacity], default=0)
+  assert len(calls) <= 5, calls
 
 
 def test_info_memory_reports_the_step_on_this_machines_devices(monkeypatch):
@@ -117,9 +151,18 @@ def test_info_memory_reports_the_step_on_this_machines_devices(monkeypatch):
                       lambda: (four_rows + 1) / step_memory.FITTING_SHARE)
   last = helpers.cli("info", "--memory", "--config.data.global_batch_size=64").stdout
   assert last.splitlines()[-1].endswith(
-      "of it): does not fit: 4 of its 8 rows per device would at once; lower "
+      "of it): does not fit: 4 of its 8 rows per device would at once "
+      "(optimizer.microbatches=2); lower "
       "data.global_batch_size, raise optimizer.microbatches, set model.remat or use "
       "parallel=fsdp")
+
+  # Room for 7 of 12 rows: 6 rows, the most at once that microbatches can split 12 into.
+  seven_rows = step_memory.of_train_step(_small_config(56)).total
+  monkeypatch.setattr(step_memory, "device_capacity",
+                      lambda: (seven_rows + 1) / step_memory.FITTING_SHARE)
+  last = helpers.cli("info", "--memory", "--config.data.global_batch_size=96").stdout
+  assert ("does not fit: 6 of its 12 rows per device would at once (optimizer.microbatches=2)"
+          in last)
 
 
 def test_info_memory_of_a_run_directory_is_one_line_naming_the_flag(tmp_path):

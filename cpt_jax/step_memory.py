@@ -108,8 +108,8 @@ def largest_fitting_batch(memory_at: Callable[[int], int], capacity: float,
   linearly in the rows (activations are per row), so a line through two planned sizes, the largest
   that fits and the nearest other, predicts the largest size that fits, which is planned next,
   until no size lies between the largest that fits and the prediction. Each size planned narrows
-  that gap, so none is planned twice. Three compiles where memory is linear, four where XLA plans
-  the first rows nearly flat (as it does); where memory grows faster than linearly, a few more,
+  that gap, so none is planned twice. Three compiles where memory is linear, four or five where XLA
+  plans the first rows nearly flat (as it does); where memory grows faster than linearly, more,
   and possibly fewer rows than the largest that fits (the line overstates what the next costs)."""
   planned = {}
 

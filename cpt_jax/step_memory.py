@@ -119,14 +119,13 @@ def largest_fitting_batch(memory_at: Callable[[int], int], capacity: float,
 
   if plan(sizes[0]) > capacity:
     return 0, planned
-  if len(sizes) > 1:
-    plan(sizes[1])
+  if len(sizes) == 1:
+    return sizes[0], planned
+  plan(sizes[1])
   while True:
     fitting = sorted(rows for rows, size in planned.items() if size <= capacity)
     too_large = sorted(rows for rows, size in planned.items() if size > capacity)
     largest = fitting[-1]
-    if len(planned) < 2:  # One size only, and it fits.
-      return largest, planned
     other = too_large[0] if too_large else fitting[-2]
     per_row = max((planned[other] - planned[largest]) / (other - largest), 1)
     predicted = largest + (capacity - planned[largest]) / per_row

@@ -202,14 +202,20 @@ def train_losses(workdir):
 
 
 def final_params(workdir):
-  """The parameters of the run's last checkpoint, as host arrays (restored on one device)."""
+  """The parameters of the run's last checkpoint, as host arrays (restored on one device,
+  whatever devices saved them)."""
+  import jax
   import orbax.checkpoint as ocp
   directory = os.path.join(workdir, "checkpoints")
-  with ocp.CheckpointManager(directory, item_names=("params",)) as manager:
+  one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  with ocp.CheckpointManager(directory, item_handlers={
+      "params": ocp.StandardCheckpointHandler()}) as manager:
     step = manager.latest_step()
+    on_one_device = jax.tree.map(
+        lambda saved: jax.ShapeDtypeStruct(saved.shape, saved.dtype, sharding=one_device),
+        manager.item_metadata(step)["params"])
     restored = manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.PyTreeRestore()))
-  import jax
+        params=ocp.args.StandardRestore(on_one_device)))
   return step, jax.tree.map(np.asarray, restored["params"])
 
 

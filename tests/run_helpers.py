@@ -206,14 +206,14 @@ def final_params(workdir):
   whatever devices saved them)."""
   import jax
   import orbax.checkpoint as ocp
+  from cpt_jax import checkpoint
   directory = os.path.join(workdir, "checkpoints")
-  one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   with ocp.CheckpointManager(directory, item_handlers={
       "params": ocp.StandardCheckpointHandler()}) as manager:
     step = manager.latest_step()
-    on_one_device = jax.tree.map(
-        lambda saved: jax.ShapeDtypeStruct(saved.shape, saved.dtype, sharding=one_device),
-        manager.item_metadata(step)["params"])
+    on_one_device = checkpoint.abstract_like(
+        manager.item_metadata(step)["params"],
+        jax.sharding.SingleDeviceSharding(jax.devices()[0]))
     restored = manager.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(on_one_device)))
   return step, jax.tree.map(np.asarray, restored["params"])

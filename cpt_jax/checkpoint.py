@@ -290,10 +290,11 @@ class Checkpointer:
     self._manager.close()
 
 
-def abstract_like(state: train_step_lib.TrainState, shardings) -> train_step_lib.TrainState:
-  """Shape/dtype/sharding stand-ins for restoring into `state`'s structure; `shardings` is
+def abstract_like(tree, shardings):
+  """Shape/dtype/sharding stand-ins for restoring into `tree`'s structure (a train state, its
+  params, or a checkpoint's array metadata: any leaves with a shape and dtype); `shardings` is
   one sharding for every leaf or a tree of them (restoring re-lays arrays out to fit)."""
   if isinstance(shardings, jax.sharding.Sharding):
-    shardings = jax.tree.map(lambda _: shardings, state)
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state,
+    shardings = jax.tree.map(lambda _: shardings, tree)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,
                       shardings)
